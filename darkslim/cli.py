@@ -1,0 +1,37 @@
+"""The ``darkslim`` command line. Each subcommand lives in `darkslim.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rich.console import Console
+
+COMMANDS = ("info", "run", "convert", "prune", "train", "eval", "synth", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="darkslim", description="Network slimming for Darknet YOLO networks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"darkslim.commands.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        return args.func(args) or 0
+    except (ValueError, OSError) as exc:
+        # Every domain error (CfgError, WeightsError, CheckpointError, PruneError,
+        # DataError) is a ValueError whose message names the file, line or layer.
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

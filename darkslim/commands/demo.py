@@ -1,0 +1,12 @@
+"""`darkslim demo` (not implemented yet)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="not implemented yet")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise NotImplementedError("darkslim demo is not implemented yet")

@@ -1,0 +1,12 @@
+"""`darkslim info` (not implemented yet)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="not implemented yet")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise NotImplementedError("darkslim info is not implemented yet")

@@ -1,0 +1,12 @@
+"""`darkslim prune` (not implemented yet)."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prune", help="not implemented yet")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise NotImplementedError("darkslim prune is not implemented yet")

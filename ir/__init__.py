@@ -1,0 +1,15 @@
+"""darkslim's intermediate representation of Darknet networks (numpy-free, jax-free)."""
+
+from ir.cfg import parse_cfg, write_cfg
+from ir.cost import LayerCost, count_flops, count_params, layer_costs
+from ir.errors import CfgError
+from ir.layers import (Activation, Conv, Graph, Layer, MaxPool, Route, Section, Shortcut,
+                       Upsample, Yolo, consumers, layer_inputs)
+from ir.shapes import Shape, input_shape, verify
+
+__all__ = [
+    "Activation", "CfgError", "Conv", "Graph", "Layer", "LayerCost", "MaxPool", "Route",
+    "Section", "Shape", "Shortcut", "Upsample", "Yolo", "consumers", "count_flops",
+    "count_params", "input_shape", "layer_costs", "layer_inputs", "parse_cfg", "verify",
+    "write_cfg",
+]

@@ -1,0 +1,113 @@
+"""IR: parse/write of the real cfgs, counts, and errors that name the line."""
+
+from __future__ import annotations
+
+import pytest
+
+import ir
+from tests.conftest import cfg_path
+
+REAL = ["yolov3.cfg", "yolov3-tiny.cfg", "yolov3-spp.cfg", "yolov3-hand.cfg",
+        "prune_yolov3-hand.cfg"]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_cfg_roundtrip(name):
+    graph = ir.parse_cfg(cfg_path(name))
+    again = ir.parse_cfg(ir.write_cfg(graph))
+    assert again == graph
+    assert hash(again) == hash(graph)
+    assert ir.verify(again) == ir.verify(graph)
+
+
+def test_yolov3_totals():
+    graph = ir.parse_cfg(cfg_path("yolov3.cfg"))
+    assert ir.count_params(graph) == 61_949_149
+    assert round(ir.count_flops(graph) / 1e9, 2) == 65.86
+
+
+def test_yolov3_tiny_params():
+    assert ir.count_params(ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))) == 8_852_366
+
+
+def test_relative_indices_become_absolute():
+    graph = ir.parse_cfg(cfg_path("yolov3.cfg"))
+    route = graph.layers[86]
+    assert isinstance(route, ir.Route) and route.inputs == (85, 61)
+    assert route.line == 632
+    shortcut = graph.layers[4]
+    assert isinstance(shortcut, ir.Shortcut) and shortcut.inputs == (3, 1)
+
+
+def test_source_lines_do_not_affect_equality():
+    a = ir.parse_cfg("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=4\n")
+    b = ir.parse_cfg("[net]\nwidth=32\nheight=32\n\n\n# c\n[convolutional]\nfilters=4\n")
+    assert a == b and a.layers[0].line != b.layers[0].line
+
+
+def test_messy_formatting():
+    text = ("  [net]\n width = 64 \nheight=64\n; comment\n[convolutional]\n"
+            "filters = 8 # inline\nsize=3\npad=1\nfilters=16\nactivation = leaky\n")
+    graph = ir.parse_cfg(text)
+    conv = graph.layers[0]
+    assert conv.filters == 8  # Darknet's option_find: the first value wins
+    assert ("filters", "16") in conv.extra  # the repeat survives a round trip
+    assert ir.parse_cfg(ir.write_cfg(graph)) == graph
+    assert ir.verify(graph)[0] == ir.Shape(8, 64, 64)
+
+
+def test_unexecuted_sections_parse_and_get_shapes():
+    text = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=8\nsize=3\n"
+            "pad=1\nactivation=leaky\n[reorg]\nstride=2\n[dropout]\nprobability=.5\n"
+            "[avgpool]\n[sam]\nfrom=-2\n")
+    graph = ir.parse_cfg(text)
+    shapes = ir.verify(graph)
+    assert shapes[1] == ir.Shape(32, 16, 16)
+    assert shapes[2] == ir.Shape(32, 16, 16)
+    assert shapes[3] == ir.Shape(32, 1, 1)
+    assert graph.layers[4].inputs == (2,)
+    assert ir.parse_cfg(ir.write_cfg(graph)) == graph
+
+
+def test_tiny_maxpool_padding():
+    graph = ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))
+    shapes = ir.verify(graph)
+    pool = graph.layers[11]
+    assert isinstance(pool, ir.MaxPool) and pool.size == 2 and pool.stride == 1
+    assert pool.pad_total == 1 and shapes[11] == shapes[10]
+
+
+BAD = [
+    ("[net]\nwidth=32\n[convolutinal]\nfilters=3\n", 3, "Darknet has no [convolutinal]"),
+    ("[net]\nwidth=32\n[convolutional]\nfilters=abc\n", 4, "filters=abc: expected an integer"),
+    ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=3\n[route]\nlayers=3\n", 7,
+     "layer 3 is not before this layer (1)"),
+    ("[convolutional]\nfilters=3\n", 1, "missing [net]"),
+    ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=4\n[convolutional]\n"
+     "filters=4\nstride=2\n[route]\nlayers=-1,-2\n", 9, "spatial sizes differ"),
+    ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=4\nactivation=tanh\n", 6,
+     "activation=tanh: not supported"),
+    ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=20\n[yolo]\nmask=0\n"
+     "anchors=1,2\nclasses=2\nnum=1\n", 6, "expected 1 anchors x (2 classes + 5) = 7"),
+]
+
+
+@pytest.mark.parametrize("text,line,reason", BAD)
+def test_bad_cfg_names_file_line_and_reason(text, line, reason):
+    with pytest.raises(ir.CfgError) as info:
+        ir.verify(ir.parse_cfg(text))
+    message = str(info.value)
+    assert message.startswith(f"<text>:{line}:"), message
+    assert reason in message
+
+
+def test_bad_cfg_file_names_path(tmp_path):
+    path = tmp_path / "broken.cfg"
+    path.write_text("[net]\nwidth=32\nheight=32\n\n[shortcut]\nfrom=-3\n")
+    with pytest.raises(ir.CfgError, match=r"broken.cfg:6: \[shortcut\] from=-3"):
+        ir.parse_cfg(path)
+
+
+def test_missing_file():
+    with pytest.raises(ir.CfgError, match="nope.cfg: cannot read cfg"):
+        ir.parse_cfg("nope.cfg")
