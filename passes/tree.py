@@ -1,0 +1,57 @@
+"""Out-of-place access to the Flax variables pytree of a Darknet graph.
+
+Layout: ``variables[collection][f"layer_{i}"][part][name]`` with collection
+``params`` (``conv/kernel`` HWIO, ``conv/bias``, ``bn/scale``, ``bn/bias``) or
+``batch_stats`` (``bn/mean``, ``bn/var``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+Variables = Mapping[str, Any]
+Leaf = tuple[str, str, str]  # (collection, part, name) of one conv layer
+
+KERNEL: Leaf = ("params", "conv", "kernel")
+CONV_BIAS: Leaf = ("params", "conv", "bias")
+GAMMA: Leaf = ("params", "bn", "scale")
+BETA: Leaf = ("params", "bn", "bias")
+MEAN: Leaf = ("batch_stats", "bn", "mean")
+VAR: Leaf = ("batch_stats", "bn", "var")
+
+
+def layer_key(index: int) -> str:
+    return f"layer_{index}"
+
+
+def get(variables: Variables, index: int, leaf: Leaf):
+    collection, part, name = leaf
+    return variables[collection][layer_key(index)][part][name]
+
+
+def has(variables: Variables, index: int, leaf: Leaf) -> bool:
+    collection, part, name = leaf
+    return name in variables.get(collection, {}).get(layer_key(index), {}).get(part, {})
+
+
+def with_updates(variables: Variables, updates: Mapping[tuple[int, Leaf], Any]) -> dict:
+    """A new variables dict with ``updates[(index, leaf)]`` set; untouched subtrees are
+    shared, nothing is mutated. Returns ``variables`` itself when there are no updates."""
+    if not updates:
+        return variables  # type: ignore[return-value]
+    new = {collection: dict(layers) for collection, layers in variables.items()}
+    for (index, (collection, part, name)), value in updates.items():
+        key = layer_key(index)
+        layer = dict(new[collection][key])
+        layer[part] = {**layer[part], name: value}
+        new[collection][key] = layer
+    return new
+
+
+def drop_layers(variables: Variables, keep: Mapping[int, int]) -> dict:
+    """Variables renumbered by ``keep`` (old index -> new index); other layers vanish."""
+    new: dict = {}
+    for collection, layers in variables.items():
+        new[collection] = {layer_key(keep[int(k.split("_")[1])]): v
+                           for k, v in layers.items() if int(k.split("_")[1]) in keep}
+    return new
