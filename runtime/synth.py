@@ -151,15 +151,16 @@ def sample(seed: int, split: str, index: int, spec: SynthSpec = SynthSpec()
     return render_sample(rng, spec)
 
 
-def kmeans_anchors(wh: np.ndarray, k: int, seed: int = 0, iters: int = 100
+def kmeans_anchors(wh: np.ndarray, k: int, iters: int = 100
                    ) -> tuple[tuple[int, int], ...]:
     """``k`` anchors (w, h) by k-means with the 1 - IoU distance (YOLOv2's recipe),
     sorted by area and rounded to whole pixels."""
     wh = np.asarray(wh, np.float64).reshape(-1, 2)
     if len(wh) < k:
         raise ValueError(f"k-means anchors: {len(wh)} boxes, expected at least {k}")
-    rng = np.random.default_rng(seed)
-    centers = wh[rng.choice(len(wh), k, replace=False)]
+    # Start from the boxes at the area quantiles: deterministic and spread out.
+    by_area = wh[np.argsort(wh.prod(-1), kind="stable")]
+    centers = by_area[((np.arange(k) + 0.5) / k * len(wh)).astype(int)]
     for _ in range(iters):
         inter = np.minimum(wh[:, None], centers[None]).prod(-1)
         iou = inter / (wh.prod(-1)[:, None] + centers.prod(-1)[None] - inter)
@@ -260,7 +261,7 @@ def write_synth(out_dir: str | os.PathLike, *, train: int = 512, valid: int = 12
         k = max(len(graph_head.anchors) for graph_head in
                 (cfg.layers[i] for i in cfg.yolo_indices()))
         wh = np.concatenate(all_wh) if all_wh else np.zeros((0, 2))
-        anchors = (kmeans_anchors(wh, k, seed) if len(wh) >= k else
+        anchors = (kmeans_anchors(wh, k) if len(wh) >= k else
                    tuple((int(w), int(h)) for w, h in cfg.layers[cfg.yolo_indices()[0]]
                          .anchors))
         model = adapt_cfg(cfg, classes=len(spec.classes), size=size, anchors=anchors)
