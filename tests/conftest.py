@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests compile many small XLA programs; the optimiser's time is not worth it there.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CFG_DIR = SHARED / "cfg"
 

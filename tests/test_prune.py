@@ -1,0 +1,248 @@
+"""Pruning passes: keep-size = compact, masks, floors, folding exactness, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ir
+import passes
+import runtime
+from darkslim.testing.strategies import random_variables
+from tests.conftest import cfg_path
+
+
+def at_size(graph: ir.Graph, size: int) -> ir.Graph:
+    net = tuple((k, str(size) if k in ("width", "height") else v) for k, v in graph.net)
+    return dataclasses.replace(graph, net=net)
+
+
+def narrow(graph: ir.Graph, factor: int) -> ir.Graph:
+    """Every conv's filters divided by ``factor``, except the convs feeding [yolo]."""
+    heads = {i - 1 for i in graph.yolo_indices()}
+    layers = tuple(dataclasses.replace(layer, filters=max(2, layer.filters // factor))
+                   if isinstance(layer, ir.Conv) and i not in heads else layer
+                   for i, layer in enumerate(graph.layers))
+    return dataclasses.replace(graph, layers=layers)
+
+
+def small(name: str) -> ir.Graph:
+    graph = ir.parse_cfg(cfg_path(name))
+    if name != "yolov3-tiny.cfg":
+        graph = narrow(graph, 8)
+    return at_size(graph, 64)
+
+
+def outputs(prog, x):
+    out = runtime.forward(*prog, jnp.asarray(x))
+    return [np.asarray(h) for h in out.heads]
+
+
+def max_rel_diff(prog_a, prog_b, x) -> float:
+    a, b = outputs(prog_a, x), outputs(prog_b, x)
+    return max(float(np.abs(ha - hb).max() / max(np.abs(hb).max(), 1e-6))
+               for ha, hb in zip(a, b))
+
+
+REAL = ["yolov3.cfg", "yolov3-tiny.cfg", "yolov3-spp.cfg", "yolov3-hand.cfg",
+        "prune_yolov3-hand.cfg"]
+
+
+@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("mode", ["regular", "shortcut"])
+def test_keep_size_equals_compact_on_real_cfgs(name, mode):
+    graph = small(name)
+    variables = random_variables(graph, seed=3, sparsity=0.6)
+    result = passes.prune(graph, variables, passes.PruneConfig(percent=0.5, mode=mode))
+    assert ir.count_params(result.compact[0]) < ir.count_params(graph)
+    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+    assert max_rel_diff(result.keep_size, result.compact, x) <= 1e-4
+    for layer in result.compact[0].layers:
+        if isinstance(layer, ir.Conv):
+            assert layer.filters >= 1
+
+
+def test_shortcut_group_shares_one_mask():
+    graph = small("yolov3.cfg")
+    variables = random_variables(graph, seed=1, sparsity=0.5)
+    result = passes.prune(graph, variables, passes.PruneConfig(percent=0.4, mode="shortcut"))
+    masks = result.masks.as_dict()
+    assert result.analysis.groups
+    for group in result.analysis.groups:
+        first = masks[group[0]]
+        assert all(np.array_equal(masks[m], first) for m in group)
+        # The union rule: a channel survives when any member's |γ| reaches the threshold.
+        gammas = np.stack([np.abs(variables["params"][f"layer_{m}"]["bn"]["scale"])
+                           for m in group])
+        expected = (gammas >= result.threshold.value).any(axis=0)
+        if expected.sum() >= 1:
+            assert np.array_equal(first, expected) or first.sum() >= expected.sum()
+
+
+def test_all_keep_masks_return_the_same_objects():
+    graph = small("yolov3-tiny.cfg")
+    variables = random_variables(graph, seed=0)
+    analysis = passes.analyze_prunability(graph)
+    keep_all = passes.ChannelMasks.from_arrays(
+        {i: np.ones(graph.layers[i].filters, bool) for i in analysis.prunable})
+    for pass_ in (passes.FoldPrunedBias(keep_all), passes.SliceChannels(keep_all)):
+        g, v = pass_(graph, variables)
+        assert g is graph and v is variables
+
+
+def test_percent_zero_keeps_everything():
+    graph = small("yolov3-tiny.cfg")
+    variables = random_variables(graph, seed=0)
+    result = passes.prune(graph, variables, passes.PruneConfig(percent=0.0))
+    assert result.compact[0] == graph
+
+
+def test_threshold_is_the_seeds_rule():
+    graph = small("yolov3-hand.cfg")
+    variables = random_variables(graph, seed=5, sparsity=0.5)
+    analysis = passes.analyze_prunability(graph)
+    gammas = np.concatenate([np.abs(variables["params"][f"layer_{i}"]["bn"]["scale"])
+                             for i in analysis.prunable])
+    ordered = np.sort(gammas)
+    t = passes.compute_threshold(graph, variables, analysis, percent=0.3)
+    assert t.value == ordered[int(len(ordered) * 0.3)]
+    highest = min(np.abs(variables["params"][f"layer_{i}"]["bn"]["scale"]).max()
+                  for i in analysis.prunable)
+    assert t.safe_value == pytest.approx(highest)
+    assert t.safe_percent == pytest.approx(np.flatnonzero(ordered == ordered[
+        np.searchsorted(ordered, highest)])[0] / len(ordered))
+
+
+def test_min_keep_floor_and_round_to():
+    graph = small("yolov3-tiny.cfg")
+    variables = random_variables(graph, seed=2, sparsity=0.9)
+    analysis = passes.analyze_prunability(graph)
+    masks = passes.compute_masks(graph, variables, analysis, threshold=1e9, min_keep=0.25)
+    for i, mask in masks.as_dict().items():
+        assert mask.sum() == int(np.ceil(0.25 * len(mask)))
+    rounded = passes.compute_masks(graph, variables, analysis, threshold=0.01, round_to=8)
+    for i, mask in rounded.as_dict().items():
+        assert mask.sum() % 8 == 0 or mask.sum() == len(mask)
+
+
+def test_folding_is_exact_away_from_the_border():
+    """Border effect: a dropped channel's constant reaches a 3×3 consumer through zero
+    padding at the border, so γ-zeroed and compact differ only in the border ring."""
+    text = ("[net]\nwidth=16\nheight=16\nchannels=3\n"
+            "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nactivation=leaky\n"
+            "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\npad=1\nactivation=linear\n"
+            "[convolutional]\nfilters=7\nsize=1\nactivation=linear\n"
+            "[yolo]\nmask=0\nanchors=4,4\nclasses=2\nnum=1\n")
+    graph = ir.parse_cfg(text)
+    variables = random_variables(graph, seed=0)
+    masks = passes.ChannelMasks.from_arrays({0: np.array([1, 0, 1, 0, 1, 1, 0, 1], bool)})
+    zeroed = passes.ZeroPrunedGamma(masks)(graph, variables)
+    compact = passes.pipeline(passes.FoldPrunedBias(masks), passes.SliceChannels(masks))(
+        graph, variables)
+    x = np.random.default_rng(1).random((1, 16, 16, 3), dtype=np.float32)
+    a, b = outputs(zeroed, x)[0][0], outputs(compact, x)[0][0]
+    diff = np.abs(a - b)
+    assert diff[1:-1, 1:-1].max() < 1e-4
+    assert diff[0].max() > 1e-3 and diff[-1].max() > 1e-3  # the ring really differs
+
+
+@pytest.mark.parametrize("activation", [a.value for a in ir.Activation])
+def test_folding_any_activation_through_shortcut_route_upsample(activation):
+    text = ("[net]\nwidth=8\nheight=8\nchannels=3\n"
+            f"[convolutional]\nbatch_normalize=1\nfilters=6\nsize=1\nactivation={activation}\n"
+            "[convolutional]\nbatch_normalize=1\nfilters=4\nsize=1\nactivation=leaky\n"
+            f"[convolutional]\nbatch_normalize=1\nfilters=6\nsize=1\nactivation={activation}\n"
+            f"[shortcut]\nfrom=-3\nactivation={activation}\n"
+            "[maxpool]\nsize=2\nstride=2\n[upsample]\nstride=2\n[route]\nlayers=-1,-5\n"
+            "[convolutional]\nfilters=7\nsize=1\nactivation=linear\n"
+            "[yolo]\nmask=0\nanchors=4,4\nclasses=2\nnum=1\n")
+    graph = ir.parse_cfg(text)
+    variables = random_variables(graph, seed=4)
+    analysis = passes.analyze_prunability(graph, "shortcut")
+    assert analysis.unit_of(0) == (0, 2)
+    mask = np.array([1, 0, 0, 1, 1, 0], bool)
+    masks = passes.ChannelMasks.from_arrays({0: mask, 2: mask, 1: np.array([1, 0, 1, 1], bool)})
+    zeroed = passes.ZeroPrunedGamma(masks)(graph, variables)
+    keep = passes.FoldPrunedBias(masks)(graph, variables)
+    compact = passes.SliceChannels(masks)(*keep)
+    x = np.random.default_rng(2).random((1, 8, 8, 3), dtype=np.float32)
+    # 1×1 consumers only: folding is exact everywhere, border included.
+    assert max_rel_diff(zeroed, compact, x) <= 1e-4
+    assert max_rel_diff(keep, compact, x) <= 1e-5
+    assert [l.filters for l in compact[0].layers if isinstance(l, ir.Conv)] == [3, 3, 3, 7]
+
+
+def test_published_pruned_hand_cfg_is_reachable_by_slicing():
+    """Weights sliced to Lam1360's published pruned cfg load and run."""
+    full = ir.parse_cfg(cfg_path("yolov3-hand.cfg"))
+    target = ir.parse_cfg(cfg_path("prune_yolov3-hand.cfg"))
+    assert len(full.layers) == len(target.layers)
+    masks = {}
+    for i, (a, b) in enumerate(zip(full.layers, target.layers)):
+        if isinstance(a, ir.Conv) and a.filters != b.filters:
+            masks[i] = np.arange(a.filters) < b.filters
+    analysis = passes.analyze_prunability(full, ignore=(84, 96))
+    assert set(masks) <= set(analysis.prunable)
+    graph, target = at_size(full, 64), at_size(target, 64)
+    variables = random_variables(graph, seed=0)
+    channel_masks = passes.ChannelMasks.from_arrays(masks)
+    g, v = passes.pipeline(passes.FoldPrunedBias(channel_masks),
+                           passes.SliceChannels(channel_masks))(graph, variables)
+    assert g == target
+    out = runtime.forward(g, v, jnp.zeros((1, 64, 64, 3)))
+    assert [h.shape[-1] for h in out.heads] == [18, 18, 18]
+
+
+def test_pipeline_composes_and_names_failing_pass():
+    graph = small("yolov3-tiny.cfg")
+    variables = random_variables(graph, seed=0, sparsity=0.5)
+    analysis = passes.analyze_prunability(graph)
+    t = passes.compute_threshold(graph, variables, analysis, percent=0.5)
+    masks = passes.compute_masks(graph, variables, analysis, t.value)
+    fold, cut = passes.FoldPrunedBias(masks), passes.SliceChannels(masks)
+    g1, v1 = passes.pipeline(fold, cut)(graph, variables)
+    g2, v2 = cut(*fold(graph, variables))
+    assert g1 == g2
+    assert all(np.array_equal(a, b) for a, b in zip(
+        jax.tree_util.tree_leaves(v1), jax.tree_util.tree_leaves(v2)))
+
+    class Broken:
+        name = "broken"
+
+        def __call__(self, graph, variables):
+            layer = dataclasses.replace(graph.layers[-2], filters=3)
+            return graph.replace_layers({len(graph.layers) - 2: layer}), variables
+
+    with pytest.raises(passes.PruneError, match=r"pass 'broken' failed \(after "
+                       r"fold-pruned-bias, slice-channels\)") as info:
+        passes.pipeline(fold, cut, Broken())(graph, variables)
+    assert isinstance(info.value.__cause__, ir.CfgError)
+
+
+def test_bad_requests_are_prune_errors():
+    graph = small("yolov3-tiny.cfg")
+    variables = random_variables(graph, seed=0, sparsity=0.5)
+    with pytest.raises(passes.PruneError, match=r"--percent 1.0: expected 0 <= percent < 1"):
+        passes.prune(graph, variables, passes.PruneConfig(percent=1.0))
+    with pytest.raises(passes.PruneError, match=r"--percent -0.1"):
+        passes.prune(graph, variables, passes.PruneConfig(percent=-0.1))
+    with pytest.raises(passes.PruneError, match=r"layer 0 \(cfg line 25\): threshold 100 "
+                       r"keeps none of its 16 channels"):
+        passes.prune(graph, variables, passes.PruneConfig(threshold=100.0, min_keep=0.0))
+    nan = jax_tree_set(variables, "layer_2", np.nan)
+    with pytest.raises(passes.PruneError, match=r"layer 2 \(cfg line 37\): BN γ channel 0 is nan"):
+        passes.prune(graph, nan, passes.PruneConfig(percent=0.5))
+
+
+def jax_tree_set(variables, key, value):
+    params = dict(variables["params"])
+    layer = dict(params[key])
+    scale = np.array(layer["bn"]["scale"])
+    scale[0] = value
+    layer["bn"] = {**layer["bn"], "scale": scale}
+    params[key] = layer
+    return {**variables, "params": params}
