@@ -1,1 +1,129 @@
-"""frontends"""
+"""Frontends: the weight formats people already have, in and out of the variables pytree.
+
+- Darknet ``.weights`` (`frontends.darknet`), byte-exact round trip, partial backbones
+  (``darknet53.conv.74``: a numeric suffix also means Darknet);
+- torch ``.pt``/``.pth`` checkpoints of the ultralytics and eriklindernoren projects
+  (`frontends.torch_ckpt`; torch is imported only when one is read or written);
+- Flax ``.msgpack`` (`frontends.msgpack`).
+
+>>> lw = load_variables(graph, "yolov3.weights")            # doctest: +SKIP
+>>> save_variables(graph, lw.variables, "yolov3.pt", layout="erik")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ir
+from frontends.darknet import DarknetHeader, read_darknet, write_darknet
+from frontends.errors import CheckpointError, WeightsError
+from frontends.msgpack import read_msgpack, write_msgpack
+from frontends.torch_ckpt import (DEFAULT_BN_EPS, LAYOUTS, CheckpointMeta, read_torch,
+                                  state_dict_from_variables, write_torch)
+from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
+                                 check_variables, default_variables, expected_shapes)
+
+__all__ = [
+    "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
+    "CheckpointMeta", "DarknetHeader", "LoadedWeights", "Variables", "WeightsError",
+    "check_variables", "darknet_header_of", "default_variables", "expected_shapes", "format_of",
+    "load_variables", "read_darknet", "read_msgpack", "read_torch", "save_variables",
+    "state_dict_from_variables", "write_darknet", "write_msgpack", "write_torch",
+]
+
+FORMATS = ("darknet", "torch", "msgpack")
+_SUFFIXES = {".weights": "darknet", ".pt": "torch", ".pth": "torch", ".msgpack": "msgpack"}
+
+
+def format_of(path: str | os.PathLike) -> str:
+    """``"darknet"``, ``"torch"`` or ``"msgpack"`` from the file name.
+
+    ``.weights`` and Darknet's backbone names with a numeric suffix
+    (``darknet53.conv.74``) are Darknet; ``.pt``/``.pth`` torch; ``.msgpack`` Flax.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    if suffix[1:].isdigit():
+        return "darknet"
+    raise WeightsError(f"{path}: unknown weights suffix {suffix or '(none)'!r}: expected "
+                       ".weights (Darknet), .pt or .pth (torch checkpoint) or .msgpack "
+                       "(Flax variables)")
+
+
+def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
+                   bn_eps: float | None = None, layout: str | None = None,
+                   seed: int = 0) -> LoadedWeights:
+    """Read a weights file of any supported format (by suffix) for ``graph``.
+
+    Args:
+        graph: the network's cfg.
+        path: ``.weights`` (or ``*.conv.N``), ``.pt``/``.pth``, ``.msgpack``.
+        bn_eps: torch only: the BatchNorm eps the checkpoint was trained with (default
+            per layout, `DEFAULT_BN_EPS`); folded into the running variances so the
+            variables compute the same function with the runtime's eps 1e-5.
+        layout: torch only: ``"ultralytics"`` or ``"erik"`` (default: from the keys).
+        seed: Darknet only: initialises the convs a partial file does not hold.
+
+    Returns:
+        `LoadedWeights`: variables, format, loaded/total convs, header, warnings.
+
+    Raises:
+        WeightsError, CheckpointError: the file does not fit the cfg or cannot be read.
+    """
+    fmt = format_of(path)
+    if fmt == "darknet":
+        return read_darknet(graph, path, seed=seed)
+    if fmt == "torch":
+        return read_torch(graph, path, bn_eps=bn_eps, layout=layout)
+    return read_msgpack(graph, path)
+
+
+def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+                   format: str | None = None, layout: str | None = None,
+                   bn_eps: float | None = None, header=None,
+                   anchor_buffers: bool | None = None) -> tuple[str, ...]:
+    """Write ``variables`` for ``graph`` to ``path``, atomically, in any format.
+
+    Args:
+        format: ``"darknet"``, ``"torch"`` or ``"msgpack"``; default from the suffix.
+        layout: torch only: ``"ultralytics"`` (default) or ``"erik"``; default the
+            layout of ``header`` when it is a `CheckpointMeta`.
+        bn_eps: torch only: the eps of the network the checkpoint is for; default the
+            eps ``header`` was read with (same layout), else `DEFAULT_BN_EPS[layout]`.
+        header: the ``header`` of the `LoadedWeights` the variables came from:
+            a `DarknetHeader` is written back as is (byte-exact round trips; an
+            ultralytics checkpoint keeps it as the entry ``darknet_header``); a
+            `CheckpointMeta` supplies the torch defaults above.
+        anchor_buffers: erik only: write ``yolo_{i}.anchors``/``anchor_grid``.
+
+    Returns:
+        Warnings to show the user (inexact eps conversions, zero-padded maxpools).
+    """
+    fmt = format or format_of(path)
+    if fmt == "darknet":
+        write_darknet(graph, variables, path, header=darknet_header_of(header))
+        return ()
+    if fmt == "msgpack":
+        write_msgpack(graph, variables, path)
+        return ()
+    if fmt != "torch":
+        raise WeightsError(f"{path}: format={fmt!r}: expected one of {FORMATS}")
+    meta = header if isinstance(header, CheckpointMeta) else None
+    layout = layout or (meta.layout if meta else "ultralytics")
+    if bn_eps is None and meta is not None and meta.layout == layout:
+        bn_eps = meta.bn_eps
+    return write_torch(graph, variables, path, layout=layout, bn_eps=bn_eps,
+                       anchor_buffers=anchor_buffers, meta=meta,
+                       darknet_header=darknet_header_of(header))
+
+
+def darknet_header_of(header) -> DarknetHeader | None:
+    """The Darknet header a `LoadedWeights.header` carries: itself, or the one an
+    ultralytics checkpoint converted from ``.weights`` kept."""
+    if isinstance(header, DarknetHeader):
+        return header
+    if isinstance(header, CheckpointMeta):
+        return header.darknet_header
+    return None

@@ -1,12 +1,92 @@
-"""`darkslim convert` (not implemented yet)."""
+"""`darkslim convert MODEL.cfg IN OUT`: weights from one format to another, by suffix.
+
+Any direction among Darknet ``.weights`` (also ``*.conv.N`` backbones), torch
+``.pt``/``.pth`` (ultralytics or eriklindernoren layout) and Flax ``.msgpack``.
+"""
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.markup import escape
+
+import ir
+import frontends
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help="not implemented yet")
+    p = sub.add_parser(
+        "convert", help="convert weights between .weights, .pt/.pth and .msgpack",
+        description="Convert MODEL.cfg's weights from IN to OUT; formats by suffix: "
+        ".weights (Darknet; also backbones like darknet53.conv.74), .pt/.pth (torch "
+        "checkpoint, ultralytics or eriklindernoren layout), .msgpack (Flax).")
+    p.add_argument("cfg", metavar="MODEL.cfg", help="the network's Darknet cfg")
+    p.add_argument("input", metavar="IN", help="weights to read")
+    p.add_argument("output", metavar="OUT", help="weights to write (atomically)")
+    p.add_argument("--layout", choices=frontends.LAYOUTS, default=None,
+                   help="key layout of a torch OUT (default: IN's when IN is torch, "
+                   "else ultralytics)")
+    p.add_argument("--bn-eps", type=float, default=None, metavar="E",
+                   help="BatchNorm eps of the torch checkpoint(s) involved (default per "
+                   "layout: ultralytics 1e-4, erik 1e-5); darkslim computes with 1e-5 "
+                   "and folds the difference into the running variances, so the "
+                   "network's function is kept. --bn-eps 1e-5 keeps the values as is")
+    p.add_argument("--anchor-buffers", action="store_true",
+                   help="erik OUT: include the yolo_{i}.anchors/anchor_grid buffers "
+                   "(newer eriklindernoren code registers them; kept when IN had them)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed initialising the convs a partial .weights file lacks")
     p.set_defaults(func=run)
 
 
+def _describe(loaded: frontends.LoadedWeights) -> str:
+    header = loaded.header
+    if loaded.format == "darknet":
+        what = f"Darknet .weights ({header})"
+    elif loaded.format == "torch":
+        what = (f"torch {header.container}, {header.layout} layout, BN eps "
+                f"{header.bn_eps:g}")
+    else:
+        what = "Flax msgpack"
+    return f"{what}: {loaded.loaded_convs} of {loaded.total_convs} convs"
+
+
 def run(args) -> int:
-    raise NotImplementedError("darkslim convert is not implemented yet")
+    out = Console(highlight=False)
+    graph = ir.parse_cfg(args.cfg)
+    loaded = frontends.load_variables(graph, args.input, bn_eps=args.bn_eps,
+                                      seed=args.seed)
+    out.print(f"[bold]read[/]  {escape(args.input)}: {escape(_describe(loaded))}")
+    if loaded.format == "torch" and loaded.header.bn_eps != frontends.RUNTIME_BN_EPS:
+        out.print(f"      BN eps {loaded.header.bn_eps:g} -> "
+                  f"{frontends.RUNTIME_BN_EPS:g}: running variances shifted by "
+                  f"{loaded.header.bn_eps - frontends.RUNTIME_BN_EPS:+g}")
+    fmt = frontends.format_of(args.output)
+    layout = None
+    if fmt == "torch":
+        meta = loaded.header if isinstance(loaded.header, frontends.CheckpointMeta) else None
+        layout = args.layout or (meta.layout if meta else "ultralytics")
+    warnings = frontends.save_variables(
+        graph, loaded.variables, args.output, layout=layout, bn_eps=args.bn_eps,
+        header=loaded.header, anchor_buffers=args.anchor_buffers or None)
+    shown = set()
+    for warning in (*loaded.warnings, *warnings):
+        text = warning.split(": ", 1)[-1]  # the same fact about IN and OUT: say it once
+        if text in shown:
+            continue
+        shown.add(text)
+        style = "bold red" if warning.startswith("WARNING") else "yellow"
+        out.print(f"[{style}]{escape(warning)}[/]")
+    if fmt == "torch":
+        eps = args.bn_eps if args.bn_eps is not None else (
+            loaded.header.bn_eps if isinstance(loaded.header, frontends.CheckpointMeta)
+            and loaded.header.layout == layout else frontends.DEFAULT_BN_EPS[layout])
+        container = "checkpoint dict" if layout == "ultralytics" else "state_dict"
+        what = f"torch {container}, {layout} layout, BN eps {eps:g}"
+    elif fmt == "darknet":
+        header = frontends.darknet_header_of(loaded.header) or frontends.DarknetHeader()
+        what = f"Darknet .weights ({header})"
+    else:
+        what = "Flax msgpack"
+    out.print(f"[bold]wrote[/] {escape(args.output)}: {escape(what)}, "
+              f"{loaded.total_convs} convs")
+    return 0

@@ -1,0 +1,216 @@
+"""Darknet ``.weights`` files: read into the variables pytree, write back byte for byte.
+
+The format, as Darknet's ``load_weights``/``save_weights`` have it (little-endian):
+
+- header: int32 ``major``, ``minor``, ``revision``; then ``seen`` (images trained on),
+  an int64 when ``major * 10 + minor >= 2`` and both are below 1000, else an int32;
+- then, for each ``[convolutional]`` in layer order, float32s: with BatchNorm β (the
+  BN bias), γ (scale), running mean, running variance, then the kernel in OIHW order;
+  without BatchNorm the conv bias, then the kernel. A grouped conv's kernel is
+  ``(out, in/groups, kh, kw)``.
+
+A file may stop after any whole conv: backbones such as ``darknet53.conv.74`` hold
+the first N convs of a bigger network. The file is read with one ``read`` and viewed
+with `numpy.frombuffer`; kernels come back as HWIO *views* of the OIHW buffer (no
+copy), so reading then writing an unchanged network is two passes over memory.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import ir
+from frontends._atomic import write_chunks
+from frontends.errors import WeightsError
+from frontends.variables import (LoadedWeights, Variables, check_variables,
+                                 conv_in_channels, default_variables, layer_key,
+                                 unsupported_weighted_layers, where)
+
+__all__ = ["DarknetHeader", "WeightsError", "read_darknet", "write_darknet"]
+
+_F32 = np.dtype("<f4")
+
+
+@dataclass(frozen=True, slots=True)
+class DarknetHeader:
+    """The header of a ``.weights`` file. ``seen`` is int64 on disk when
+    ``major * 10 + minor >= 2`` (and both < 1000), else int32 (`seen_bytes`)."""
+
+    major: int = 0
+    minor: int = 2
+    revision: int = 0
+    seen: int = 0
+
+    @property
+    def seen_bytes(self) -> int:
+        wide = self.major * 10 + self.minor >= 2 and self.major < 1000 and self.minor < 1000
+        return 8 if wide else 4
+
+    @property
+    def size(self) -> int:
+        return 12 + self.seen_bytes
+
+    def to_bytes(self) -> bytes:
+        seen_format = "<q" if self.seen_bytes == 8 else "<i"
+        return struct.pack("<iii", self.major, self.minor, self.revision) + struct.pack(
+            seen_format, self.seen)
+
+    def __str__(self) -> str:
+        return f"version {self.major}.{self.minor}.{self.revision}, seen {self.seen}"
+
+
+def _read_header(buf: bytearray, source: str) -> DarknetHeader:
+    if len(buf) < 12:
+        raise WeightsError(f"{source}: {len(buf)} bytes, too short for a .weights header "
+                           "(expected at least 16: int32 major, minor, revision, then seen)")
+    major, minor, revision = struct.unpack_from("<iii", buf, 0)
+    header = DarknetHeader(major, minor, revision)
+    if len(buf) < header.size:
+        raise WeightsError(f"{source}: {len(buf)} bytes, too short for the header of "
+                           f"version {major}.{minor}.{revision} (expected {header.size} "
+                           f"bytes: seen is {header.seen_bytes * 8}-bit)")
+    seen = struct.unpack_from("<q" if header.seen_bytes == 8 else "<i", buf, 12)[0]
+    return DarknetHeader(major, minor, revision, seen)
+
+
+def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
+                 ) -> LoadedWeights:
+    """Read a Darknet ``.weights`` file for ``graph``.
+
+    Args:
+        graph: the network the file was trained for.
+        path: the ``.weights`` file.
+        seed: seeds `default_variables` for convs a partial file does not hold.
+
+    Returns:
+        `LoadedWeights` with ``header`` a `DarknetHeader`. A file that stops after
+        conv N loads those N (``loaded_convs``) and says so in ``warnings``.
+
+    Raises:
+        WeightsError: a header too short, a file ending inside a conv (layer index,
+            cfg line, byte offset), bytes left after the last conv, or a cfg with
+            weighted layers darkslim cannot read.
+    """
+    source = str(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(size)
+        got = f.readinto(buf)
+    if got != size:
+        raise WeightsError(f"{source}: read {got} of {size} bytes (file changed while "
+                           "reading?)")
+    header = _read_header(buf, source)
+    floats = np.frombuffer(buf, dtype=_F32, offset=header.size,
+                           count=(size - header.size) // 4)
+    convs = graph.conv_indices()
+    in_channels = conv_in_channels(graph)
+    unsupported = set(unsupported_weighted_layers(graph))
+    params: dict[str, dict] = {}
+    stats: dict[str, dict] = {}
+    pos = 0  # in floats, after the header
+    loaded: list[int] = []
+    for index, layer in enumerate(graph.layers):
+        remaining = size - header.size - 4 * pos
+        if remaining == 0:
+            break
+        if index in unsupported:
+            raise WeightsError(f"{source}: byte offset {header.size + 4 * pos}: "
+                               f"{where(graph, index)} holds weights darkslim cannot read "
+                               "yet (only [convolutional] layers are supported)")
+        if not isinstance(layer, ir.Conv):
+            continue
+        out, k, groups = layer.filters, layer.size, layer.groups
+        cin = in_channels[index] // groups
+        n_vectors = 4 if layer.batch_normalize else 1
+        count = out * n_vectors + out * cin * k * k
+        if 4 * count > remaining:
+            raise WeightsError(
+                f"{source}: ends inside {where(graph, index)}, conv {len(loaded) + 1} of "
+                f"{len(convs)}: its {count} floats ({4 * count} bytes) start at byte "
+                f"offset {header.size + 4 * pos}, but only {remaining} bytes remain (file "
+                f"size {size}). A truncated file, or a .weights file for another cfg?")
+        vectors = floats[pos:pos + out * n_vectors].reshape(n_vectors, out)
+        kernel = floats[pos + out * n_vectors:pos + count].reshape(out, cin, k, k)
+        kernel = kernel.transpose(2, 3, 1, 0)  # OIHW -> HWIO, a view
+        key = layer_key(index)
+        if layer.batch_normalize:
+            params[key] = {"conv": {"kernel": kernel},
+                           "bn": {"scale": vectors[1], "bias": vectors[0]}}
+            stats[key] = {"bn": {"mean": vectors[2], "var": vectors[3]}}
+        else:
+            params[key] = {"conv": {"kernel": kernel, "bias": vectors[0]}}
+        pos += count
+        loaded.append(index)
+    end = header.size + 4 * pos
+    if end < size:
+        left = size - end
+        floats_left = f"{left // 4} floats" + (f" and {left % 4} bytes" if left % 4 else "")
+        last = where(graph, loaded[-1]) if loaded else "the header"
+        raise WeightsError(
+            f"{source}: {left} bytes ({floats_left}) left after the last conv, "
+            f"{last}, at byte offset {end} (file size {size}): expected the file to end "
+            "there. A .weights file for another cfg?")
+    warnings: tuple[str, ...] = ()
+    if len(loaded) < len(convs):
+        missing = frozenset(convs) - frozenset(loaded)
+        rest = default_variables(graph, seed, layers=missing)
+        params = {**params, **rest["params"]}
+        stats = {**stats, **rest["batch_stats"]}
+        upto = f"up to {where(graph, loaded[-1])}" if loaded else "none"
+        warnings = (f"{source} holds the first {len(loaded)} of {len(convs)} convs "
+                    f"({upto}); the other {len(missing)} are freshly initialised "
+                    f"(seed {seed}).",)
+    order = {layer_key(i): n for n, i in enumerate(convs)}
+    variables = {"params": dict(sorted(params.items(), key=lambda kv: order[kv[0]])),
+                 "batch_stats": dict(sorted(stats.items(), key=lambda kv: order[kv[0]]))}
+    return LoadedWeights(variables=variables, format="darknet", loaded_convs=len(loaded),
+                         total_convs=len(convs), header=header, warnings=warnings)
+
+
+def _f32(value) -> np.ndarray:
+    return np.ascontiguousarray(value, dtype=_F32)
+
+
+def darknet_chunks(graph: ir.Graph, variables: Variables,
+                   header: DarknetHeader) -> list:
+    """The bytes of a ``.weights`` file, as a list of contiguous buffers."""
+    chunks: list = [header.to_bytes()]
+    for index in graph.conv_indices():
+        key = layer_key(index)
+        p = variables["params"][key]
+        if graph.layers[index].batch_normalize:
+            s = variables["batch_stats"][key]["bn"]
+            chunks += [_f32(p["bn"]["bias"]), _f32(p["bn"]["scale"]), _f32(s["mean"]),
+                       _f32(s["var"])]
+        else:
+            chunks.append(_f32(p["conv"]["bias"]))
+        # HWIO -> OIHW; for kernels read by `read_darknet` this is the original buffer.
+        chunks.append(_f32(np.asarray(p["conv"]["kernel"]).transpose(3, 2, 0, 1)))
+    return chunks
+
+
+def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+                  header: DarknetHeader | None = None) -> None:
+    """Write ``variables`` as a Darknet ``.weights`` file, atomically.
+
+    Args:
+        header: the header to write (keep the one `read_darknet` returned for a byte
+            exact round trip); default version 0.2.0, seen 0.
+
+    Raises:
+        WeightsError: variables that do not fit ``graph`` (listing the first few), or a
+            cfg with weighted layers other than ``[convolutional]``.
+    """
+    source = str(path)
+    unsupported = unsupported_weighted_layers(graph)
+    if unsupported:
+        raise WeightsError(f"{source}: {where(graph, unsupported[0])} holds weights "
+                           "darkslim cannot write yet (only [convolutional] layers are "
+                           "supported)")
+    check_variables(graph, variables, source)
+    write_chunks(Path(path), darknet_chunks(graph, variables, header or DarknetHeader()))
