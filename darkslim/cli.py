@@ -11,18 +11,22 @@ from rich.console import Console
 COMMANDS = ("info", "run", "convert", "prune", "train", "eval", "synth", "demo")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's module is imported (each
+    pulls in its own heavy libraries, and a prune should not pay for flax)."""
     parser = argparse.ArgumentParser(
         prog="darkslim", description="Network slimming for Darknet YOLO networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         module = importlib.import_module(f"darkslim.commands.{name}")
         module.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only).parse_args(argv)
     console = Console(stderr=True)
     try:
         return args.func(args) or 0

@@ -13,26 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ir import Activation, Conv, Graph, MaxPool, Route, Shortcut, Upsample
+from ir import Conv, Graph, MaxPool, Route, Shortcut, Upsample
 from ir.shapes import verify
 from passes import tree
 from passes.analysis import channel_segments
+from passes.arrays import activate, namespace
 from passes.masks import ChannelMasks
-
-ACTIVATIONS: dict[Activation, Callable[[jax.Array], jax.Array]] = {
-    Activation.LEAKY: lambda x: jnp.where(x > 0, x, 0.1 * x),
-    Activation.LINEAR: lambda x: x,
-    Activation.MISH: lambda x: x * jnp.tanh(jax.nn.softplus(x)),
-    Activation.SWISH: lambda x: x * jax.nn.sigmoid(x),
-    Activation.LOGISTIC: jax.nn.sigmoid,
-    Activation.RELU: jax.nn.relu,
-}
 
 
 def tensor_keeps(graph: Graph, masks: ChannelMasks) -> tuple[np.ndarray, ...]:
@@ -50,46 +38,51 @@ def _input_keep(graph: Graph, keeps, index: int) -> np.ndarray:
     return keeps[index - 1] if index > 0 else np.ones(graph.channels, dtype=bool)
 
 
-def _dropped_constants(graph: Graph, variables, masks: ChannelMasks, keeps):
+def _dropped_constants(graph: Graph, variables, masks: ChannelMasks, keeps, xp):
     """Per tensor, the constant each dropped channel emits once its γ is zero."""
     shapes = verify(graph)
     by_space = masks.as_dict()
-    consts: list[jax.Array] = []
+    consts: list = []
 
-    def of(j: int) -> jax.Array:
-        return consts[j] if j >= 0 else jnp.zeros(graph.channels, jnp.float32)
+    def of(j: int):
+        return consts[j] if j >= 0 else xp.zeros(graph.channels, xp.float32)
 
     for i, layer in enumerate(graph.layers):
         if isinstance(layer, Conv):
             if i in by_space:
-                beta = jnp.asarray(tree.get(variables, i, tree.BETA), jnp.float32)
-                const = ACTIVATIONS[layer.activation](beta)
+                const = activate(layer.activation, tree.get(variables, i, tree.BETA))
             else:
-                const = jnp.zeros(layer.filters, jnp.float32)
+                const = xp.zeros(layer.filters, xp.float32)
         elif isinstance(layer, Shortcut):
             if not keeps[i].all():  # coupled: every input has the same channels dropped
-                const = ACTIVATIONS[layer.activation](sum(of(j) for j in layer.inputs))
+                const = activate(layer.activation, sum(of(j) for j in layer.inputs))
             else:
-                const = jnp.zeros(shapes[i].c, jnp.float32)
+                const = xp.zeros(shapes[i].c, xp.float32)
         elif isinstance(layer, Route):
             parts = []
             for j in layer.inputs:
                 step = of(j).shape[0] // layer.groups
                 parts.append(of(j)[layer.group_id * step:(layer.group_id + 1) * step])
-            const = jnp.concatenate(parts)
+            const = xp.concatenate(parts)
         elif isinstance(layer, (Upsample, MaxPool)):
             const = of(i - 1)
         else:
-            const = jnp.zeros(shapes[i].c, jnp.float32)
-        consts.append(jnp.where(jnp.asarray(keeps[i]), 0.0, const))
+            const = xp.zeros(shapes[i].c, xp.float32)
+        consts.append(xp.where(xp.asarray(keeps[i]), 0.0, const))
     return consts
 
 
-def _grouped_offset(kernel: jax.Array, const: jax.Array, groups: int) -> jax.Array:
+def _grouped_offset(kernel, const, groups: int):
     """``Σ_{kh,kw,c} W[kh, kw, c, o] · const[c]`` for a (grouped) HWIO kernel."""
+    xp = namespace(kernel, const)
     per_group_in, out = kernel.shape[2], kernel.shape[3]
     summed = kernel.sum(axis=(0, 1)).reshape(per_group_in, groups, out // groups)
-    return jnp.einsum("jgo,gj->go", summed, const.reshape(groups, per_group_in)).reshape(out)
+    const = xp.asarray(const, summed.dtype).reshape(groups, per_group_in)
+    return xp.einsum("jgo,gj->go", summed, const).reshape(out)
+
+
+def _leaves_namespace(variables):
+    return namespace(*(layer["conv"]["kernel"] for layer in variables["params"].values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +99,9 @@ class ZeroPrunedGamma:
         updates = {}
         for i, mask in self.masks.as_dict().items():
             if not mask.all():
-                gamma = jnp.asarray(tree.get(variables, i, tree.GAMMA))
-                updates[(i, tree.GAMMA)] = jnp.where(jnp.asarray(mask), gamma, 0.0)
+                gamma = tree.get(variables, i, tree.GAMMA)
+                xp = namespace(gamma)
+                updates[(i, tree.GAMMA)] = xp.where(xp.asarray(mask), gamma, 0.0)
         return graph, tree.with_updates(variables, updates)
 
 
@@ -116,41 +110,42 @@ class FoldPrunedBias:
     """The keep-size network: shapes unchanged, dropped channels folded away.
 
     Each dropped channel's constant is absorbed by every consumer conv, the dropped
-    γ and β become 0, and the consumers' kernel slices for dropped input channels
-    become 0, so this network equals the compact one exactly (see module docstring
-    for where it differs from the γ-zeroed one).
+    γ and β become 0, and (with ``zero_dropped_inputs``) the consumers' kernel slices
+    for dropped input channels become 0, so this network equals the compact one
+    exactly (see module docstring for where it differs from the γ-zeroed one). Before
+    `SliceChannels` the zeroing is wasted work: those slices are cut anyway.
     """
 
     masks: ChannelMasks
+    zero_dropped_inputs: bool = True
     name: str = "fold-pruned-bias"
 
     def __call__(self, graph: Graph, variables):
         if self.masks.is_noop:
             return graph, variables
+        xp = _leaves_namespace(variables)
         keeps = tensor_keeps(graph, self.masks)
-        consts = _dropped_constants(graph, variables, self.masks, keeps)
+        consts = _dropped_constants(graph, variables, self.masks, keeps, xp)
         by_space = self.masks.as_dict()
         updates = {}
         for i, layer in enumerate(graph.layers):
             if not isinstance(layer, Conv):
                 continue
             if i in by_space and not by_space[i].all():
-                keep = jnp.asarray(by_space[i])
+                keep = xp.asarray(by_space[i])
                 for leaf in (tree.GAMMA, tree.BETA):
-                    updates[(i, leaf)] = jnp.where(keep, tree.get(variables, i, leaf), 0.0)
+                    updates[(i, leaf)] = xp.where(keep, tree.get(variables, i, leaf), 0.0)
             in_keep = _input_keep(graph, keeps, i)
             if in_keep.all():
                 continue
-            kernel = jnp.asarray(tree.get(variables, i, tree.KERNEL))
+            kernel = tree.get(variables, i, tree.KERNEL)
             offset = _grouped_offset(kernel, consts[i - 1], layer.groups)
             if layer.batch_normalize:
-                mean = jnp.asarray(tree.get(variables, i, tree.MEAN))
-                updates[(i, tree.MEAN)] = mean - offset
+                updates[(i, tree.MEAN)] = tree.get(variables, i, tree.MEAN) - offset
             else:
-                bias = jnp.asarray(tree.get(variables, i, tree.CONV_BIAS))
-                updates[(i, tree.CONV_BIAS)] = bias + offset
-            if layer.groups == 1:
-                updates[(i, tree.KERNEL)] = kernel * jnp.asarray(in_keep, kernel.dtype)[:, None]
+                updates[(i, tree.CONV_BIAS)] = tree.get(variables, i, tree.CONV_BIAS) + offset
+            if layer.groups == 1 and self.zero_dropped_inputs:
+                updates[(i, tree.KERNEL)] = kernel * xp.asarray(in_keep, kernel.dtype)[:, None]
         return graph, tree.with_updates(variables, updates)
 
 
@@ -176,7 +171,8 @@ class SliceChannels:
                 continue
             out_idx = np.flatnonzero(keeps[i])
             in_idx = np.flatnonzero(_input_keep(graph, keeps, i))
-            kernel = jnp.asarray(tree.get(variables, i, tree.KERNEL))
+            kernel = tree.get(variables, i, tree.KERNEL)
+            xp = namespace(kernel)
             if layer.groups > 1:  # depthwise (coupled): each group keeps one input
                 new_layer = dataclasses.replace(layer, filters=len(out_idx),
                                                 groups=len(out_idx))
@@ -185,9 +181,9 @@ class SliceChannels:
                 new_layer = dataclasses.replace(layer, filters=len(out_idx))
                 sliced = kernel
                 if len(in_idx) < kernel.shape[2]:
-                    sliced = jnp.take(sliced, jnp.asarray(in_idx), axis=2)
+                    sliced = xp.take(sliced, xp.asarray(in_idx), axis=2)
                 if len(out_idx) < layer.filters:
-                    sliced = jnp.take(sliced, jnp.asarray(out_idx), axis=3)
+                    sliced = xp.take(sliced, xp.asarray(out_idx), axis=3)
             if sliced is not kernel:
                 updates[(i, tree.KERNEL)] = sliced
             if len(out_idx) < layer.filters:
@@ -195,7 +191,7 @@ class SliceChannels:
                 leaves = ((tree.GAMMA, tree.BETA, tree.MEAN, tree.VAR)
                           if layer.batch_normalize else (tree.CONV_BIAS,))
                 for leaf in leaves:
-                    updates[(i, leaf)] = jnp.take(
-                        jnp.asarray(tree.get(variables, i, leaf)), jnp.asarray(out_idx))
+                    updates[(i, leaf)] = xp.take(tree.get(variables, i, leaf),
+                                                 xp.asarray(out_idx))
         return dataclasses.replace(graph, layers=tuple(layers)), \
             tree.with_updates(variables, updates)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ir import Graph, Layer
@@ -29,17 +29,29 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class PruneResult:
-    """Everything a prune produced; the three networks share the original shapes
-    except ``compact``."""
+    """Everything a prune produced.
+
+    ``compact`` is computed eagerly; the two networks with the original shapes,
+    ``keep_size`` and ``gamma_zeroed``, are derived on access (each a full copy of
+    the weights, which most callers never need).
+    """
 
     config: PruneConfig
     analysis: Prunability
     threshold: Threshold
     masks: ChannelMasks
-    gamma_zeroed: tuple[Graph, Any]
-    keep_size: tuple[Graph, Any]
+    original: tuple[Graph, Any]
     compact: tuple[Graph, Any]
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def keep_size(self) -> tuple[Graph, Any]:
+        """Masks applied, constants folded, shapes unchanged; equals ``compact``."""
+        return pipeline(FoldPrunedBias(self.masks))(*self.original)
+
+    @property
+    def gamma_zeroed(self) -> tuple[Graph, Any]:
+        """The seed's check network: only the dropped γ set to zero."""
+        return ZeroPrunedGamma(self.masks)(*self.original)
 
 
 def prune(graph: Graph, variables: Any, config: PruneConfig) -> PruneResult:
@@ -53,8 +65,7 @@ def prune(graph: Graph, variables: Any, config: PruneConfig) -> PruneResult:
                                   config.threshold)
     masks = compute_masks(graph, variables, analysis, threshold.value,
                           config.min_keep, config.round_to)
-    keep_size = FoldPrunedBias(masks)(graph, variables)
-    compact = pipeline(FoldPrunedBias(masks), SliceChannels(masks))(graph, variables)
+    compact = pipeline(FoldPrunedBias(masks, zero_dropped_inputs=False),
+                       SliceChannels(masks))(graph, variables)
     return PruneResult(config=config, analysis=analysis, threshold=threshold,
-                       masks=masks, gamma_zeroed=ZeroPrunedGamma(masks)(graph, variables),
-                       keep_size=keep_size, compact=compact)
+                       masks=masks, original=(graph, variables), compact=compact)

@@ -1,12 +1,103 @@
-"""`darkslim info` (not implemented yet)."""
+"""`darkslim info MODEL.cfg [--weights W]`: the layer table, shapes, params, BFLOPs."""
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.table import Table
+
+import ir
+import passes
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("info", help="not implemented yet")
+    p = sub.add_parser("info", help="layer table: shapes, params, BFLOPs, prunable?")
+    p.add_argument("cfg", metavar="MODEL.cfg")
+    p.add_argument("--weights", metavar="W", help="also load and check a weights file "
+                   "(.weights, .pt/.pth, .msgpack)")
+    p.add_argument("--mode", choices=("regular", "shortcut"), default="regular",
+                   help="prunability mode shown in the last column")
+    p.add_argument("--bn-eps", type=float, default=None, metavar="E",
+                   help="torch checkpoints: the BatchNorm eps they were trained with")
     p.set_defaults(func=run)
 
 
+def _describe(layer: ir.Layer) -> str:
+    if isinstance(layer, ir.Conv):
+        text = f"{layer.filters} {layer.size}x{layer.size}/{layer.stride}"
+        if layer.groups > 1:
+            text += f" g{layer.groups}"
+        return text + (" bn " if layer.batch_normalize else " ") + layer.activation.value
+    if isinstance(layer, (ir.Shortcut, ir.Route)):
+        text = ",".join(map(str, layer.inputs))
+        if isinstance(layer, ir.Route) and layer.groups > 1:
+            text += f" g{layer.group_id}/{layer.groups}"
+        return text
+    if isinstance(layer, ir.MaxPool):
+        return f"{layer.size}x{layer.size}/{layer.stride}"
+    if isinstance(layer, ir.Upsample):
+        return f"x{layer.stride}"
+    if isinstance(layer, ir.Yolo):
+        return f"mask {','.join(map(str, layer.mask))}, {layer.classes} classes"
+    return ""
+
+
+_SHORT = (("feeds [yolo]", "feeds yolo"), ("no BatchNorm", "no BN"),
+          ("regular mode keeps", "shortcut group"), ("coupled with", "coupled"),
+          ("ignored", "ignored"), ("read by", "unknown reader"),
+          ("grouped conv", "grouped conv"), ("sliced by", "route groups"),
+          ("added by", "partial shortcut"))
+
+
+def short_reason(reason: str) -> str:
+    """A few words for the table; `passes.Prunability.reasons` has the full text."""
+    return next((short for key, short in _SHORT if key in reason), reason)
+
+
+_KIND = {"convolutional": "conv", "shortcut": "shortcut", "route": "route",
+         "upsample": "upsample", "maxpool": "maxpool", "yolo": "yolo"}
+
+
 def run(args) -> int:
-    raise NotImplementedError("darkslim info is not implemented yet")
+    console = Console(width=max(Console().width, 132))
+    graph = ir.parse_cfg(args.cfg)
+    shapes = ir.verify(graph)
+    costs = ir.layer_costs(graph, shapes)
+    analysis = passes.analyze_prunability(graph, args.mode)
+    table = Table(title=f"{args.cfg}  ({graph.width}x{graph.height}x{graph.channels})",
+                  show_lines=False)
+    for column in ("#", "layer", "line", "", "input", "output", "params", "BFLOPs",
+                   f"prunable ({args.mode})"):
+        table.add_column(column, justify="right" if column in ("#", "line", "params",
+                                                               "BFLOPs") else "left")
+    image = ir.input_shape(graph)
+    for i, (layer, shape, cost) in enumerate(zip(graph.layers, shapes, costs)):
+        source = shapes[i - 1] if i else image
+        if isinstance(layer, ir.Conv):
+            reason = analysis.reason(i)
+            prunable = ("[green]yes[/]" if reason is None
+                        else f"[dim]no: {short_reason(reason)}[/]")
+        else:
+            prunable = ""
+        table.add_row(str(i), _KIND.get(layer.kind, layer.kind), str(layer.line),
+                      _describe(layer),
+                      "x".join(map(str, (source.c, source.h, source.w))),
+                      "x".join(map(str, (shape.c, shape.h, shape.w))),
+                      f"{cost.params:,}" if cost.params else "",
+                      f"{cost.flops / 1e9:.3f}" if cost.flops else "", prunable)
+    total_params = sum(c.params for c in costs)
+    total_flops = sum(c.flops for c in costs) / 1e9
+    table.add_section()
+    table.add_row("", "total", "", "", "", "", f"{total_params:,}", f"{total_flops:.2f}",
+                  f"{len(analysis.prunable)} of {len(graph.conv_indices())} convs")
+    console.print(table)
+    console.print(f"[bold]{total_params:,}[/] params, [bold]{total_flops:.2f}[/] BFLOPs "
+                  f"at {graph.width}x{graph.height}, {len(graph.layers)} layers")
+    if args.weights:
+        import frontends
+
+        loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
+        console.print(f"weights {args.weights}: {loaded.format}, "
+                      f"{loaded.loaded_convs} of {loaded.total_convs} convs loaded")
+        for warning in loaded.warnings:
+            console.print(f"[yellow]warning:[/] {warning}")
+    return 0

@@ -1,12 +1,123 @@
-"""`darkslim prune` (not implemented yet)."""
+"""`darkslim prune MODEL.cfg WEIGHTS --percent P ... --out DIR`: network slimming.
+
+Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input's own torch
+layout when the input is one), DIR/report.json and DIR/channels.png. Nothing is
+written when the prune fails.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import frontends
+import ir
+import passes
+from darkslim import report as reports
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise passes.PruneError(f"--ignore {text}: expected comma-separated layer "
+                                "indices such as 84,96") from None
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("prune", help="not implemented yet")
+    p = sub.add_parser("prune", help="prune BN channels by |γ| (network slimming)",
+                       description=__doc__.split("\n\n", 1)[1])
+    p.add_argument("cfg", metavar="MODEL.cfg")
+    p.add_argument("weights", metavar="WEIGHTS", help=".weights, .pt/.pth or .msgpack")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--percent", type=float, metavar="P",
+                     help="fraction of prunable channels to drop (the seed's global rule)")
+    how.add_argument("--threshold", type=float, metavar="T",
+                     help="drop channels with |γ| < T")
+    p.add_argument("--mode", choices=("regular", "shortcut"), default="regular",
+                   help="regular: shortcut groups stay whole (the seed); shortcut: "
+                   "each group is pruned with one shared mask")
+    p.add_argument("--ignore", type=_indices, default=(), metavar="L,...",
+                   help="conv layer indices to keep whole, e.g. 84,96")
+    p.add_argument("--min-keep", type=float, default=0.01, metavar="F",
+                   help="keep at least this fraction of every layer, and at least one "
+                   "channel (0: no floor; a layer that would empty is an error)")
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="round kept channel counts up to multiples of N")
+    p.add_argument("--bn-eps", type=float, default=None, metavar="E",
+                   help="torch checkpoints: the BatchNorm eps they were trained with")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the forward passes that measure keep-size vs compact")
+    p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    raise NotImplementedError("darkslim prune is not implemented yet")
+    console = Console(stderr=False)
+    t0 = time.perf_counter()
+    graph = ir.parse_cfg(args.cfg)
+    ir.verify(graph)
+    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
+    for warning in loaded.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    config = passes.PruneConfig(percent=args.percent, threshold=args.threshold,
+                                mode=args.mode, ignore=args.ignore,
+                                min_keep=args.min_keep, round_to=args.round_to)
+    result = passes.prune(graph, loaded.variables, config)
+    diffs = None
+    if args.check:
+        with console.status("checking keep-size vs compact on a random input..."):
+            diffs = reports.measure_prune_diffs(graph, result)
+    report = reports.prune_report(graph, result, diffs)
+    compact_graph, compact_vars = result.compact
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    reports.write_text(out / "pruned.cfg", ir.write_cfg(compact_graph))
+    frontends.save_variables(compact_graph, compact_vars, out / "pruned.weights")
+    written = ["pruned.cfg", "pruned.weights"]
+    if loaded.format == "torch":
+        suffix = Path(args.weights).suffix
+        for warning in frontends.save_variables(compact_graph, compact_vars,
+                                                out / f"pruned{suffix}",
+                                                header=loaded.header):
+            console.print(f"[yellow]warning:[/] {warning}")
+        written.append(f"pruned{suffix}")
+    reports.write_json(out / "report.json", report)
+    reports.plot_channels_kept(report, out / "channels.png")
+    written += ["report.json", "channels.png"]
+    console.print(render_table(report))
+    console.print(f"wrote {', '.join(written)} to {out}/ in "
+                  f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def render_table(report: dict) -> Table:
+    table = Table(title=f"prune ({report['mode']} mode)")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("ratio", justify="right")
+
+    def row(name, before, after, fmt="{:,}"):
+        ratio = f"{after / before:.3f}" if before else ""
+        table.add_row(name, fmt.format(before), fmt.format(after), ratio)
+
+    row("prunable channels", report["prunable_channels_before"],
+        report["prunable_channels_after"])
+    row("conv channels", report["channels_before"], report["channels_after"])
+    row("params", report["params_before"], report["params_after"])
+    row("BFLOPs", report["bflops_before"], report["bflops_after"], "{:.3f}")
+    table.caption = (
+        f"threshold {report['threshold']:.4g} (percent {report['percent']:.3f}); "
+        f"highest safe threshold {report['safe_threshold']:.4g} "
+        f"(percent {report['safe_percent']:.3f})")
+    if report["max_abs_diff_keepsize_vs_compact"] is not None:
+        table.caption += (
+            f"\nmax |keep-size − compact| {report['max_abs_diff_keepsize_vs_compact']:.2e}; "
+            f"max |γ-zeroed − compact| {report['max_abs_diff_gamma_zeroed_vs_compact']:.2e}"
+            " (border effect)")
+    return table

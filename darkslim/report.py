@@ -1,0 +1,168 @@
+"""Prune reports: the numbers, the terminal table, the plots.
+
+Library code: it returns data and writes files; it never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ir
+import passes
+
+
+def _max_abs_diff(prog_a, prog_b, x, bn_eps: float) -> float:
+    import runtime
+
+    a = runtime.forward(*prog_a, x, bn_eps=bn_eps)
+    b = runtime.forward(*prog_b, x, bn_eps=bn_eps)
+    return max(float(np.abs(np.asarray(ha) - np.asarray(hb)).max())
+               for ha, hb in zip(a.heads, b.heads))
+
+
+def measure_prune_diffs(graph: ir.Graph, result: passes.PruneResult, *, seed: int = 0,
+                        bn_eps: float = 1e-5) -> dict[str, float]:
+    """Max abs head differences on a seeded random input at the cfg's size.
+
+    ``keepsize_vs_compact`` must be float32 rounding; ``gamma_zeroed_vs_compact`` is
+    the border effect of folding into k×k consumers (see `passes.fold`).
+    """
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.random((1, graph.height, graph.width, graph.channels),
+                               dtype=np.float32))
+    return {
+        "max_abs_diff_keepsize_vs_compact":
+            _max_abs_diff(result.keep_size, result.compact, x, bn_eps),
+        "max_abs_diff_gamma_zeroed_vs_compact":
+            _max_abs_diff(result.gamma_zeroed, result.compact, x, bn_eps),
+    }
+
+
+def _conv_channels(graph: ir.Graph, indices) -> int:
+    return sum(graph.layers[i].filters for i in indices)
+
+
+def prune_report(graph: ir.Graph, result: passes.PruneResult,
+                 diffs: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """The facts of one prune as a JSON-able dict (the keys of ``report.json``)."""
+    compact = result.compact[0]
+    convs = graph.conv_indices()
+    prunable = result.analysis.prunable
+    config = result.config
+    return {
+        "mode": config.mode,
+        "percent": result.threshold.percent,
+        "threshold": result.threshold.value,
+        "safe_threshold": result.threshold.safe_value,
+        "safe_percent": result.threshold.safe_percent,
+        "min_keep": config.min_keep,
+        "round_to": config.round_to,
+        "ignore": list(config.ignore) if not callable(config.ignore) else "predicate",
+        "prunable_layers": list(prunable),
+        "prunable_channels_before": _conv_channels(graph, prunable),
+        "prunable_channels_after": _conv_channels(compact, prunable),
+        "channels_before": _conv_channels(graph, convs),
+        "channels_after": _conv_channels(compact, convs),
+        "params_before": ir.count_params(graph),
+        "params_after": ir.count_params(compact),
+        "bflops_before": ir.count_flops(graph) / 1e9,
+        "bflops_after": ir.count_flops(compact) / 1e9,
+        "layers": {str(i): [compact.layers[i].filters, graph.layers[i].filters]
+                   for i in convs},
+        **(diffs or {"max_abs_diff_keepsize_vs_compact": None,
+                     "max_abs_diff_gamma_zeroed_vs_compact": None}),
+    }
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _figure(size: tuple[float, float]):
+    """A figure on the Agg canvas, without pyplot (no global figure state, faster)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _atomic_figure(fig, path: str | os.PathLike) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_channels_kept(report: dict[str, Any], path: str | os.PathLike,
+                       title: str = "channels kept per conv") -> None:
+    """Bar chart: per conv, total channels (light) and kept channels (dark)."""
+    layers = sorted(report["layers"].items(), key=lambda kv: int(kv[0]))
+    idx = [int(k) for k, _ in layers]
+    kept = [v[0] for _, v in layers]
+    total = [v[1] for _, v in layers]
+    fig, ax = _figure((max(6, len(idx) * 0.12), 3.2))
+    positions = np.arange(len(idx))
+    ax.bar(positions, total, color="#c7d7ee", label="before")
+    ax.bar(positions, kept, color="#1f5fa8", label="kept")
+    step = max(1, len(idx) // 25)
+    ax.set_xticks(positions[::step], [str(i) for i in idx][::step], fontsize=7)
+    ax.set_xlabel("conv layer index")
+    ax.set_ylabel("channels")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _atomic_figure(fig, path)
+
+
+def plot_gamma_histogram(gammas: dict[str, np.ndarray], path: str | os.PathLike,
+                         threshold: float | None = None,
+                         title: str = "|γ| of prunable channels") -> None:
+    """Histogram(s) of |γ|, one series per label, log-scaled counts."""
+    fig, ax = _figure((6, 3.2))
+    top = max(float(np.max(g)) for g in gammas.values() if len(g)) or 1.0
+    bins = np.linspace(0, top, 60)
+    for label, values in gammas.items():
+        ax.hist(values, bins=bins, alpha=0.6, label=label)
+    if threshold is not None:
+        ax.axvline(threshold, color="crimson", lw=1, ls="--", label=f"threshold {threshold:.3g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("|γ|")
+    ax.set_ylabel("channels")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _atomic_figure(fig, path)
+
+
+def prunable_gammas(variables, analysis: passes.Prunability) -> np.ndarray:
+    """|γ| of every prunable channel, concatenated."""
+    if not analysis.prunable:
+        return np.zeros(0, np.float32)
+    return np.concatenate([np.abs(np.asarray(
+        variables["params"][f"layer_{i}"]["bn"]["scale"])) for i in analysis.prunable])
