@@ -291,6 +291,11 @@ def test_init_variables_follow_the_project_layout():
         return v[kernel[0]][kernel[1]][kernel[2]][kernel[3]]
     np.testing.assert_array_equal(get(variables), get(again))
     assert not np.array_equal(get(variables), get(other))
+    limit = np.sqrt(2 / (3 * 3 * 1))  # Darknet: U(±sqrt(2 / fan_in)), fan_in = 3·3·3/3
+    assert limit / 2 < np.max(np.abs(get(variables))) <= limit
+    np.testing.assert_array_equal(variables["batch_stats"]["layer_0"]["bn"]["var"], 1)
+    flax_init = runtime.DarknetModule(graph).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    assert jax.tree_util.tree_structure(flax_init) == jax.tree_util.tree_structure(variables)
 
 
 def test_train_mode_updates_running_stats_like_darknet():
@@ -307,6 +312,33 @@ def test_train_mode_updates_running_stats_like_darknet():
                                + 0.01 * conv.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new["var"], 0.99 * weights[0]["var"]
                                + 0.01 * conv.var(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_flow_through_every_layer_kind():
+    graph = ir.parse_cfg("[net]\nwidth=8\nheight=8\nchannels=3\n"
+                         "[convolutional]\nbatch_normalize=1\nfilters=4\nsize=3\npad=1\n"
+                         "activation=mish\n"
+                         "[maxpool]\nsize=2\nstride=1\n"
+                         "[convolutional]\nbatch_normalize=1\nfilters=4\nsize=3\nstride=2\n"
+                         "pad=1\nactivation=leaky\n"
+                         "[upsample]\nstride=2\n"
+                         "[shortcut]\nfrom=-3\nactivation=swish\n"
+                         "[route]\nlayers=-1,0\ngroups=2\ngroup_id=1\n"
+                         "[convolutional]\nfilters=7\nsize=1\nactivation=linear\n"
+                         "[yolo]\nmask=0\nanchors=2,3\nclasses=2\nnum=1\nscale_x_y=1.05\n")
+    variables = to_variables(random_weights(graph, seed=15))
+    x = jnp.asarray(np.random.default_rng(16).uniform(0, 1, (2, 8, 8, 3)), jnp.float32)
+
+    def loss(params):
+        out, _ = runtime.DarknetModule(graph).apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+            mutable=["batch_stats"])
+        return jnp.sum(out.detections[..., 4:]) + jnp.sum(out.heads[0] ** 2)
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    for name in ("layer_0", "layer_2", "layer_6"):
+        kernel = np.asarray(grads[name]["conv"]["kernel"])
+        assert np.all(np.isfinite(kernel)) and np.abs(kernel).max() > 0
 
 
 def test_input_with_wrong_channels_fails_clearly():

@@ -1,0 +1,146 @@
+"""Forward-pass latency of the Flax runtime: yolov3 at 416, batch 1 and 8, on CPU.
+
+Compile time (trace + lower + XLA compile) is measured apart from latency, which is
+the median of ``--repeats`` runs after ``--warmup`` runs. Two references are
+measured in the same run: a float32 2048² matmul (this machine's attainable GFLOP/s
+through XLA) and, when torch is installed, the same network in torch eager mode
+(``tests/torch_reference.py``), both on the same threads.
+
+    .venv/bin/python benchmarks/forward.py [--cfg yolov3.cfg] [--size 416]
+        [--batches 1 8] [--repeats 5] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ir  # noqa: E402
+import runtime  # noqa: E402
+
+DEFAULT_CFG = ROOT.parent / "shared" / "cfg" / "yolov3.cfg"
+
+
+def at_size(graph: ir.Graph, size: int) -> ir.Graph:
+    net = tuple((k, str(size) if k in ("width", "height") else v) for k, v in graph.net)
+    return dataclasses.replace(graph, net=net)
+
+
+def median_seconds(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_flax(graph, variables, batch: int, repeats: int, warmup: int):
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (batch, graph.height,
+                                                            graph.width, graph.channels)),
+                    dtype=jnp.float32)
+    start = time.perf_counter()
+    lowered = runtime.forward.lower(graph, variables, x)
+    traced = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
+
+    def run():
+        jax.block_until_ready(compiled(variables, x))
+    return traced - start, done - traced, median_seconds(run, repeats, warmup)
+
+
+def bench_matmul(repeats: int) -> float:
+    n = 2048
+    a = jnp.asarray(np.random.default_rng(1).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    seconds = median_seconds(lambda: f(a).block_until_ready(), repeats, 2)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def bench_torch(graph, batch: int, repeats: int, warmup: int):
+    try:
+        import torch
+
+        from tests.torch_reference import Darknet
+    except ImportError:
+        return None
+    model = Darknet(graph, darknet_maxpool=True).eval()
+    x = torch.rand(batch, graph.channels, graph.height, graph.width)
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+    return median_seconds(run, repeats, warmup), torch.get_num_threads()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cfg", default=str(DEFAULT_CFG))
+    parser.add_argument("--size", type=int, default=416)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args(argv)
+    console = Console(width=max(100, Console().width))
+
+    load_before = os.getloadavg()[0]
+    graph = at_size(ir.parse_cfg(args.cfg), args.size)
+    gflops = ir.count_flops(graph) / 1e9
+    start = time.perf_counter()
+    variables = jax.block_until_ready(runtime.init_variables(graph))
+    init_s = time.perf_counter() - start
+
+    table = Table(title=f"{Path(args.cfg).name} at {args.size}, {gflops:.2f} BFLOPs/image; "
+                  f"{jax.devices()[0].platform.upper()}, {os.cpu_count()} cores, "
+                  f"jax {jax.__version__}")
+    for column in ("engine", "batch", "trace s", "compile s", "latency ms (median)",
+                   "ms / image", "GFLOP/s"):
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for batch in args.batches:
+        trace_s, compile_s, latency = bench_flax(graph, variables, batch, args.repeats,
+                                                 args.warmup)
+        table.add_row("darkslim", str(batch), f"{trace_s:.2f}", f"{compile_s:.2f}",
+                      f"{latency * 1e3:.0f}", f"{latency * 1e3 / batch:.0f}",
+                      f"{gflops * batch / latency:.1f}")
+    if not args.no_torch:
+        for batch in args.batches:
+            result = bench_torch(graph, batch, args.repeats, args.warmup)
+            if result is None:
+                break
+            latency, threads = result
+            table.add_row(f"torch eager, {threads} threads", str(batch), "-",
+                          "-", f"{latency * 1e3:.0f}", f"{latency * 1e3 / batch:.0f}",
+                          f"{gflops * batch / latency:.1f}")
+    table.add_row("XLA matmul 2048²", "-", "-", "-", "-", "-",
+                  f"{bench_matmul(args.repeats):.1f}")
+    console.print(table)
+    console.print(f"darkslim = runtime.forward (Flax/XLA, NHWC); references measured in "
+                  f"this run: torch eager on tests/torch_reference.py's Darknet, and a "
+                  f"float32 matmul (attainable GFLOP/s). Latency: median of "
+                  f"{args.repeats} runs after {args.warmup} warm-up runs. "
+                  f"init_variables: {init_s:.2f} s. Load average before/after: "
+                  f"{load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+                  "(other processes skew CPU timings).", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
