@@ -1,0 +1,112 @@
+"""Properties of the pruning passes over random Darknet graphs (darkslim.testing)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ir
+import passes
+from darkslim.testing import (assert_equivalent, assert_identity_when_noop,
+                              assert_pass_is_pure, assert_verifies, graphs, masks, programs,
+                              random_inputs, random_variables)
+
+MODES = st.sampled_from(["regular", "shortcut"])
+
+
+def analysis_and_masks(data, graph, mode):
+    analysis = passes.analyze_prunability(graph, mode)
+    return analysis, data.draw(masks(graph, analysis), label="masks")
+
+
+@settings(max_examples=25)
+@given(programs(max_blocks=6), MODES, st.data())
+def test_keep_size_equals_compact(program, mode, data):
+    graph, variables = program
+    analysis, channel_masks = analysis_and_masks(data, graph, mode)
+    keep = passes.FoldPrunedBias(channel_masks)(graph, variables)
+    compact = passes.pipeline(passes.FoldPrunedBias(channel_masks),
+                              passes.SliceChannels(channel_masks))(graph, variables)
+    assert_verifies(compact[0])
+    for i in graph.conv_indices():
+        assert compact[0].layers[i].filters >= 1
+    assert_equivalent(keep, compact, random_inputs(graph, seed=1, batch=2), rtol=1e-4)
+
+
+def pointwise(graph: ir.Graph) -> ir.Graph:
+    """The same graph with every conv 1×1: no zero-padded border anywhere."""
+    layers = tuple(dataclasses.replace(layer, size=1, pad=False, padding=0)
+                   if isinstance(layer, ir.Conv) else layer for layer in graph.layers)
+    return dataclasses.replace(graph, layers=layers)
+
+
+@settings(max_examples=25)
+@given(graphs(max_blocks=6), MODES, st.integers(0, 2**16), st.data())
+def test_folding_is_exact_without_borders(graph, mode, seed, data):
+    """With 1×1 convs only, the γ-zeroed network (dropped channels still emit
+    act(β)) computes exactly what the compact one does: the folding is right."""
+    graph = pointwise(graph)
+    variables = random_variables(graph, seed, sparsity=0.3)
+    _, channel_masks = analysis_and_masks(data, graph, mode)
+    zeroed = passes.ZeroPrunedGamma(channel_masks)(graph, variables)
+    compact = passes.pipeline(passes.FoldPrunedBias(channel_masks),
+                              passes.SliceChannels(channel_masks))(graph, variables)
+    assert_equivalent(zeroed, compact, random_inputs(graph, seed=2), rtol=1e-4)
+
+
+@settings(max_examples=40)
+@given(programs(max_blocks=8), st.data())
+def test_coupled_units_share_one_mask(program, data):
+    graph, variables = program
+    analysis, channel_masks = analysis_and_masks(data, graph, "shortcut")
+    by_layer = channel_masks.as_dict()
+    for unit in analysis.units:
+        assert all(np.array_equal(by_layer[m], by_layer[unit[0]]) for m in unit)
+    # Seeded thresholds give the same sharing.
+    if analysis.units:
+        t = passes.compute_threshold(graph, variables, analysis, percent=0.5)
+        chosen = passes.compute_masks(graph, variables, analysis, t.value).as_dict()
+        for unit in analysis.units:
+            assert all(np.array_equal(chosen[m], chosen[unit[0]]) for m in unit)
+            assert chosen[unit[0]].any()  # never emptied
+
+
+@settings(max_examples=25)
+@given(programs(max_blocks=6), MODES)
+def test_all_keep_masks_are_the_identity(program, mode):
+    graph, variables = program
+    analysis = passes.analyze_prunability(graph, mode)
+    keep_all = passes.ChannelMasks.from_arrays(
+        {i: np.ones(graph.layers[i].filters, bool) for i in analysis.prunable})
+    for pass_ in (passes.FoldPrunedBias(keep_all), passes.SliceChannels(keep_all),
+                  passes.ZeroPrunedGamma(keep_all)):
+        assert_identity_when_noop(pass_, program)
+
+
+@settings(max_examples=20)
+@given(programs(max_blocks=5), MODES, st.data())
+def test_passes_are_pure_and_compose(program, mode, data):
+    graph, variables = program
+    _, channel_masks = analysis_and_masks(data, graph, mode)
+    fold, cut = passes.FoldPrunedBias(channel_masks), passes.SliceChannels(channel_masks)
+    assert_pass_is_pure(fold, program)
+    assert_pass_is_pure(cut, program)
+    g1, v1 = passes.pipeline(fold, cut)(graph, variables)
+    g2, v2 = cut(*fold(graph, variables))
+    assert g1 == g2
+    assert ir.write_cfg(g1) == ir.write_cfg(g2)
+    flat1 = {k: np.asarray(x) for k, x in _flat(v1)}
+    flat2 = {k: np.asarray(x) for k, x in _flat(v2)}
+    assert flat1.keys() == flat2.keys()
+    assert all(np.array_equal(flat1[k], flat2[k]) for k in flat1)
+
+
+def _flat(tree, prefix=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flat(v, prefix + (k,))
+    else:
+        yield prefix, tree
