@@ -46,7 +46,7 @@ def header_bytes(major: int, minor: int, revision: int, seen: int, wide: bool) -
 @functools.lru_cache(maxsize=4)
 def random_body(cfg: str, seed: int = 0) -> bytes:
     n = sum(c for _, c in conv_float_counts(ir.parse_cfg(cfg_path(cfg))))
-    return np.random.default_rng(seed).standard_normal(n, dtype=np.float32).tobytes()
+    return np.random.default_rng(seed).random(n, dtype=np.float32).tobytes()
 
 
 HEADERS = {  # (major, minor, revision, seen, seen is int64)
