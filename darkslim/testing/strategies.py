@@ -1,10 +1,10 @@
 """Hypothesis strategies for random Darknet networks, weights, inputs and masks.
 
-A graph is drawn as a list of *block recipes*: a block kind and six small integers
+A graph is drawn as a list of *block recipes*: a block kind and six choice bytes
 that the builder interprets against the network built so far (which layers exist,
 their channels and spatial sizes). A recipe never fails: a block that does not fit
 (a route before any layer, a downsample of an odd map) is skipped. So hypothesis can
-delete any block or shrink any integer and still get a valid graph, and shrinking
+delete any block or shrink any byte and still get a valid graph, and shrinking
 walks toward a handful of plain 1x1 convs and one yolo head. Every value `graphs`
 draws passes `ir.verify`; the kit's own tests check that as a property.
 
@@ -26,22 +26,23 @@ from ir import Activation, Conv, Graph, MaxPool, Route, Shape, Shortcut, Upsampl
 from passes import ChannelMasks
 
 __all__ = [
-    "BLOCK_KINDS", "graphs", "inputs", "mask_units", "masks", "programs", "random_inputs",
-    "random_variables", "variables",
+    "BLOCK_KINDS", "graph_features", "graphs", "inputs", "mask_units", "masks",
+    "programs", "random_inputs", "random_variables", "variables",
 ]
 
 #: Block kinds `graphs` can draw, simplest first (hypothesis shrinks toward the first).
 #:
 #: ``conv``          conv 1x1 or 3x3, BN or not (1 in 4 without), any activation
 #: ``downsample``    conv 3x3 stride 2 (only where the map is even and at least 4)
-#: ``residual``      1-3 chained units (conv 1x1 -> conv 3x3, or one conv 3x3) each
-#:                   closed by ``[shortcut] from=-3`` (or ``-2``): one coupled group
+#: ``residual``      1-3 chained units (one conv 3x3, or conv 1x1 -> conv 3x3) each
+#:                   closed by ``[shortcut] from=-2`` (or ``-3``): one coupled group
 #: ``route``         ``[route]`` of 1-4 distinct earlier layers of the current size
 #: ``route_groups``  ``[route] groups=2|4 group_id=k`` of 1-2 layers (yolov4-tiny)
 #: ``maxpool``       tiny-style: size 2 stride 1 or size 2 stride 2
 #: ``spp``           SPP: stride-1 maxpools 5/9/13 of one layer, concatenated with it
 #: ``upsample``      ``[upsample] stride=2`` then ``[route] layers=-1,X`` with X an
-#:                   earlier layer of twice the size
+#:                   earlier layer of twice the size (after a stride-2 conv if the
+#:                   map has not been downsampled yet)
 #: ``grouped``       grouped or depthwise conv
 #: ``head``          a yolo head in the middle (conv 1x1 linear, ``[yolo]``, then
 #:                   ``[route]`` back to the trunk, as yolov3 does)
@@ -122,7 +123,7 @@ def _block_downsample(b: _Builder, v) -> None:
 def _block_residual(b: _Builder, v) -> None:
     if not b.layers:  # [shortcut] cannot read the image
         return
-    single = v[5] % 2 == 1
+    single = v[5] % 2 == 0  # shrinks to the shorter unit
     for unit in range(1 + v[0] % 3):
         start = len(b.layers) - 1
         c = b.trunk.c
@@ -185,10 +186,16 @@ def _block_spp(b: _Builder, v) -> None:
 
 
 def _block_upsample(b: _Builder, v) -> None:
+    if not b.layers:
+        return
     x = b.trunk
     cands = b.candidates(lambda s: (s.h, s.w) == (2 * x.h, 2 * x.w))
-    if not cands:
-        return
+    if not cands:  # no larger map to join yet: make one (yolov3's pattern, shortened)
+        _block_downsample(b, v)
+        if b.trunk == x:
+            return
+        x = b.trunk
+        cands = b.candidates(lambda s: (s.h, s.w) == (2 * x.h, 2 * x.w))
     up = b.add(Upsample(stride=2), Shape(x.c, 2 * x.h, 2 * x.w))
     b.route([up, cands[v[0] % len(cands)]])
 
@@ -278,8 +285,10 @@ def graphs(draw, *, max_blocks: int = 6, min_blocks: int = 0,
     height = draw(side) * size_multiple
     width = height if square else draw(side) * size_multiple
     n_classes = draw(st.integers(*classes))
+    # Six choice bytes as one `binary` draw: hypothesis deletes whole recipes from
+    # the list far more readily than when they are six separate integer draws.
     recipe = st.tuples(st.sampled_from(kinds),
-                       st.tuples(*[st.integers(0, 255)] * _RECIPE_INTS))
+                       st.binary(min_size=_RECIPE_INTS, max_size=_RECIPE_INTS))
     recipes = draw(st.lists(recipe, min_size=min_blocks, max_size=max_blocks))
 
     b = _Builder(image=Shape(channels, height, width), widths=widths,
@@ -449,3 +458,41 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
         for i in members:
             out[i] = keep
     return ChannelMasks.from_arrays(out)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def graph_features(graph: Graph) -> frozenset[str]:
+    """Names of the constructs ``graph`` contains, for coverage assertions and
+    ``hypothesis.event``: layer kinds (``Conv``, ``Route``, ...), ``act:<name>``,
+    ``conv:no-bn``, ``conv:grouped``, ``conv:depthwise``, ``conv:stride2``,
+    ``conv:3x3``, ``shortcut:chained``, ``route:inputs=<n>``, ``route:groups``,
+    ``maxpool:<size>/<stride>``, ``yolo:heads=<n>``."""
+    shapes = ir.verify(graph)
+    found: set[str] = set()
+    for i, layer in enumerate(graph.layers):
+        found.add(type(layer).__name__)
+        if isinstance(layer, Conv):
+            found.add(f"act:{layer.activation.value}")
+            c_in = shapes[i - 1].c if i else graph.channels
+            if not layer.batch_normalize:
+                found.add("conv:no-bn")
+            if layer.groups > 1:
+                found.add("conv:depthwise" if layer.groups == c_in == layer.filters
+                          else "conv:grouped")
+            if layer.stride == 2:
+                found.add("conv:stride2")
+            if layer.size == 3:
+                found.add("conv:3x3")
+        elif isinstance(layer, Shortcut):
+            if any(isinstance(graph.layers[j], Shortcut) for j in layer.inputs[1:]):
+                found.add("shortcut:chained")
+        elif isinstance(layer, Route):
+            found.add(f"route:inputs={len(layer.inputs)}")
+            if layer.groups > 1:
+                found.add("route:groups")
+        elif isinstance(layer, MaxPool):
+            found.add(f"maxpool:{layer.size}/{layer.stride}")
+    found.add(f"yolo:heads={len(graph.yolo_indices())}")
+    return frozenset(found)

@@ -1,0 +1,79 @@
+"""IR properties over the kit's random graphs: they verify, round-trip, and cover
+every layer kind and activation the runtime executes; shrinking yields tiny graphs."""
+
+from __future__ import annotations
+
+import typing
+
+from hypothesis import find, given, settings
+
+import ir
+import runtime
+from darkslim.testing import (assert_roundtrip_cfg, assert_verifies, describe_graph,
+                              graph_features, graphs)
+
+
+@given(graphs())
+def test_generated_graphs_verify_and_run(graph):
+    shapes = assert_verifies(graph)
+    runtime.check_supported(graph)
+    for i in graph.yolo_indices():  # the head conv has the filters its [yolo] reads
+        yolo = graph.layers[i]
+        assert shapes[i - 1].c == len(yolo.mask) * (yolo.classes + 5)
+
+
+@given(graphs())
+def test_write_then_parse_is_the_identity(graph):
+    assert_roundtrip_cfg(graph)
+    assert hash(ir.parse_cfg(ir.write_cfg(graph))) == hash(graph)
+
+
+@given(graphs(max_blocks=4, kinds=("conv", "route"), sizes=(8, 16), heads=(0, 0)))
+def test_knobs_are_respected(graph):
+    assert_verifies(graph)
+    assert not graph.yolo_indices()
+    allowed = {ir.Conv, ir.Route}
+    assert {type(layer) for layer in graph.layers} <= allowed
+    assert graph.height in (8, 16) and graph.width in (8, 16)
+
+
+def test_a_large_sample_covers_every_kind_the_runtime_executes():
+    seen: set[str] = set()
+
+    # A fixed, derandomised sample of 300 graphs, whatever the profile.
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(graphs())
+    def record(graph):
+        seen.update(graph_features(graph))
+
+    record()
+    layer_kinds = {t.__name__ for t in typing.get_args(ir.Layer)} - {"Section"}
+    activations = {f"act:{a.value}" for a in runtime.ACTIVATIONS}
+    constructs = {
+        "route:groups", "route:inputs=1", "route:inputs=2", "route:inputs=3",
+        "route:inputs=4", "maxpool:2/1", "maxpool:2/2", "maxpool:5/1", "maxpool:9/1",
+        "maxpool:13/1", "conv:no-bn", "conv:grouped", "conv:depthwise", "conv:stride2",
+        "conv:3x3", "shortcut:chained", "yolo:heads=1", "yolo:heads=2",
+    }
+    missing = (layer_kinds | activations | constructs) - seen
+    assert not missing, f"300 generated graphs never contained {sorted(missing)}"
+
+
+def _find(condition):
+    return find(graphs(), condition, settings=settings(database=None, max_examples=1000))
+
+
+def test_shrinking_reaches_tiny_graphs():
+    # The simplest graph at all: one head conv and its [yolo].
+    smallest = _find(lambda g: True)
+    assert [type(l) for l in smallest.layers] == [ir.Conv, ir.Yolo]
+    assert (smallest.height, smallest.width) == (16, 16)
+    # Each construct shrinks to exactly the layers it needs, plus the head.
+    up = _find(lambda g: "Upsample" in graph_features(g))
+    assert [type(l) for l in up.layers] == [
+        ir.Conv, ir.Conv, ir.Upsample, ir.Route, ir.Conv, ir.Yolo], describe_graph(up)
+    assert up.layers[3].inputs == (2, 0)  # the upsampled map joins the one before
+    chained = _find(lambda g: "shortcut:chained" in graph_features(g))
+    assert [type(l) for l in chained.layers] == [
+        ir.Conv, ir.Conv, ir.Shortcut, ir.Conv, ir.Shortcut, ir.Conv, ir.Yolo
+    ], describe_graph(chained)
