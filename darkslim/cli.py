@@ -8,6 +8,8 @@ import sys
 
 from rich.console import Console
 
+from darkslim.ui import error
+
 COMMANDS = ("info", "run", "convert", "prune", "train", "eval", "synth", "demo")
 
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         # Every domain error (CfgError, WeightsError, CheckpointError, PruneError,
         # DataError) is a ValueError whose message names the file, line or layer.
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        error(console, str(exc))
         return 2
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
 import ir
 import passes
+from darkslim.ui import make_console, warn
 
 
 def add_parser(sub) -> None:
@@ -58,7 +58,7 @@ _KIND = {"convolutional": "conv", "shortcut": "shortcut", "route": "route",
 
 
 def run(args) -> int:
-    console = Console(width=max(Console().width, 132))
+    console = make_console()
     graph = ir.parse_cfg(args.cfg)
     shapes = ir.verify(graph)
     costs = ir.layer_costs(graph, shapes)
@@ -99,5 +99,5 @@ def run(args) -> int:
         console.print(f"weights {args.weights}: {loaded.format}, "
                       f"{loaded.loaded_convs} of {loaded.total_convs} convs loaded")
         for warning in loaded.warnings:
-            console.print(f"[yellow]warning:[/] {warning}")
+            warn(console, warning)
     return 0

@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 import frontends
 import ir
 import passes
+from darkslim.ui import make_console, warn
 from darkslim import report as reports
 
 
@@ -56,13 +56,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    console = Console(stderr=False)
+    console = make_console()
     t0 = time.perf_counter()
     graph = ir.parse_cfg(args.cfg)
     ir.verify(graph)
     loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
     for warning in loaded.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        warn(console, warning)
     config = passes.PruneConfig(percent=args.percent, threshold=args.threshold,
                                 mode=args.mode, ignore=args.ignore,
                                 min_keep=args.min_keep, round_to=args.round_to)
@@ -84,12 +84,14 @@ def run(args) -> int:
         for warning in frontends.save_variables(compact_graph, compact_vars,
                                                 out / f"pruned{suffix}",
                                                 header=loaded.header):
-            console.print(f"[yellow]warning:[/] {warning}")
+            warn(console, warning)
         written.append(f"pruned{suffix}")
     reports.write_json(out / "report.json", report)
     reports.plot_channels_kept(report, out / "channels.png")
     written += ["report.json", "channels.png"]
     console.print(render_table(report))
+    for line in summary_lines(report):
+        console.print(line, highlight=False)
     console.print(f"wrote {', '.join(written)} to {out}/ in "
                   f"{time.perf_counter() - t0:.1f} s")
     return 0
@@ -111,13 +113,16 @@ def render_table(report: dict) -> Table:
     row("conv channels", report["channels_before"], report["channels_after"])
     row("params", report["params_before"], report["params_after"])
     row("BFLOPs", report["bflops_before"], report["bflops_after"], "{:.3f}")
-    table.caption = (
-        f"threshold {report['threshold']:.4g} (percent {report['percent']:.3f}); "
-        f"highest safe threshold {report['safe_threshold']:.4g} "
-        f"(percent {report['safe_percent']:.3f})")
-    if report["max_abs_diff_keepsize_vs_compact"] is not None:
-        table.caption += (
-            f"\nmax |keep-size − compact| {report['max_abs_diff_keepsize_vs_compact']:.2e}; "
-            f"max |γ-zeroed − compact| {report['max_abs_diff_gamma_zeroed_vs_compact']:.2e}"
-            " (border effect)")
     return table
+
+
+def summary_lines(report: dict) -> list[str]:
+    lines = [f"threshold {report['threshold']:.4g} (percent {report['percent']:.3f}); "
+             f"highest safe threshold {report['safe_threshold']:.4g} "
+             f"(percent {report['safe_percent']:.3f})"]
+    if report["max_abs_diff_keepsize_vs_compact"] is not None:
+        lines.append(
+            f"max |keep-size − compact| {report['max_abs_diff_keepsize_vs_compact']:.2e}; "
+            f"max |γ-zeroed − compact| {report['max_abs_diff_gamma_zeroed_vs_compact']:.2e}"
+            " (the border effect of folding into k×k convs)")
+    return lines

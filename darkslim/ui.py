@@ -1,0 +1,21 @@
+"""Terminal output shared by the commands (library code never prints)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console at least 120 columns wide, so tables don't wrap when piped."""
+    return Console(stderr=stderr, width=max(Console(stderr=stderr).width, 120))
+
+
+def warn(console: Console, message: str) -> None:
+    """A yellow warning; the text is escaped (messages quote cfg sections like
+    ``[maxpool]``, which rich would otherwise take as markup)."""
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+def error(console: Console, message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
