@@ -132,7 +132,8 @@ def run_reference(graph: ir.Graph, weights: dict, x_nchw: np.ndarray, bn_eps: fl
             parts = []
             for j in layer.inputs:
                 part = outputs[j].shape[1] // layer.groups
-                parts.append(outputs[j][:, layer.group_id * part:(layer.group_id + 1) * part])
+                start = layer.group_id * part
+                parts.append(outputs[j][:, start:start + part])
             out = np.concatenate(parts, axis=1)
         elif isinstance(layer, ir.Upsample):
             out = prev.repeat(layer.stride, axis=2).repeat(layer.stride, axis=3)

@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a forward pass, save raw heads and detections",
                        description=__doc__.split("\n\n", 1)[1].replace("``", ""))
     p.add_argument("cfg", metavar="MODEL.cfg")
-    p.add_argument("weights", metavar="WEIGHTS", help=".weights (or *.conv.N), .pt/.pth, .msgpack")
+    p.add_argument("weights", metavar="WEIGHTS",
+                   help=".weights (or *.conv.N), .pt/.pth, .msgpack")
     p.add_argument("--input", required=True, metavar="X",
                    help=".npy float32 NCHW in [0, 1], or an image file")
     p.add_argument("--out", required=True, metavar="OUT.npz")
