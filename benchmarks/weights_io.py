@@ -60,13 +60,15 @@ def main() -> None:
         rows.append(("reference: write_bytes", timed(lambda: (d / "raw").write_bytes(data),
                                                      r)))
         loaded = frontends.load_variables(graph, src)
-        rows.append((".weights read", timed(lambda: frontends.load_variables(graph, src), r)))
+        rows.append((".weights read",
+                     timed(lambda: frontends.load_variables(graph, src), r)))
         rows.append((".weights write", timed(lambda: frontends.save_variables(
             graph, loaded.variables, d / "out.weights", header=loaded.header), r)))
 
         def weights_round_trip():
             lw = frontends.load_variables(graph, src)
-            frontends.save_variables(graph, lw.variables, d / "out.weights", header=lw.header)
+            frontends.save_variables(graph, lw.variables, d / "out.weights",
+                                     header=lw.header)
 
         rows.append((".weights read + write", timed(weights_round_trip, r)))
         assert (d / "out.weights").read_bytes() == data

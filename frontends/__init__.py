@@ -27,7 +27,8 @@ from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
 __all__ = [
     "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
     "CheckpointMeta", "DarknetHeader", "LoadedWeights", "Variables", "WeightsError",
-    "check_variables", "darknet_header_of", "default_variables", "expected_shapes", "format_of",
+    "check_variables", "darknet_header_of", "default_variables", "expected_shapes",
+    "format_of",
     "load_variables", "read_darknet", "read_msgpack", "read_torch", "save_variables",
     "state_dict_from_variables", "write_darknet", "write_msgpack", "write_torch",
 ]

@@ -67,7 +67,8 @@ class DarknetHeader:
 def _read_header(buf: bytearray, source: str) -> DarknetHeader:
     if len(buf) < 12:
         raise WeightsError(f"{source}: {len(buf)} bytes, too short for a .weights header "
-                           "(expected at least 16: int32 major, minor, revision, then seen)")
+                           "(expected at least 16: int32 major, minor, revision, then "
+                           "seen)")
     major, minor, revision = struct.unpack_from("<iii", buf, 0)
     header = DarknetHeader(major, minor, revision)
     if len(buf) < header.size:
@@ -104,6 +105,9 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
     if got != size:
         raise WeightsError(f"{source}: read {got} of {size} bytes (file changed while "
                            "reading?)")
+    if buf[:4] == b"PK\x03\x04":
+        raise WeightsError(f"{source}: a zip archive (a torch checkpoint?), not a Darknet "
+                           ".weights file: name it .pt to read it as one")
     header = _read_header(buf, source)
     floats = np.frombuffer(buf, dtype=_F32, offset=header.size,
                            count=(size - header.size) // 4)

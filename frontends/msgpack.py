@@ -9,6 +9,7 @@ inside the functions only.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -21,7 +22,8 @@ __all__ = ["read_msgpack", "write_msgpack"]
 
 
 def _map_leaves(tree, fn):
-    return {k: _map_leaves(v, fn) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
+    return {k: _map_leaves(v, fn) if isinstance(v, Mapping) else fn(v)
+            for k, v in tree.items()}
 
 
 def read_msgpack(graph: ir.Graph, path: str | os.PathLike) -> LoadedWeights:

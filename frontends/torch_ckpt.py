@@ -5,7 +5,8 @@ Two key layouts exist in the wild; both build one ``nn.Sequential`` per cfg sect
 
 - **ultralytics** (the cfg-era ``ultralytics/yolov3``, "U-version"):
   ``module_list.{i}.Conv2d.weight`` (``Conv2d.bias`` without BN) and
-  ``module_list.{i}.BatchNorm2d.{weight,bias,running_mean,running_var,num_batches_tracked}``.
+  ``module_list.{i}.BatchNorm2d.{weight,bias,running_mean,running_var,
+  num_batches_tracked}``.
   A checkpoint is a dict ``{"epoch", "best_fitness", "training_results", "model":
   state_dict, "optimizer"}``. Its BatchNorm eps is **1e-4**.
 - **erik** (``eriklindernoren/PyTorch-YOLOv3`` and the Lam1360 pruning code built on it):
@@ -194,7 +195,8 @@ def _safe_load(path: str | os.PathLike, source: str) -> tuple[Any, tuple[str, ..
                 "torch.load(weights_only=True) and never runs code from them; a file "
                 "holding a whole pickled model (torch.save(model)) must be re-saved as "
                 "model.state_dict() by code you trust") from None
-        except (RuntimeError, EOFError) as exc:
+        except (RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                AttributeError) as exc:  # what torch.load raises on corrupt files
             raise CheckpointError(f"{source}: not a readable torch file: "
                                   f"{_last_line(str(exc)) or type(exc).__name__}"
                                   ) from None
@@ -203,7 +205,15 @@ def _safe_load(path: str | os.PathLike, source: str) -> tuple[Any, tuple[str, ..
     return obj, notes
 
 
+_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)",
+                        re.S)
+
+
 def _last_line(text: str) -> str:
+    """The informative line of a torch error (they come wrapped in advice)."""
+    match = _UNPICKLER.search(text)
+    if match:
+        return " ".join(match.group(1).split())[:300]
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     meaningful = [line for line in lines if "error" in line.lower()]
     return (meaningful or lines or [""])[-1][:300]

@@ -14,6 +14,7 @@ and out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,14 +92,14 @@ def expected_shapes(graph: ir.Graph) -> dict:
 
 def _leaves(tree: dict, prefix: tuple[str, ...] = ()):
     for key, value in tree.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             yield from _leaves(value, (*prefix, key))
         else:
             yield (*prefix, key), value
 
 
 def flat_shapes(graph: ir.Graph) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """`expected_shapes` flattened to ``{("params", "layer_0", "conv", "kernel"): shape}``."""
+    """`expected_shapes` flattened: ``{("params", "layer_0", "conv", "kernel"): shape}``."""
     return dict(_leaves(expected_shapes(graph)))
 
 
@@ -109,8 +110,10 @@ def check_variables(graph: ir.Graph, variables: Variables, source: str,
     Args:
         source: the file the variables came from or go to, for the message.
     """
-    if not isinstance(variables, dict) or not set(variables) <= {"params", "batch_stats"}:
-        found = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
+    if (not isinstance(variables, Mapping)
+            or not set(variables) <= {"params", "batch_stats"}):
+        found = (sorted(variables) if isinstance(variables, Mapping)
+                 else type(variables).__name__)
         raise error(f"{source}: expected a variables dict with 'params' and 'batch_stats', "
                     f"found {found}")
     expected = flat_shapes(graph)

@@ -231,7 +231,8 @@ def test_header_only_file_loads_nothing(tmp_path):
     assert "first 0 of 13 convs" in loaded.warnings[0]
 
 
-@pytest.mark.parametrize("extra,floats_left", [(12, "3 floats"), (6, "1 floats and 2 bytes")])
+@pytest.mark.parametrize("extra,floats_left",
+                         [(12, "3 floats"), (6, "1 floats and 2 bytes")])
 def test_over_long_file_names_offset_and_floats_left(tmp_path, extra, floats_left):
     graph = ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))
     path = tiny_file(tmp_path)
@@ -288,6 +289,14 @@ def test_write_refuses_misshapen_variables_and_leaves_the_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.weights"]
 
 
+def test_torch_file_named_weights_is_recognised(tmp_path):
+    graph = ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))
+    (tmp_path / "m.weights").write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(WeightsError, match=r"m\.weights: a zip archive \(a torch "
+                                           r"checkpoint\?\).*name it \.pt"):
+        frontends.load_variables(graph, tmp_path / "m.weights")
+
+
 def test_unknown_suffix_names_what_is_expected(tmp_path):
     graph = ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))
     with pytest.raises(WeightsError, match=r"m\.h5: unknown weights suffix '\.h5': "
@@ -341,7 +350,8 @@ def test_convert_cli_round_trip_and_partial_file(tmp_path, capsys):
                  str(tmp_path / "back.weights")]) == 0
     # msgpack carries no Darknet header: the body comes back, the header is 0.2.0 seen 0
     back = (tmp_path / "back.weights").read_bytes()
-    assert back[20:] == src.read_bytes()[20:] and back[:20] == header_bytes(0, 2, 0, 0, True)
+    assert back[20:] == src.read_bytes()[20:]
+    assert back[:20] == header_bytes(0, 2, 0, 0, True)
     capsys.readouterr()
     counts = conv_float_counts(ir.parse_cfg(cfg))
     partial = tiny_file(tmp_path, 20 + 4 * sum(c for _, c in counts[:10]), "part.weights")

@@ -409,3 +409,14 @@ def test_layout_detection_prefixes_and_precision(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 this is no zip")
     with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable torch file"):
         frontends.load_variables(graph, tmp_path / "junk.pt")
+
+
+def test_runtime_initialised_jax_variables_save_in_every_format(tmp_path):
+    runtime = pytest.importorskip("runtime")
+    graph = ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))
+    variables = runtime.init_variables(graph, seed=0)  # jax arrays
+    want = np.asarray(variables["params"]["layer_2"]["conv"]["kernel"])
+    for name in ("m.weights", "m.pt", "m.pth", "m.msgpack"):
+        frontends.save_variables(graph, variables, tmp_path / name, bn_eps=1e-5)
+        got = frontends.load_variables(graph, tmp_path / name, bn_eps=1e-5).variables
+        np.testing.assert_array_equal(got["params"]["layer_2"]["conv"]["kernel"], want)

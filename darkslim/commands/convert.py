@@ -61,9 +61,12 @@ def run(args) -> int:
                   f"{frontends.RUNTIME_BN_EPS:g}: running variances shifted by "
                   f"{loaded.header.bn_eps - frontends.RUNTIME_BN_EPS:+g}")
     fmt = frontends.format_of(args.output)
+    if args.bn_eps is not None and "torch" not in (loaded.format, fmt):
+        out.print("[yellow]--bn-eps applies to torch checkpoints only: ignored[/]")
     layout = None
     if fmt == "torch":
-        meta = loaded.header if isinstance(loaded.header, frontends.CheckpointMeta) else None
+        meta = loaded.header
+        meta = meta if isinstance(meta, frontends.CheckpointMeta) else None
         layout = args.layout or (meta.layout if meta else "ultralytics")
     warnings = frontends.save_variables(
         graph, loaded.variables, args.output, layout=layout, bn_eps=args.bn_eps,
