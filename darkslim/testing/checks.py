@@ -358,16 +358,17 @@ def _report(what: str, a, b, bad, diff, tol, names: tuple[str, ...],
              f"  max |a - b| = {float(masked[at]):.6g} at ({where}): a={float(a[at]):.7g}, "
              f"b={float(b[at]):.7g}, tolerance {float(tol[at]):.3g}"]
     if ring is not None:
-        in_ring = int((bad & ring).sum())
-        lines.append(f"  {in_ring} of the {int(bad.sum())} lie in the 1-pixel border "
-                     "ring (zero-padded k x k convs: try border=...)" if in_ring else
-                     "  none lie in the 1-pixel border ring")
+        in_ring, total = int((bad & ring).sum()), int(bad.sum())
+        lines.append(f"  all {total} lie in the 1-pixel border ring (where k x k convs "
+                     "read zero padding): see border=" if in_ring == total else
+                     f"  {in_ring} of the {total} lie in the 1-pixel border ring")
     return "\n".join(lines)
 
 
 def assert_equivalent(prog_a: Program, prog_b: Program, x, *, rtol: float = 1e-4,
                       atol: float | None = None, border: int = 0,
-                      forward: Forward | None = None, bn_eps: float = 1e-5) -> None:
+                      forward: Forward | tuple[Forward, Forward] | None = None,
+                      bn_eps: float = 1e-5) -> None:
     """Two programs compute the same heads and detections on ``x``.
 
     Args:
@@ -383,14 +384,17 @@ def assert_equivalent(prog_a: Program, prog_b: Program, x, *, rtol: float = 1e-4
         forward: ``forward(graph, variables, x, bn_eps=...) -> ForwardOut``;
             default `runtime.forward` (jit, compiles once per graph). Pass
             `darkslim.testing.reference_forward` to skip compilation, e.g. in a
-            search that shrinks over hundreds of graphs.
+            search that shrinks over hundreds of graphs; or a pair
+            ``(forward_a, forward_b)``, one per program, to compare two
+            interpreters on the same program.
     """
     if forward is None:
         import runtime
 
         forward = runtime.forward
-    out_a = forward(prog_a[0], prog_a[1], x, bn_eps=bn_eps)
-    out_b = forward(prog_b[0], prog_b[1], x, bn_eps=bn_eps)
+    forward_a, forward_b = forward if isinstance(forward, tuple) else (forward, forward)
+    out_a = forward_a(prog_a[0], prog_a[1], x, bn_eps=bn_eps)
+    out_b = forward_b(prog_b[0], prog_b[1], x, bn_eps=bn_eps)
     if len(out_a.heads) != len(out_b.heads):
         raise AssertionError(f"a has {len(out_a.heads)} heads, b has {len(out_b.heads)}")
     yolos = prog_b[0].yolo_indices()
