@@ -420,3 +420,29 @@ def test_runtime_initialised_jax_variables_save_in_every_format(tmp_path):
         frontends.save_variables(graph, variables, tmp_path / name, bn_eps=1e-5)
         got = frontends.load_variables(graph, tmp_path / name, bn_eps=1e-5).variables
         np.testing.assert_array_equal(got["params"]["layer_2"]["conv"]["kernel"], want)
+
+
+def test_prune_from_a_pt_gives_a_strictly_loadable_pruned_pt(tmp_path):
+    runtime = pytest.importorskip("runtime")
+    graph = GRAPHS["yolov3/8"]()
+    net = tuple((k, str(SIZE) if k in ("width", "height") else v) for k, v in graph.net)
+    graph = dataclasses.replace(graph, net=net)
+    (tmp_path / "m.cfg").write_text(ir.write_cfg(graph))
+    model = Darknet(graph).randomize(10, size=SIZE)
+    torch.save({"epoch": 5, "best_fitness": np.array(0.25), "model": model.state_dict()},
+               tmp_path / "m.pt")
+    assert main(["prune", str(tmp_path / "m.cfg"), str(tmp_path / "m.pt"), "--percent",
+                 "0.3", "--no-check", "--out", str(tmp_path / "out")]) == 0
+    pruned = ir.parse_cfg(tmp_path / "out" / "pruned.cfg")
+    assert ir.count_params(pruned) < ir.count_params(graph)
+    ckpt = load_pt(tmp_path / "out" / "pruned.pt")
+    torch_pruned = strict_module(pruned, ckpt["model"], "ultralytics")  # eps 1e-4
+    compact = frontends.load_variables(pruned, tmp_path / "out" / "pruned.weights")
+    x = image(11)
+    out = runtime.forward(pruned, compact.variables,
+                          np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)))
+    got = (*[np.asarray(h).transpose(0, 3, 1, 2) for h in out.heads],
+           np.asarray(out.detections))
+    want = outputs(torch_pruned, x)
+    assert max_rel_diff(got, want) <= 1e-4
+    assert detections_close(got[-1], want[-1])
