@@ -13,17 +13,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CFG_DIR = SHARED / "cfg"
 
-try:  # the kit registers the dev/ci profiles; before it exists, do it here.
-    from darkslim.testing import load_profile
-except ImportError:  # pragma: no cover
-    from hypothesis import HealthCheck, settings
+from darkslim.testing import load_profile  # noqa: E402  (after XLA_FLAGS: imports jax)
 
-    settings.register_profile("ci", derandomize=True, max_examples=30, deadline=None,
-                              suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("dev", max_examples=20, deadline=None)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-else:
-    load_profile()
+load_profile()  # HYPOTHESIS_PROFILE=dev (default) or ci; see darkslim/testing/profiles.py
 
 
 def cfg_path(name: str) -> Path:

@@ -1,0 +1,1 @@
+"""Worked examples of using darkslim from Python (see docs/testing.md)."""
