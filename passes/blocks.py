@@ -1,0 +1,343 @@
+"""Layer pruning: find residual blocks, rank them by γ, remove whole blocks.
+
+Channel pruning makes a network thinner but not shallower. A *residual block* is the
+chain of convs whose output a ``[shortcut]`` adds back onto that chain's input::
+
+    f            any layer: the identity path
+    f+1 .. s-1   convs, each read only by the next one (the last by the shortcut)
+    s            [shortcut] from=f, activation=linear: out = f + conv_chain(f)
+
+Deleting layers ``f+1..s`` and letting every reader of ``s`` read ``f`` instead leaves
+the identity path. When the conv feeding the shortcut has γ = β = 0 and an activation
+with ``act(0) = 0`` (leaky, relu, linear, swish, mish) the block adds exactly zero, so
+the network without it computes the same function; sparse training drives γ toward
+that, which is why blocks are ranked by the |γ| of that conv (as the field does).
+
+Because a block is a contiguous range, readers that take the previous layer
+implicitly (convs, ``[yolo]``, ``[upsample]``, ...) stay consistent: the layer after
+``s`` lands right after ``f``. Explicit references (``[route] layers``,
+``[shortcut] from``, ``from=`` of other sections) are renumbered, and references to a
+removed shortcut become references to its ``f``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ir import Activation, Conv, Graph, Route, Section, Shortcut, consumers
+from ir.shapes import verify
+from passes import tree
+from passes.errors import PruneError
+
+
+@dataclass(frozen=True, slots=True)
+class ResidualBlock:
+    """One removable block: layers ``source+1 .. shortcut``.
+
+    Attributes:
+        source: ``f``, the layer the shortcut adds back (the identity path).
+        shortcut: ``s``, the ``[shortcut]`` layer closing the block.
+        convs: the conv chain ``f+1 .. s-1``.
+        gamma_conv: the last BN conv of the chain (the one feeding the shortcut when
+            it has BN), whose γ ranks the block; None when no conv of the chain has BN.
+    """
+
+    source: int
+    shortcut: int
+    convs: tuple[int, ...]
+    gamma_conv: int | None
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Every layer the block removes: the convs and the shortcut."""
+        return (*self.convs, self.shortcut)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAnalysis:
+    """Which ``[shortcut]`` layers close a removable block, and why the others do not.
+
+    Attributes:
+        blocks: the removable blocks, in layer order.
+        reasons: ``(shortcut index, why it is not removable)`` for every other shortcut.
+    """
+
+    blocks: tuple[ResidualBlock, ...]
+    reasons: tuple[tuple[int, str], ...]
+
+    def block(self, shortcut: int) -> ResidualBlock | None:
+        for b in self.blocks:
+            if b.shortcut == shortcut:
+                return b
+        return None
+
+    def reason(self, shortcut: int) -> str | None:
+        return dict(self.reasons).get(shortcut)
+
+
+def _where(graph: Graph, index: int) -> str:
+    layer = graph.layers[index]
+    return f"[{layer.kind}] layer {index} (cfg line {layer.line})"
+
+
+# Keys of a [shortcut] that weight its inputs: without the block, the identity path
+# would lose its weight. The values listed are the ones that leave the sum plain.
+_PLAIN_SHORTCUT = {"weights_type": ("none",), "alpha": ("1", "1.0"), "beta": ("1", "1.0")}
+
+
+def _not_removable(graph: Graph, s: int, readers, shapes) -> str | None:
+    """Why the shortcut at ``s`` does not close a removable block (None if it does)."""
+    layer = graph.layers[s]
+    if len(layer.inputs) != 2:
+        refs = ",".join(str(j) for j in layer.inputs[1:])
+        return (f"adds {len(layer.inputs)} inputs (layers {s - 1} and {refs}): only a "
+                "two-input shortcut closes one residual block")
+    if layer.activation is not Activation.LINEAR:
+        return (f"activation={layer.activation.value}: without the block the identity "
+                "path would lose that activation (only linear shortcuts are removable)")
+    for key, value in layer.extra:
+        if key in _PLAIN_SHORTCUT and value not in _PLAIN_SHORTCUT[key]:
+            return (f"weighted shortcut ({key}={value}): without the block the identity "
+                    "path would lose its weight")
+    f = layer.inputs[1]
+    if f == s - 1:
+        return f"from=-1 adds layer {f} to itself: there is no block between them"
+    chain = range(f + 1, s)
+    for j in chain:
+        if not isinstance(graph.layers[j], Conv):
+            return (f"layer {j} between from={f} and the shortcut is a "
+                    f"[{graph.layers[j].kind}], not a conv: not a plain conv chain")
+    if shapes[f].c != shapes[s - 1].c:
+        return (f"adds {shapes[s - 1].c} channels (layer {s - 1}) to {shapes[f].c} "
+                f"(layer {f}): removing it would change the channel count")
+    for j in chain:
+        outside = [r for r in readers[j] if r != j + 1]
+        if outside:
+            return (f"{_where(graph, outside[0])} reads layer {j}, inside the block "
+                    f"({f + 1}..{s}): removing the block would leave it without input")
+    return None
+
+
+def analyze_blocks(graph: Graph) -> BlockAnalysis:
+    """Every ``[shortcut]`` of ``graph``: a removable `ResidualBlock`, or why not.
+
+    A shortcut at ``s`` with inputs ``(s-1, f)`` closes a removable block when it has
+    exactly two inputs of the same channel count, a linear activation and no input
+    weights, the layers ``f+1 .. s-1`` are at least one conv, and nothing but the next
+    layer of the chain reads any of them. Readers of ``s`` itself are fine: they read
+    ``f`` once the block is gone.
+
+    >>> import ir
+    >>> g = ir.parse_cfg("[net]\\nwidth=8\\nheight=8\\n[convolutional]\\nfilters=4\\n"
+    ...                  "[convolutional]\\nfilters=4\\n[shortcut]\\nfrom=-2\\n")
+    >>> analyze_blocks(g).blocks
+    (ResidualBlock(source=0, shortcut=2, convs=(1,), gamma_conv=None),)
+    """
+    shapes = verify(graph)
+    readers = consumers(graph)
+    shared = [i for i, layer in enumerate(graph.layers)
+              if isinstance(layer, Conv) and any(k == "share_index" for k, _ in layer.extra)]
+    blocks: list[ResidualBlock] = []
+    reasons: list[tuple[int, str]] = []
+    for s, layer in enumerate(graph.layers):
+        if not isinstance(layer, Shortcut):
+            continue
+        why = _not_removable(graph, s, readers, shapes)
+        if why is None and shared:
+            why = (f"{_where(graph, shared[0])} has share_index=, a layer reference "
+                   "darkslim does not renumber: no block of this graph is removable")
+        if why is not None:
+            reasons.append((s, f"{_where(graph, s)}: {why}"))
+            continue
+        f = layer.inputs[1]
+        convs = tuple(range(f + 1, s))
+        bn = [j for j in convs if graph.layers[j].batch_normalize]
+        blocks.append(ResidualBlock(source=f, shortcut=s, convs=convs,
+                                    gamma_conv=bn[-1] if bn else None))
+    return BlockAnalysis(blocks=tuple(blocks), reasons=tuple(reasons))
+
+
+def find_residual_blocks(graph: Graph) -> tuple[ResidualBlock, ...]:
+    """The removable residual blocks of ``graph`` (see `analyze_blocks` for why not)."""
+    return analyze_blocks(graph).blocks
+
+
+# ----------------------------------------------------------------------------- ranking
+
+BlockScore = Callable[[Any], float]
+
+
+def mean_abs_gamma(gamma) -> float:
+    """The field's block score: mean |γ| of the conv feeding the shortcut."""
+    return float(np.mean(np.abs(np.asarray(gamma, dtype=np.float64))))
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBlock:
+    """A block and its score (None: no BN conv in the chain, nothing to rank by)."""
+
+    block: ResidualBlock
+    score: float | None
+
+
+def _score(graph: Graph, variables, block: ResidualBlock, score: BlockScore) -> float | None:
+    if block.gamma_conv is None:
+        return None
+    gamma = np.asarray(tree.get(variables, block.gamma_conv, tree.GAMMA))
+    if not np.all(np.isfinite(gamma)):
+        bad = int(np.flatnonzero(~np.isfinite(gamma))[0])
+        raise PruneError(f"{_where(graph, block.gamma_conv)}: BN γ channel {bad} is "
+                         f"{gamma[bad]}: expected finite weights to rank block "
+                         f"{block.source + 1}..{block.shortcut} by")
+    value = float(score(gamma))
+    if not math.isfinite(value):
+        raise PruneError(f"block {block.source + 1}..{block.shortcut}: score {value}: "
+                         "the score function must return a finite number")
+    return value
+
+
+def rank_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock] | None = None,
+                score: BlockScore = mean_abs_gamma) -> tuple[ScoredBlock, ...]:
+    """Blocks scored by ``score(γ of their gamma_conv)``, lowest (least useful) first.
+
+    Ties keep layer order; blocks without a BN conv (score None) come last.
+    """
+    blocks = find_residual_blocks(graph) if blocks is None else tuple(blocks)
+    scored = [ScoredBlock(b, _score(graph, variables, b, score)) for b in blocks]
+    return tuple(sorted(scored, key=lambda sb: (sb.score is None, sb.score or 0.0,
+                                                sb.block.shortcut)))
+
+
+def choose_blocks(graph: Graph, variables, *, n: int | None = None,
+                  threshold: float | None = None, score: BlockScore = mean_abs_gamma,
+                  analysis: BlockAnalysis | None = None) -> tuple[ScoredBlock, ...]:
+    """The ``n`` lowest-scoring blocks, or every block scoring below ``threshold``.
+
+    Returns them in layer order. Blocks without a score are never chosen.
+    """
+    if (n is None) == (threshold is None):
+        raise PruneError("give exactly one of n (--layers) or threshold (--layer-threshold)")
+    analysis = analyze_blocks(graph) if analysis is None else analysis
+    ranked = [sb for sb in rank_blocks(graph, variables, analysis.blocks, score)
+              if sb.score is not None]
+    if n is not None:
+        if n < 0 or n > len(ranked):
+            raise PruneError(f"--layers {n}: expected 0 <= N <= {len(ranked)}, the number "
+                             f"of removable blocks with a BN conv to rank "
+                             f"({len(analysis.blocks)} removable, {len(analysis.reasons)} "
+                             "shortcuts not removable; see analyze_blocks)")
+        chosen = ranked[:n]
+    else:
+        if not math.isfinite(threshold):
+            raise PruneError(f"--layer-threshold {threshold}: expected a finite number")
+        chosen = [sb for sb in ranked if sb.score < threshold]
+    return tuple(sorted(chosen, key=lambda sb: sb.block.shortcut))
+
+
+# ----------------------------------------------------------------------------- removal
+
+
+def layer_map(graph: Graph, blocks: Iterable[ResidualBlock]) -> dict[int, int]:
+    """Old index -> new index of every layer that survives removing ``blocks``, and of
+    every removed shortcut (-> the new index of what its readers read instead)."""
+    blocks = tuple(blocks)
+    removed = {j for b in blocks for j in b.layers}
+    redirect = {b.shortcut: b.source for b in blocks}
+    new: dict[int, int] = {}
+    for i in range(len(graph.layers)):
+        if i not in removed:
+            new[i] = len(new)
+    for s in redirect:
+        f = s
+        while f in redirect:  # chained blocks: the source may itself be removed
+            f = redirect[f]
+        new[s] = new[f]
+    return dict(sorted(new.items()))
+
+
+def _renumber(layer, refs: Callable[[tuple[int, ...]], tuple[int, ...]]):
+    if isinstance(layer, (Shortcut, Route)) or (isinstance(layer, Section) and layer.inputs):
+        return dataclasses.replace(layer, inputs=refs(layer.inputs))
+    return layer
+
+
+def remove_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock]
+                  ) -> tuple[Graph, Any]:
+    """``(graph, variables)`` without the layers of ``blocks``, every reference
+    renumbered; the blocks must come from ``analyze_blocks(graph)``."""
+    blocks = tuple(blocks)
+    if not blocks:
+        return graph, variables
+    mapping = layer_map(graph, blocks)
+    removed = {j for b in blocks for j in b.layers}
+
+    def refs(inputs: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(mapping[j] for j in inputs)
+
+    layers = []
+    for i, layer in enumerate(graph.layers):
+        if i in removed:
+            continue
+        new = _renumber(layer, refs)
+        if isinstance(new, Shortcut) and new.inputs[0] != len(layers) - 1:
+            # Cannot happen for blocks from analyze_blocks: a contiguous removal keeps
+            # the implicit previous-layer input of every survivor.
+            raise PruneError(f"{_where(graph, i)}: its first input would be layer "
+                             f"{new.inputs[0]}, not the layer before it")
+        layers.append(new)
+    keep = {old: new for old, new in mapping.items() if old not in removed}
+    return (dataclasses.replace(graph, layers=tuple(layers)),
+            tree.drop_layers(variables, keep))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveBlocks:
+    """The layer-pruning pass: drop whole residual blocks.
+
+    Give exactly one of:
+        blocks: shortcut indices of the blocks to remove (each must be removable);
+        n: remove the ``n`` lowest-scoring blocks;
+        threshold: remove every block scoring below it.
+    ``score`` maps the γ of a block's `ResidualBlock.gamma_conv` to its score
+    (default `mean_abs_gamma`). Removing nothing returns the input objects.
+
+    >>> g, v = RemoveBlocks(n=8)(graph, variables)  # doctest: +SKIP
+    """
+
+    blocks: tuple[int, ...] | None = None
+    n: int | None = None
+    threshold: float | None = None
+    score: BlockScore = mean_abs_gamma
+    name: str = "remove-blocks"
+
+    def select(self, graph: Graph, variables) -> tuple[ScoredBlock, ...]:
+        """The blocks this pass removes from ``(graph, variables)``, with scores, in
+        layer order."""
+        given = sum(x is not None for x in (self.blocks, self.n, self.threshold))
+        if given != 1:
+            raise PruneError("RemoveBlocks: give exactly one of blocks, n or threshold")
+        analysis = analyze_blocks(graph)
+        if self.blocks is None:
+            return choose_blocks(graph, variables, n=self.n, threshold=self.threshold,
+                                 score=self.score, analysis=analysis)
+        chosen = []
+        for s in sorted(set(self.blocks)):
+            block = analysis.block(s)
+            if block is None:
+                why = analysis.reason(s) or (
+                    f"layer {s} is a [{graph.layers[s].kind}]" if 0 <= s < len(graph)
+                    else f"layer {s} is out of range (0..{len(graph) - 1})")
+                raise PruneError(f"block {s}: not removable: {why}; expected the index "
+                                 "of a [shortcut] closing a removable block")
+            chosen.append(block)
+        return tuple(sorted(rank_blocks(graph, variables, chosen, self.score),
+                            key=lambda sb: sb.block.shortcut))
+
+    def __call__(self, graph: Graph, variables):
+        chosen = self.select(graph, variables)
+        return remove_blocks(graph, variables, (sb.block for sb in chosen))
