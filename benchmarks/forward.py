@@ -40,15 +40,20 @@ def at_size(graph: ir.Graph, size: int) -> ir.Graph:
     return dataclasses.replace(graph, net=net)
 
 
-def median_seconds(fn, repeats: int, warmup: int) -> float:
+def median_seconds(fn, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds (all threads) of ``fn()``.
+
+    CPU seconds are less skewed than wall time when other processes share the cores.
+    """
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def bench_flax(graph, variables, batch: int, repeats: int, warmup: int):
@@ -70,8 +75,8 @@ def bench_matmul(repeats: int) -> float:
     n = 2048
     a = jnp.asarray(np.random.default_rng(1).normal(size=(n, n)), jnp.float32)
     f = jax.jit(lambda a: a @ a)
-    seconds = median_seconds(lambda: f(a).block_until_ready(), repeats, 2)
-    return 2 * n ** 3 / seconds / 1e9
+    seconds, cpu = median_seconds(lambda: f(a).block_until_ready(), repeats, 2)
+    return 2 * n ** 3 / seconds / 1e9, cpu
 
 
 def bench_torch(graph, batch: int, repeats: int, warmup: int):
@@ -99,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args(argv)
-    console = Console(width=max(100, Console().width))
+    console = Console(width=max(110, Console().width))
 
     load_before = os.getloadavg()[0]
     graph = at_size(ir.parse_cfg(args.cfg), args.size)
@@ -112,25 +117,26 @@ def main(argv=None) -> int:
                   f"{jax.devices()[0].platform.upper()}, {os.cpu_count()} cores, "
                   f"jax {jax.__version__}")
     for column in ("engine", "batch", "trace s", "compile s", "latency ms (median)",
-                   "ms / image", "GFLOP/s"):
+                   "ms / image", "GFLOP/s", "CPU s / run"):
         table.add_column(column, justify="left" if column == "engine" else "right")
     for batch in args.batches:
-        trace_s, compile_s, latency = bench_flax(graph, variables, batch, args.repeats,
-                                                 args.warmup)
+        trace_s, compile_s, (latency, cpu) = bench_flax(graph, variables, batch,
+                                                        args.repeats, args.warmup)
         table.add_row("darkslim", str(batch), f"{trace_s:.2f}", f"{compile_s:.2f}",
                       f"{latency * 1e3:.0f}", f"{latency * 1e3 / batch:.0f}",
-                      f"{gflops * batch / latency:.1f}")
+                      f"{gflops * batch / latency:.1f}", f"{cpu:.2f}")
     if not args.no_torch:
         for batch in args.batches:
             result = bench_torch(graph, batch, args.repeats, args.warmup)
             if result is None:
                 break
-            latency, threads = result
-            table.add_row(f"torch eager, {threads} threads", str(batch), "-",
+            (latency, cpu), threads = result
+            table.add_row(f"torch eager ×{threads}", str(batch), "-",
                           "-", f"{latency * 1e3:.0f}", f"{latency * 1e3 / batch:.0f}",
-                          f"{gflops * batch / latency:.1f}")
-    table.add_row("XLA matmul 2048²", "-", "-", "-", "-", "-",
-                  f"{bench_matmul(args.repeats):.1f}")
+                          f"{gflops * batch / latency:.1f}", f"{cpu:.2f}")
+    matmul_gflops, matmul_cpu = bench_matmul(args.repeats)
+    table.add_row("XLA matmul 2048²", "-", "-", "-", "-", "-", f"{matmul_gflops:.1f}",
+                  f"{matmul_cpu:.3f}")
     console.print(table)
     console.print(f"darkslim = runtime.forward (Flax/XLA, NHWC); references measured in "
                   f"this run: torch eager on tests/torch_reference.py's Darknet, and a "
