@@ -166,3 +166,51 @@ def prunable_gammas(variables, analysis: passes.Prunability) -> np.ndarray:
         return np.zeros(0, np.float32)
     return np.concatenate([np.abs(np.asarray(
         variables["params"][f"layer_{i}"]["bn"]["scale"])) for i in analysis.prunable])
+
+
+def layer_prune_report(original: ir.Graph, after_blocks: ir.Graph, final: ir.Graph,
+                       analysis: passes.BlockAnalysis,
+                       removed: tuple[passes.ScoredBlock, ...], *,
+                       n: int | None = None, threshold: float | None = None,
+                       latency=None) -> dict[str, Any]:
+    """The facts of a layer prune (``darkslim prune --layers``) as a JSON-able dict.
+
+    ``params_*``, ``bflops_*`` and ``latency_ms_*`` compare the original network with
+    the final one (blocks removed, then channels pruned when asked); ``blocks`` holds
+    the removal step alone, with indices of the original network.
+
+    Args:
+        latency: None, or the `darkslim.latency.Latency` of (original, final).
+    """
+    mapping = passes.layer_map(original, (sb.block for sb in removed))
+    before, after = latency if latency is not None else (None, None)
+    return {
+        "params_before": ir.count_params(original),
+        "params_after": ir.count_params(final),
+        "bflops_before": ir.count_flops(original) / 1e9,
+        "bflops_after": ir.count_flops(final) / 1e9,
+        "latency_ms_before": before.median_ms if before else None,
+        "latency_ms_after": after.median_ms if after else None,
+        "latency": None if before is None else {
+            "device": before.device, "batch": before.batch,
+            "repeats": len(before.times_ms), "statistic": "median",
+            "times_ms_before": list(before.times_ms),
+            "times_ms_after": list(after.times_ms),
+            "compile_s_before": before.compile_s, "compile_s_after": after.compile_s,
+        },
+        "blocks": {
+            "found": len(analysis.blocks),
+            "n": n,
+            "threshold": threshold,
+            "score": "mean |γ| of the block's last BN conv (the one feeding the shortcut)",
+            "removed": [{"shortcut": sb.block.shortcut, "source": sb.block.source,
+                         "layers": list(sb.block.layers), "gamma_conv": sb.block.gamma_conv,
+                         "score": sb.score} for sb in removed],
+            "not_removable": {str(s): why for s, why in analysis.reasons},
+            "layers_before": len(original.layers),
+            "layers_after": len(after_blocks.layers),
+            "params_after": ir.count_params(after_blocks),
+            "bflops_after": ir.count_flops(after_blocks) / 1e9,
+            "index_map": {str(old): new for old, new in mapping.items()},
+        },
+    }

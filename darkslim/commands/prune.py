@@ -3,6 +3,12 @@
 Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input's own torch
 layout when the input is one), DIR/report.json and DIR/channels.png. Nothing is
 written when the prune fails.
+
+With --layers N (or --layer-threshold T) whole residual blocks are removed first, the
+N whose last BN conv has the lowest mean |γ|; alone, or followed by the channel prune
+when --percent or --threshold is also given. The report then lists the removed
+blocks and the CPU latency of the original and the final network, measured in the
+same run.
 """
 
 from __future__ import annotations
@@ -32,11 +38,20 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n", 1)[1])
     p.add_argument("cfg", metavar="MODEL.cfg")
     p.add_argument("weights", metavar="WEIGHTS", help=".weights, .pt/.pth or .msgpack")
-    how = p.add_mutually_exclusive_group(required=True)
+    how = p.add_mutually_exclusive_group()  # or neither, with --layers
     how.add_argument("--percent", type=float, metavar="P",
                      help="fraction of prunable channels to drop (the seed's global rule)")
     how.add_argument("--threshold", type=float, metavar="T",
                      help="drop channels with |γ| < T")
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument("--layers", type=int, metavar="N",
+                       help="remove the N residual blocks whose last BN conv has the "
+                       "lowest mean |γ| (layer pruning; before any channel pruning)")
+    depth.add_argument("--layer-threshold", type=float, metavar="T",
+                       help="remove every residual block whose score is below T")
+    p.add_argument("--latency-repeats", type=int, default=5, metavar="K",
+                   help="with --layers: CPU latency before/after, median of K runs at "
+                   "batch 1 (0: skip)")
     p.add_argument("--mode", choices=("regular", "shortcut"), default="regular",
                    help="regular: shortcut groups stay whole (the seed); shortcut: "
                    "each group is pruned with one shared mask")
@@ -58,21 +73,51 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     console = make_console()
     t0 = time.perf_counter()
+    channels = args.percent is not None or args.threshold is not None
+    layers = args.layers is not None or args.layer_threshold is not None
+    if not (channels or layers):
+        raise passes.PruneError("nothing to prune: give --percent, --threshold, --layers "
+                                "or --layer-threshold")
     graph = ir.parse_cfg(args.cfg)
     ir.verify(graph)
     loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
     for warning in loaded.warnings:
         warn(console, warning)
-    config = passes.PruneConfig(percent=args.percent, threshold=args.threshold,
-                                mode=args.mode, ignore=args.ignore,
-                                min_keep=args.min_keep, round_to=args.round_to)
-    result = passes.prune(graph, loaded.variables, config)
-    diffs = None
-    if args.check:
-        with console.status("checking keep-size vs compact on a random input..."):
-            diffs = reports.measure_prune_diffs(graph, result)
-    report = reports.prune_report(graph, result, diffs)
-    compact_graph, compact_vars = result.compact
+    program = (graph, loaded.variables)
+    if layers:
+        blocks = passes.analyze_blocks(graph)
+        removed = passes.RemoveBlocks(n=args.layers,
+                                      threshold=args.layer_threshold).select(*program)
+        program = passes.pipeline(passes.RemoveBlocks(
+            blocks=tuple(sb.block.shortcut for sb in removed)))(*program)
+    report: dict = {}  # with --layers, "before" is the original network
+    channel_report: dict = {}  # "before" is the channel prune's input
+    if channels:
+        config = passes.PruneConfig(percent=args.percent, threshold=args.threshold,
+                                    mode=args.mode, ignore=args.ignore,
+                                    min_keep=args.min_keep, round_to=args.round_to)
+        result = passes.prune(*program, config)
+        diffs = None
+        if args.check:
+            with console.status("checking keep-size vs compact on a random input..."):
+                diffs = reports.measure_prune_diffs(program[0], result)
+        channel_report = reports.prune_report(program[0], result, diffs)
+        report = dict(channel_report)
+        compact_graph, compact_vars = result.compact
+    else:
+        compact_graph, compact_vars = program
+    if layers:
+        latency = None
+        if args.latency_repeats > 0:
+            from darkslim.latency import measure_latency
+
+            with console.status("measuring CPU latency before and after..."):
+                latency = measure_latency([(graph, loaded.variables),
+                                           (compact_graph, compact_vars)],
+                                          repeats=args.latency_repeats)
+        report.update(reports.layer_prune_report(
+            graph, program[0], compact_graph, blocks, removed, n=args.layers,
+            threshold=args.layer_threshold, latency=latency))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,11 +132,16 @@ def run(args) -> int:
             warn(console, warning)
         written.append(f"pruned{suffix}")
     reports.write_json(out / "report.json", report)
-    reports.plot_channels_kept(report, out / "channels.png")
-    written += ["report.json", "channels.png"]
-    console.print(render_table(report))
-    for line in summary_lines(report):
-        console.print(line, highlight=False)
+    written.append("report.json")
+    if channels:
+        reports.plot_channels_kept(report, out / "channels.png")
+        written.append("channels.png")
+        console.print(render_table(channel_report))
+        for line in summary_lines(channel_report):
+            console.print(line, highlight=False)
+    if layers:
+        for table in render_blocks_tables(report):
+            console.print(table)
     console.print(f"wrote {', '.join(written)} to {out}/ in "
                   f"{time.perf_counter() - t0:.1f} s")
     return 0
@@ -126,3 +176,42 @@ def summary_lines(report: dict) -> list[str]:
             f"max |γ-zeroed − compact| {report['max_abs_diff_gamma_zeroed_vs_compact']:.2e}"
             " (the border effect of folding into k×k convs)")
     return lines
+
+
+def render_blocks_tables(report: dict) -> tuple[Table, Table]:
+    """The layer prune: removed blocks with their scores; original vs final."""
+    blocks = report["blocks"]
+    removed = Table(title=f"removed blocks ({len(blocks['removed'])} of "
+                    f"{blocks['found']} removable)")
+    for column in ("shortcut", "layers", "γ conv", "score (mean |γ|)"):
+        removed.add_column(column, justify="right")
+    for b in blocks["removed"]:
+        score = "" if b["score"] is None else f"{b['score']:.4g}"
+        removed.add_row(str(b["shortcut"]), f"{b['layers'][0]}..{b['layers'][-1]}",
+                        str(b["gamma_conv"]), score)
+    totals = Table(title="layer prune: original vs final")
+    totals.add_column("")
+    for column in ("before", "blocks removed", "final", "ratio"):
+        totals.add_column(column, justify="right")
+
+    def row(name, before, middle, after, fmt):
+        ratio = f"{after / before:.3f}" if before else ""
+        totals.add_row(name, fmt.format(before), fmt.format(middle), fmt.format(after),
+                       ratio)
+
+    row("layers", blocks["layers_before"], blocks["layers_after"],
+        blocks["layers_after"], "{:,}")
+    row("params", report["params_before"], blocks["params_after"],
+        report["params_after"], "{:,}")
+    row("BFLOPs", report["bflops_before"], blocks["bflops_after"],
+        report["bflops_after"], "{:.3f}")
+    if report["latency_ms_before"] is not None:
+        lat = report["latency"]
+        totals.add_row("CPU latency ms", f"{report['latency_ms_before']:.1f}", "",
+                       f"{report['latency_ms_after']:.1f}",
+                       f"{report['latency_ms_after'] / report['latency_ms_before']:.3f}")
+        totals.caption = (f"latency: median of {lat['repeats']} interleaved runs, batch "
+                          f"{lat['batch']}, {lat['device']}, at the cfg's size; compile "
+                          f"{lat['compile_s_before']:.1f} s / {lat['compile_s_after']:.1f} s "
+                          "apart")
+    return removed, totals
