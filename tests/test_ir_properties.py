@@ -60,7 +60,9 @@ def test_a_large_sample_covers_every_kind_the_runtime_executes():
 
 
 def _find(condition):
-    return find(graphs(), condition, settings=settings(database=None, max_examples=1000))
+    # Derandomised whatever the profile: the test pins how far shrinking gets.
+    return find(graphs(), condition,
+                settings=settings(database=None, max_examples=1000, derandomize=True))
 
 
 def test_shrinking_reaches_tiny_graphs():

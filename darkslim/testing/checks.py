@@ -65,7 +65,7 @@ def describe_graph(graph: Graph) -> str:
     >>> print(describe_graph(ir.parse_cfg(
     ...     "[net]\\nwidth=8\\nheight=8\\n[convolutional]\\nfilters=4\\nsize=3\\npad=1\\n")))
     input 3x8x8
-      0 conv 4 3x3/1 bias logistic  -> 4x8x8
+      0 conv 4 3x3/1 bias logistic         -> 4x8x8
     """
     try:
         shapes: tuple | None = ir.verify(graph)
