@@ -1,9 +1,10 @@
-"""Atomic writes: a temp file in the destination's folder, then `os.replace`."""
+"""Atomic writes: write beside the destination, then `os.replace`."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -11,25 +12,24 @@ from typing import Iterator
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path`` at once.
+    """Yield a temp path in the destination's folder; on success it replaces ``path``.
 
-    If the body raises, the temp file is removed and ``path`` is left as it was.
+    The temp file has the destination's own name, inside a hidden temp folder, because
+    `torch.save` records the file's stem in the archive: a checkpoint written this way
+    is the one written straight to ``path``. If the body raises, nothing is left
+    behind and ``path`` is untouched.
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                               suffix=".tmp")
-    os.close(fd)
-    done = False
+    folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.",
+                                   suffix=".tmp"))
     try:
-        yield Path(tmp)
+        tmp = folder / target.name
+        yield tmp
         mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-        done = True
     finally:
-        if not done:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_chunks(path: str | os.PathLike, chunks) -> None:

@@ -447,3 +447,16 @@ def test_prune_from_a_pt_gives_a_strictly_loadable_pruned_pt(tmp_path):
     want = outputs(torch_pruned, x)
     assert max_rel_diff(got, want) <= 1e-4
     assert detections_close(got[-1], want[-1])
+
+
+def test_checkpoints_are_written_atomically_under_their_own_name(tmp_path):
+    graph = ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))
+    variables = frontends.default_variables(graph)
+    frontends.save_variables(graph, variables, tmp_path / "best.pt", bn_eps=1e-5)
+    with zipfile.ZipFile(tmp_path / "best.pt") as z:  # as torch.save(.., "best.pt") does
+        assert z.namelist()[0].startswith("best/")
+    bad = {**variables, "params": {**variables["params"]}}
+    del bad["params"]["layer_0"]
+    with pytest.raises(CheckpointError, match="params/layer_0/conv/kernel"):
+        frontends.save_variables(graph, bad, tmp_path / "best.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
