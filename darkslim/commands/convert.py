@@ -6,11 +6,11 @@ Any direction among Darknet ``.weights`` (also ``*.conv.N`` backbones), torch
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.markup import escape
 
-import ir
 import frontends
+import ir
+from darkslim.ui import make_console, warn
 
 
 def add_parser(sub) -> None:
@@ -51,18 +51,19 @@ def _describe(loaded: frontends.LoadedWeights) -> str:
 
 
 def run(args) -> int:
-    out = Console(highlight=False)
+    out = make_console()
     graph = ir.parse_cfg(args.cfg)
     loaded = frontends.load_variables(graph, args.input, bn_eps=args.bn_eps,
                                       seed=args.seed)
-    out.print(f"[bold]read[/]  {escape(args.input)}: {escape(_describe(loaded))}")
+    out.print(f"[bold]read[/]  {escape(args.input)}: {escape(_describe(loaded))}",
+              highlight=False)
     if loaded.format == "torch" and loaded.header.bn_eps != frontends.RUNTIME_BN_EPS:
         out.print(f"      BN eps {loaded.header.bn_eps:g} -> "
                   f"{frontends.RUNTIME_BN_EPS:g}: running variances shifted by "
-                  f"{loaded.header.bn_eps - frontends.RUNTIME_BN_EPS:+g}")
+                  f"{loaded.header.bn_eps - frontends.RUNTIME_BN_EPS:+g}", highlight=False)
     fmt = frontends.format_of(args.output)
     if args.bn_eps is not None and "torch" not in (loaded.format, fmt):
-        out.print("[yellow]--bn-eps applies to torch checkpoints only: ignored[/]")
+        warn(out, "--bn-eps applies to torch checkpoints only: ignored")
     layout = None
     if fmt == "torch":
         meta = loaded.header
@@ -77,8 +78,10 @@ def run(args) -> int:
         if text in shown:
             continue
         shown.add(text)
-        style = "bold red" if warning.startswith("WARNING") else "yellow"
-        out.print(f"[{style}]{escape(warning)}[/]")
+        if warning.startswith("WARNING"):  # an inexact conversion: loudly
+            out.print(f"[bold red]{escape(warning)}[/]", highlight=False)
+        else:
+            warn(out, warning)
     if fmt == "torch":
         eps = args.bn_eps if args.bn_eps is not None else (
             loaded.header.bn_eps if isinstance(loaded.header, frontends.CheckpointMeta)
@@ -91,5 +94,5 @@ def run(args) -> int:
     else:
         what = "Flax msgpack"
     out.print(f"[bold]wrote[/] {escape(args.output)}: {escape(what)}, "
-              f"{loaded.total_convs} convs")
+              f"{loaded.total_convs} convs", highlight=False)
     return 0
