@@ -143,7 +143,17 @@ def run_reference(graph: ir.Graph, weights: dict, x_nchw: np.ndarray, bn_eps: fl
         elif isinstance(layer, ir.Yolo):
             heads.append(prev)
             boxes.append(yolo_boxes(prev, layer, net_h, net_w))
-            out = prev
+            # forward_yolo_layer's own output at inference: logistic on x, y (then
+            # scale_x_y) and on objectness and classes; w, h raw.
+            out = prev.copy()
+            entries = 5 + layer.classes
+            s = layer.scale_x_y
+            for a in range(len(layer.mask)):
+                base = a * entries
+                out[:, base:base + 2] = 1 / (1 + np.exp(-prev[:, base:base + 2])) * s - (
+                    0.5 * (s - 1))
+                out[:, base + 4:base + entries] = 1 / (1 + np.exp(
+                    -prev[:, base + 4:base + entries]))
         else:
             raise ValueError(f"reference cannot run layer {index} ({layer.kind})")
         outputs.append(out)

@@ -166,11 +166,15 @@ def test_scale_x_y_and_grouped_conv_match_reference():
         "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride=2\npad=1\n"
         "groups=2\nactivation=mish\n"
         "[convolutional]\nfilters=14\nsize=1\nstride=1\nactivation=linear\n"
-        "[yolo]\nmask=1,2\nanchors=10,14, 23,27, 37,58\nclasses=2\nnum=3\nscale_x_y=1.1\n")
+        "[yolo]\nmask=1,2\nanchors=10,14, 23,27, 37,58\nclasses=2\nnum=3\nscale_x_y=1.1\n"
+        # A route reading a [yolo] layer gets Darknet's activated copy of its input.
+        "[route]\nlayers=-1\n"
+        "[yolo]\nmask=0,1\nanchors=10,14, 23,27, 37,58\nclasses=2\nnum=3\n")
     weights = random_weights(graph, seed=6)
     x = np.random.default_rng(7).uniform(0, 1, (2, 4, 8, 12)).astype(np.float32)
-    _, det = assert_matches_reference(graph, weights, x)
-    assert det.shape == (2, 2 * 4 * 6, 7)
+    heads, det = assert_matches_reference(graph, weights, x)
+    assert det.shape == (2, 2 * 2 * 4 * 6, 7)
+    assert heads[1][:, 4].min() > 0 and heads[1][:, 2].min() < 0  # sigmoid vs raw
 
 
 # -------------------------------------------------------------- hand-computed layers
