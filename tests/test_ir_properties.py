@@ -66,10 +66,13 @@ def _find(condition):
 
 
 def test_shrinking_reaches_tiny_graphs():
-    # The simplest graph at all: one head conv and its [yolo].
+    # The simplest graph: one conv block, the head conv and its [yolo].
     smallest = _find(lambda g: True)
-    assert [type(l) for l in smallest.layers] == [ir.Conv, ir.Yolo]
+    assert [type(l) for l in smallest.layers] == [ir.Conv, ir.Conv, ir.Yolo]
     assert (smallest.height, smallest.width) == (16, 16)
+    assert smallest.layers[0].filters == 2 and smallest.layers[0].size == 1
+    bare = find(graphs(min_blocks=0), lambda g: True, settings=settings(database=None))
+    assert [type(l) for l in bare.layers] == [ir.Conv, ir.Yolo]
     # Each construct shrinks to exactly the layers it needs, plus the head.
     up = _find(lambda g: "Upsample" in graph_features(g))
     assert [type(l) for l in up.layers] == [

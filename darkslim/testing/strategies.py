@@ -3,7 +3,8 @@
 A graph is drawn as a list of *block recipes*: a block kind and six choice bytes
 that the builder interprets against the network built so far (which layers exist,
 their channels and spatial sizes). A recipe never fails: a block that does not fit
-(a route before any layer, a downsample of an odd map) is skipped. So hypothesis can
+(a downsample of an odd map, a grouped conv of one channel) is skipped, and one
+that reads earlier layers starts with a conv when there are none. So hypothesis can
 delete any block or shrink any byte and still get a valid graph, and shrinking
 walks toward a handful of plain 1x1 convs and one yolo head. Every value `graphs`
 draws passes `ir.verify`; the kit's own tests check that as a property.
@@ -108,6 +109,13 @@ class _Builder:
         return self.add(Route(inputs=tuple(inputs), groups=groups, group_id=group_id), shape)
 
 
+def _ensure_layer(b: _Builder, v) -> None:
+    """Blocks that read earlier layers by index start with a conv when there are none
+    (the image has no index to route to or add from)."""
+    if not b.layers:
+        b.conv(b.width(v[1]), 1, activation=b.act(v[3]))
+
+
 def _block_conv(b: _Builder, v) -> None:
     bn = not (b.bn_optional and v[2] % 4 == 3)
     b.conv(b.width(v[1]), (1, 3)[v[0] % 2], bn=bn, activation=b.act(v[3]))
@@ -121,8 +129,7 @@ def _block_downsample(b: _Builder, v) -> None:
 
 
 def _block_residual(b: _Builder, v) -> None:
-    if not b.layers:  # [shortcut] cannot read the image
-        return
+    _ensure_layer(b, v)  # [shortcut] cannot read the image
     single = v[5] % 2 == 0  # shrinks to the shorter unit
     for unit in range(1 + v[0] % 3):
         start = len(b.layers) - 1
@@ -144,8 +151,7 @@ def _pick(cands: list[int], choices: Iterable[int]) -> list[int]:
 
 
 def _block_route(b: _Builder, v) -> None:
-    if not b.layers:
-        return
+    _ensure_layer(b, v)
     hw = b.trunk[1:]
     cands = b.candidates(lambda s: s[1:] == hw)
     picked = _pick(cands, v[1:2 + v[0] % 4])
@@ -155,8 +161,7 @@ def _block_route(b: _Builder, v) -> None:
 
 
 def _block_route_groups(b: _Builder, v) -> None:
-    if not b.layers:
-        return
+    _ensure_layer(b, v)
     groups = (2, 4)[v[0] % 2]
     hw = b.trunk[1:]
     cands = b.candidates(lambda s: s[1:] == hw and s.c % groups == 0)
@@ -173,8 +178,7 @@ def _block_maxpool(b: _Builder, v) -> None:
 
 
 def _block_spp(b: _Builder, v) -> None:
-    if not b.layers:
-        return
+    _ensure_layer(b, v)
     source = len(b.layers) - 1
     x = b.trunk
     pools = []
@@ -186,8 +190,7 @@ def _block_spp(b: _Builder, v) -> None:
 
 
 def _block_upsample(b: _Builder, v) -> None:
-    if not b.layers:
-        return
+    _ensure_layer(b, v)
     x = b.trunk
     cands = b.candidates(lambda s: (s.h, s.w) == (2 * x.h, 2 * x.w))
     if not cands:  # no larger map to join yet: make one (yolov3's pattern, shortened)
@@ -237,7 +240,7 @@ def _check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
 
 
 @st.composite
-def graphs(draw, *, max_blocks: int = 6, min_blocks: int = 0,
+def graphs(draw, *, max_blocks: int = 6, min_blocks: int = 1,
            widths: tuple[int, int] = (2, 16), sizes: tuple[int, int] = (16, 64),
            size_multiple: int = 8, square: bool = False,
            kinds: Iterable[str] = BLOCK_KINDS,
@@ -248,7 +251,7 @@ def graphs(draw, *, max_blocks: int = 6, min_blocks: int = 0,
 
     Args:
         max_blocks, min_blocks: how many block recipes to draw (see `BLOCK_KINDS`;
-            a block is one to ~8 layers).
+            a block is one to ~8 layers). ``min_blocks=0`` allows the bare head.
         widths: (min, max) filters of the convs the builder chooses freely. Residual
             convs keep their stage's width; routes concatenate up to ``4 * max``.
         sizes: (min, max) input height and width, multiples of ``size_multiple``
@@ -264,7 +267,8 @@ def graphs(draw, *, max_blocks: int = 6, min_blocks: int = 0,
         channels: input channels.
 
     Shrinks toward fewer blocks, 1x1 convs of the minimum width, BN, the first
-    activation, one head with one anchor, and the smallest input.
+    activation, one head with one anchor, and the smallest input: the simplest graph
+    is one conv, the head conv and its ``[yolo]``.
 
     >>> from hypothesis import given
     >>> @given(graphs(max_blocks=3, kinds=("conv", "route")))
@@ -299,7 +303,8 @@ def graphs(draw, *, max_blocks: int = 6, min_blocks: int = 0,
     for kind, v in recipes:
         if kind != "head":
             _BLOCKS[kind](b, v)
-        elif b.layers and n_heads + 1 + reserve <= heads[1]:
+        elif n_heads + 1 + reserve <= heads[1]:
+            _ensure_layer(b, v)
             trunk = len(b.layers) - 1
             _add_head(b, 1 + v[0] % 3, n_classes)
             b.route([trunk])
@@ -446,7 +451,9 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
     """
     out: dict[int, np.ndarray] = {}
     rng = None if drop is None else np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    for members in mask_units(analysis):
+    # Last unit first: when shrinking deletes an unrelated block near the input,
+    # the masks of the layers after it keep their draws (and the failure).
+    for members in reversed(mask_units(analysis)):
         n = graph.layers[members[0]].filters
         if rng is None:
             dropped = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
