@@ -85,9 +85,17 @@ def _where(graph: Graph, index: int) -> str:
     return f"[{layer.kind}] layer {index} (cfg line {layer.line})"
 
 
-# Keys of a [shortcut] that weight its inputs: without the block, the identity path
-# would lose its weight. The values listed are the ones that leave the sum plain.
-_PLAIN_SHORTCUT = {"weights_type": ("none",), "alpha": ("1", "1.0"), "beta": ("1", "1.0")}
+def _weighted(key: str, value: str) -> bool:
+    """Whether a [shortcut] key weights its inputs (then, without the block, the
+    identity path would lose its weight)."""
+    if key == "weights_type":
+        return value != "none"
+    if key in ("alpha", "beta"):
+        try:
+            return float(value) != 1.0
+        except ValueError:
+            return True
+    return False
 
 
 def _not_removable(graph: Graph, s: int, readers, shapes) -> str | None:
@@ -101,7 +109,7 @@ def _not_removable(graph: Graph, s: int, readers, shapes) -> str | None:
         return (f"activation={layer.activation.value}: without the block the identity "
                 "path would lose that activation (only linear shortcuts are removable)")
     for key, value in layer.extra:
-        if key in _PLAIN_SHORTCUT and value not in _PLAIN_SHORTCUT[key]:
+        if _weighted(key, value):
             return (f"weighted shortcut ({key}={value}): without the block the identity "
                     "path would lose its weight")
     f = layer.inputs[1]
