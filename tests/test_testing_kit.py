@@ -142,7 +142,8 @@ def test_sparsity_controls_the_fraction_of_tiny_gammas():
     graph = ir.parse_cfg("[net]\nwidth=8\nheight=8\n[convolutional]\nbatch_normalize=1\n"
                          "filters=4000\nactivation=leaky\n")
     for sparsity in (0.0, 0.3, 0.9):
-        gamma = random_variables(graph, 1, sparsity=sparsity)["params"]["layer_0"]["bn"]["scale"]
+        v = random_variables(graph, 1, sparsity=sparsity)
+        gamma = v["params"]["layer_0"]["bn"]["scale"]
         assert abs(np.mean(np.abs(gamma) < 1e-3) - sparsity) < 0.03
 
 
@@ -270,8 +271,9 @@ def test_assert_pass_is_pure_catches_mutation_and_nondeterminism(tiny):
     rng = np.random.default_rng(0)
 
     def noisy(g, variables_):
-        return g, {**variables_, "params": {**variables_["params"],
-                   "layer_1": jax.tree.map(lambda a: a + rng.random(), variables_["params"]["layer_1"])}}
+        params = variables_["params"]
+        layer_1 = jax.tree.map(lambda a: a + rng.random(), params["layer_1"])
+        return g, {**variables_, "params": {**params, "layer_1": layer_1}}
 
     with pytest.raises(AssertionError, match=r"different variables on two calls"):
         assert_pass_is_pure(noisy, (graph, v))

@@ -9,8 +9,9 @@ delete any block or shrink any byte and still get a valid graph, and shrinking
 walks toward a handful of plain 1x1 convs and one yolo head. Every value `graphs`
 draws passes `ir.verify`; the kit's own tests check that as a property.
 
-Weights, inputs and masks are drawn from a seed (and a few floats), so a
-counterexample prints as a seed you can replay with `random_variables`.
+Weights and inputs are made from a drawn seed (and sparsity), and the failure
+report notes the call that replays them (``random_variables(graph, seed=..., ...)``).
+Masks are drawn channel by channel, so they shrink to the channels a failure needs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from hypothesis import note
 from hypothesis import strategies as st
 
 import ir
@@ -50,8 +52,7 @@ __all__ = [
 BLOCK_KINDS: tuple[str, ...] = ("conv", "downsample", "residual", "route", "route_groups",
                                 "maxpool", "spp", "upsample", "grouped", "head")
 
-_NET_KEYS = ("batch", "subdivisions")
-_RECIPE_INTS = 6
+_RECIPE_BYTES = 6
 
 
 # --------------------------------------------------------------------------- graphs
@@ -292,7 +293,7 @@ def graphs(draw, *, max_blocks: int = 6, min_blocks: int = 1,
     # Six choice bytes as one `binary` draw: hypothesis deletes whole recipes from
     # the list far more readily than when they are six separate integer draws.
     recipe = st.tuples(st.sampled_from(kinds),
-                       st.binary(min_size=_RECIPE_INTS, max_size=_RECIPE_INTS))
+                       st.binary(min_size=_RECIPE_BYTES, max_size=_RECIPE_BYTES))
     recipes = draw(st.lists(recipe, min_size=min_blocks, max_size=max_blocks))
 
     b = _Builder(image=Shape(channels, height, width), widths=widths,
@@ -398,7 +399,9 @@ def variables(draw, graph: Graph, *,
     """Variables for ``graph`` from a drawn seed: `random_variables(graph, seed, sparsity=s)`
     with ``s`` drawn from ``sparsity`` (a (min, max) range or a fixed fraction)."""
     seed = draw(st.integers(0, 2**32 - 1))
-    return random_variables(graph, seed, sparsity=draw(_float_or_range(sparsity)))
+    s = draw(_float_or_range(sparsity))
+    note(f"variables = random_variables(graph, seed={seed}, sparsity={s!r})")
+    return random_variables(graph, seed, sparsity=s)
 
 
 def programs(*, sparsity: float | tuple[float, float] = (0.0, 0.9), **graph_options
@@ -422,7 +425,9 @@ def random_inputs(graph: Graph, seed: int = 0, *, batch: int = 1) -> np.ndarray:
 def inputs(draw, graph: Graph, *, batch: int | tuple[int, int] = 1) -> np.ndarray:
     """NHWC float32 images in [0, 1) for ``graph``; ``batch`` an int or (min, max)."""
     n = draw(st.integers(*batch)) if isinstance(batch, tuple) else batch
-    return random_inputs(graph, draw(st.integers(0, 2**32 - 1)), batch=n)
+    seed = draw(st.integers(0, 2**32 - 1))
+    note(f"x = random_inputs(graph, seed={seed}, batch={n})")
+    return random_inputs(graph, seed, batch=n)
 
 
 # --------------------------------------------------------------------------- masks
@@ -440,9 +445,9 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
     (a `passes.Prunability`).
 
     Every unit of ``analysis.units`` (a coupled group in ``shortcut`` mode) gets one
-    shared mask; no mask is ever all-False. Each channel's fate is a separate draw, and a drawn
-    ``False`` means *keep*, so masks shrink toward keeping everything: a shrunk
-    counterexample drops only the channels the failure needs.
+    shared mask; no mask is ever all-False. Each channel's fate is a separate draw,
+    and a drawn ``False`` means *keep*, so masks shrink toward keeping everything: a
+    shrunk counterexample drops only the channels the failure needs.
 
     Args:
         drop: when given, the fraction of channels to drop is fixed (each channel
