@@ -22,13 +22,9 @@ from darkslim.testing import (assert_equivalent, assert_identity_when_noop,
                               random_inputs, random_variables, reference_forward, tree_diff)
 from passes import tree
 from tests.conftest import cfg_path
-from tests.test_prune import at_size, narrow
+from tests.test_prune import small  # filters // 8 except the convs feeding [yolo], at 64
 
 REAL = ["yolov3.cfg", "yolov3-spp.cfg"]
-
-
-def small(name: str) -> ir.Graph:
-    return at_size(narrow(ir.parse_cfg(cfg_path(name)), 8), 64)
 
 
 def zero_blocks(variables, blocks):
