@@ -13,7 +13,6 @@ through XLA) and, when torch is installed, the same network in torch eager mode
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -36,8 +35,7 @@ DEFAULT_CFG = ROOT.parent / "shared" / "cfg" / "yolov3.cfg"
 
 
 def at_size(graph: ir.Graph, size: int) -> ir.Graph:
-    net = tuple((k, str(size) if k in ("width", "height") else v) for k, v in graph.net)
-    return dataclasses.replace(graph, net=net)
+    return ir.with_input_size(graph, size)
 
 
 def median_seconds(fn, repeats: int, warmup: int) -> tuple[float, float]:

@@ -15,7 +15,6 @@ from other processes falls on all four alike; the load average is printed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -36,8 +35,7 @@ DEFAULT_CFG = ROOT.parent / "shared" / "cfg" / "yolov3.cfg"
 
 
 def at_size(graph: ir.Graph, size: int) -> ir.Graph:
-    net = tuple((k, str(size) if k in ("width", "height") else v) for k, v in graph.net)
-    return dataclasses.replace(graph, net=net)
+    return ir.with_input_size(graph, size)
 
 
 def variants(graph, variables, blocks: int, percent: float, mode: str):

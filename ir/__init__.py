@@ -5,11 +5,12 @@ from ir.cost import LayerCost, count_flops, count_params, layer_costs
 from ir.errors import CfgError
 from ir.layers import (Activation, Conv, Graph, Layer, MaxPool, Route, Section, Shortcut,
                        Upsample, Yolo, consumers, layer_inputs)
+from ir.resize import narrow, with_input_size
 from ir.shapes import Shape, input_shape, verify
 
 __all__ = [
     "Activation", "CfgError", "Conv", "Graph", "Layer", "LayerCost", "MaxPool", "Route",
     "Section", "Shape", "Shortcut", "Upsample", "Yolo", "consumers", "count_flops",
-    "count_params", "input_shape", "layer_costs", "layer_inputs", "parse_cfg", "verify",
-    "write_cfg",
+    "count_params", "input_shape", "layer_costs", "layer_inputs", "narrow", "parse_cfg", "verify",
+    "with_input_size", "write_cfg",
 ]

@@ -18,7 +18,6 @@ A conv without ``batch_normalize`` has ``conv.bias`` and no ``bn``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Callable, NamedTuple
 
@@ -271,15 +270,6 @@ def decode_yolo(head: jax.Array, layer: Yolo, input_hw: tuple[int, int]) -> jax.
     return boxes.reshape(n, anchors * h * w, c // anchors)
 
 
-def _at_size(graph: ir.Graph, height: int, width: int) -> ir.Graph:
-    """``graph`` with ``[net]`` width/height set to the input actually given."""
-    if (graph.height, graph.width) == (height, width):
-        return graph
-    net = tuple((k, v) for k, v in graph.net if k not in ("width", "height"))
-    return dataclasses.replace(graph, net=(("width", str(width)), ("height", str(height)),
-                                           *net))
-
-
 class DarknetModule(nn.Module):
     """A Darknet network as a Flax module (NHWC in, NHWC heads out).
 
@@ -303,7 +293,7 @@ class DarknetModule(nn.Module):
             raise ValueError(f"{graph.path}: input of shape {tuple(x_nhwc.shape)}: "
                              f"expected NHWC (N, H, W, {graph.channels})")
         input_hw = (x_nhwc.shape[1], x_nhwc.shape[2])
-        ir.verify(_at_size(graph, *input_hw))  # shape errors name the cfg line
+        ir.verify(ir.with_input_size(graph, *input_hw))  # shape errors name the cfg line
         env: dict[int, jax.Array] = {-1: x_nhwc}
         for index, layer in enumerate(graph.layers):
             inputs = tuple(env[j] for j in ir.layer_inputs(graph, index))

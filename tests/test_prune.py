@@ -17,17 +17,11 @@ from tests.conftest import cfg_path
 
 
 def at_size(graph: ir.Graph, size: int) -> ir.Graph:
-    net = tuple((k, str(size) if k in ("width", "height") else v) for k, v in graph.net)
-    return dataclasses.replace(graph, net=net)
+    return ir.with_input_size(graph, size)
 
 
 def narrow(graph: ir.Graph, factor: int) -> ir.Graph:
-    """Every conv's filters divided by ``factor``, except the convs feeding [yolo]."""
-    heads = {i - 1 for i in graph.yolo_indices()}
-    layers = tuple(dataclasses.replace(layer, filters=max(2, layer.filters // factor))
-                   if isinstance(layer, ir.Conv) and i not in heads else layer
-                   for i, layer in enumerate(graph.layers))
-    return dataclasses.replace(graph, layers=layers)
+    return ir.narrow(graph, factor, min_filters=2)
 
 
 def small(name: str) -> ir.Graph:

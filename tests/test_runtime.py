@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +20,7 @@ from tests.reference_numpy import run_reference
 # ---------------------------------------------------------------------------- helpers
 
 def at_size(graph: ir.Graph, size: int) -> ir.Graph:
-    net = tuple((k, str(size) if k in ("width", "height") else v) for k, v in graph.net)
-    return dataclasses.replace(graph, net=net)
+    return ir.with_input_size(graph, size)
 
 
 def feeds_yolo(graph: ir.Graph, index: int) -> bool:
@@ -30,11 +28,7 @@ def feeds_yolo(graph: ir.Graph, index: int) -> bool:
 
 
 def slim(graph: ir.Graph, divisor: int) -> ir.Graph:
-    """Every conv's filters divided by ``divisor``, except the convs feeding a head."""
-    updates = {i: dataclasses.replace(layer, filters=layer.filters // divisor)
-               for i, layer in enumerate(graph.layers)
-               if isinstance(layer, ir.Conv) and not feeds_yolo(graph, i)}
-    return graph.replace_layers(updates)
+    return ir.narrow(graph, divisor)
 
 
 def random_weights(graph: ir.Graph, seed: int) -> dict:

@@ -27,12 +27,7 @@ SIZE = 128
 # -- helpers ---------------------------------------------------------------------------
 
 def width_reduced(graph: ir.Graph, factor: int = 8) -> ir.Graph:
-    """``filters // factor`` for every conv except those feeding a [yolo] head."""
-    layers = graph.layers
-    updates = {i: dataclasses.replace(layer, filters=max(1, layer.filters // factor))
-               for i, layer in enumerate(layers) if isinstance(layer, ir.Conv)
-               and not (i + 1 < len(layers) and isinstance(layers[i + 1], ir.Yolo))}
-    return graph.replace_layers(updates)
+    return ir.narrow(graph, factor)
 
 
 GRAPHS = {
