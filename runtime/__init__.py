@@ -3,3 +3,10 @@
 from runtime.image import ImageError, letterbox, load_image
 from runtime.model import (ACTIVATIONS, DarknetModule, ForwardOut, UnsupportedLayerError,
                            check_supported, decode_yolo, forward, init_variables)
+from runtime.data import (NO_AUGMENT, Augment, Batch, DataConfig, DataError, Dataset,
+                          iterate_batches, load_dataset, prefetch, read_data_config)
+from runtime.loss import LossConfig, LossParts, yolo_loss
+from runtime.metrics import (ClassMetrics, EvalResult, coco_map, evaluate,
+                             evaluate_detections, nms, postprocess)
+from runtime.train import (TrainConfig, TrainResult, bn_l1, fit, gamma_mask, make_optimizer,
+                           make_train_step, sparsity)

@@ -287,3 +287,66 @@ def coco_map(detections: list[np.ndarray], truths: list[np.ndarray],
     stats = evaluator.stats
     # -1 marks "no ground truth at any threshold"; report it as 0 like the others.
     return float(max(stats[0], 0.0)), float(max(stats[1], 0.0))
+
+
+# ------------------------------------------------------------------ model evaluation
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    """What `evaluate` measured; ``map5095``/``coco_map50`` are None without ``coco``."""
+
+    metrics: ClassMetrics
+    map50: float
+    map5095: float | None
+    coco_map50: float | None
+    images: int
+    names: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        m = self.metrics
+        return {"images": self.images, "map50": self.map50, "map50_95": self.map5095,
+                "coco_map50": self.coco_map50, "conf": m.conf,
+                "classes": [{"id": c, "name": self.names[c] if c < len(self.names)
+                             else str(c), "truths": n, "precision": p, "recall": r,
+                             "f1": f, "ap50": ap}
+                            for c, n, p, r, f, ap in zip(m.classes, m.truths, m.precision,
+                                                         m.recall, m.f1, m.ap)]}
+
+
+def evaluate(graph, variables: dict, dataset, *, batch_size: int = 32,
+             conf_thres: float = 0.01, nms_thres: float = 0.5, iou_thres: float = 0.5,
+             bn_eps: float = 1e-5, coco: bool = True) -> EvalResult:
+    """mAP of ``variables`` on a `runtime.data.Dataset`, with the seed's protocol.
+
+    Images are letterboxed to the network size (no augmentation); detections and
+    truths are compared in input pixels (IoU is unchanged by the letterbox's uniform
+    scale and shift). With ``coco``, also COCO mAP@0.5:0.95 through pycocotools.
+    """
+    import jax
+
+    from runtime.data import NO_AUGMENT, iterate_batches
+    from runtime.model import forward
+
+    input_hw = (graph.height, graph.width)
+    detections, truths = [], []
+    boxes = max(8, dataset.max_boxes)
+    for batch in iterate_batches(dataset, input_hw, batch_size, shuffle=False,
+                                 drop_last=False, augment=NO_AUGMENT, max_boxes=boxes):
+        count = len(batch.indices)
+        images = batch.images
+        if count < batch_size:  # pad the last batch: one compiled shape
+            images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]),
+                                                      images.dtype)])
+        raw = np.asarray(jax.device_get(forward(graph, variables, images, bn_eps=bn_eps)
+                                        .detections))[:count]
+        detections += postprocess(raw, conf_thres, nms_thres)
+        for targets in batch.targets:
+            t = targets[targets[:, 0] >= 0].astype(np.float64)
+            xyxy = xywh_to_xyxy(t[:, 1:5] * ([input_hw[1], input_hw[0]] * 2))
+            truths.append(np.concatenate([t[:, :1], xyxy], 1))
+    metrics = evaluate_detections(detections, truths, dataset.classes, iou_thres)
+    m5095 = c50 = None
+    if coco:
+        m5095, c50 = coco_map(detections, truths, dataset.classes)
+    return EvalResult(metrics=metrics, map50=metrics.map, map5095=m5095, coco_map50=c50,
+                      images=len(truths), names=tuple(dataset.names))

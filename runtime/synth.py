@@ -269,3 +269,4 @@ def write_synth(out_dir: str | os.PathLike, *, train: int = 512, valid: int = 12
         _write_atomic(cfg_path, ir.write_cfg(model).encode())
     return SynthDataset(root=root, data=data, names=names, train=lists["train"],
                         valid=lists["valid"], cfg=cfg_path, anchors=anchors)
+
