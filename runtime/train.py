@@ -39,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import ir
 from runtime.data import NO_AUGMENT, Augment, Dataset, iterate_batches, prefetch
-from runtime.loss import LossConfig, LossParts, yolo_loss
+from runtime.loss import LossConfig, yolo_loss
 from runtime.model import DarknetModule, init_variables
 
 SPARSITY_SCHEDULES = ("constant", "global", "local")
@@ -334,8 +334,8 @@ def make_train_step(graph: ir.Graph, tx: optax.GradientTransformation, *,
     """A jit-compiled ``step(state, images, targets) -> (state, metrics)``.
 
     BatchNorm runs in train mode (batch statistics) and its running statistics are
-    updated (Flax ``mutable=["batch_stats"]``). ``metrics`` holds the loss parts, the
-    learning-rate-free γ statistics of ``prunable`` and the step. With ``mesh`` the
+    updated (Flax ``mutable=["batch_stats"]``). ``metrics`` holds the loss parts and
+    the γ statistics of the ``prunable`` convs after the update (`gamma_stats`). With ``mesh`` the
     batch is sharded over its ``data`` axis and the state replicated.
     """
     module = DarknetModule(graph, bn_eps=bn_eps)
@@ -382,7 +382,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def save_checkpoint(path: str | os.PathLike, state: TrainState, *, epoch: int,
                     extra: dict | None = None) -> None:
     """Params, batch_stats, opt_state, step and ``epoch`` (epochs completed), plus
-    ``extra`` JSON-able facts (best mAP, history), as flax msgpack; atomic."""
+    ``extra`` JSON-able facts (best mAP, history, seed), as flax msgpack; atomic.
+
+    There is no PRNG key to save: batches and augmentation are functions of (seed,
+    epoch, image index) and the step itself draws no random numbers."""
     payload = {"state": flax.serialization.to_state_dict(jax.device_get(state)),
                "epoch": epoch, "extra": json.dumps(extra or {})}
     _write_atomic(Path(path), flax.serialization.msgpack_serialize(payload))
@@ -485,6 +488,17 @@ def build_optimizer(graph: ir.Graph, params: dict, config: TrainConfig,
     return optax.chain(sparse, base), schedule
 
 
+def check_classes(graph: ir.Graph, classes: int, source: str) -> None:
+    """Raise ValueError when a ``[yolo]`` head predicts another number of classes than
+    the dataset has."""
+    for index in graph.yolo_indices():
+        head = graph.layers[index]
+        if head.classes != classes:
+            raise ValueError(f"{head.path}:{head.line}: [yolo] classes={head.classes} but "
+                             f"the dataset ({source}) has classes={classes}: use a cfg "
+                             "made for this dataset")
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled(graph: ir.Graph, config: TrainConfig, total_steps: int, steps_per_epoch: int,
               mesh: Mesh | None):
@@ -541,6 +555,7 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
     from frontends import save_variables
     from runtime.metrics import evaluate
 
+    check_classes(graph, train_set.classes, str(train_set.source))
     input_hw = (graph.height, graph.width)
     steps_per_epoch = len(train_set) // config.batch_size
     if steps_per_epoch < 1:
@@ -558,10 +573,9 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
             history, best = list(extra.get("history", [])), extra.get("best")
     if mesh is not None:
         state = replicate(state, mesh)
-    max_boxes = None if train_set.max_boxes else 8
     for epoch in range(start_epoch, config.epochs):
         batches = iterate_batches(train_set, input_hw, config.batch_size, seed=config.seed,
-                                  epoch=epoch, augment=config.augment, max_boxes=max_boxes)
+                                  epoch=epoch, augment=config.augment)
         rows = []
         with prefetch(batches, depth=3) as loader:
             for batch in loader:
@@ -598,7 +612,7 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
                 save_variables(graph, host, out / "best.weights")
             _write_atomic(out / "history.json", json.dumps(history, indent=1).encode())
             save_checkpoint(out / CHECKPOINT, state, epoch=epoch + 1,
-                            extra={"history": history, "best": best})
+                            extra={"history": history, "best": best, "seed": config.seed})
         if on_epoch is not None:
             on_epoch(EpochInfo(epoch + 1, current, summary, improved))
         if max_steps is not None and int(state.step) >= max_steps:

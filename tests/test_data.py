@@ -268,3 +268,16 @@ def test_prefetch_close_stops_the_producer():
     assert count <= 5  # only ever `depth` (+ one in hand) ahead
     assert not any(t.name == "darkslim-prefetch" and t.is_alive()
                    for t in threading.enumerate())
+
+
+def test_synth_command(tmp_path, capsys):
+    from darkslim.cli import main
+
+    assert main(["synth", str(tmp_path / "s"), "--train", "3", "--valid", "2",
+                 "--size", "64", "--seed", "1"]) == 0
+    for name in ("synth.data", "synth.names", "train.txt", "valid.txt", "model.cfg",
+                 "images/train/000002.png", "labels/valid/000001.txt"):
+        assert (tmp_path / "s" / name).exists(), name
+    assert ir.parse_cfg(tmp_path / "s" / "model.cfg").width == 64
+    assert main(["synth", str(tmp_path / "t"), "--size", "50"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err

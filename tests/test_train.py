@@ -362,3 +362,34 @@ def test_two_host_devices_give_the_same_update_as_one(tiny):
     assert result["one_loss"] == pytest.approx(result["two_loss"], rel=1e-5)
     for a, b in zip(result["one"], result["two"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- CLI
+
+def test_train_and_eval_commands(tiny, tmp_path):
+    from darkslim.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(tiny.data), str(tiny.cfg), "--epochs", "1", "--batch", "8",
+                 "--sparsity", "0.01", "--out", str(out), "--quiet"]) == 0
+    for name in ("best.weights", "last.weights", "checkpoint.msgpack", "history.json",
+                 "summary.json", "gamma/epoch_000.png", "gamma/epoch_001.png"):
+        assert (out / name).exists(), name
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and 0 <= history[0]["map50"] <= 1
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(tiny.data), str(tiny.cfg), str(out / "best.weights"),
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["images"] == 8 and len(result["classes"]) == 3
+    assert 0 <= result["map50_95"] <= result["map50"] + 1e-9 <= 1 + 1e-9
+    assert [c["name"] for c in result["classes"]] == ["circle", "square", "triangle"]
+
+
+def test_train_command_reports_a_class_mismatch(tiny, tmp_path, capsys):
+    from darkslim.cli import main
+
+    other = tmp_path / "two.data"
+    other.write_text(f"classes=2\ntrain={tiny.root / 'train.txt'}\n")
+    assert main(["train", str(other), str(tiny.cfg), "--out", str(tmp_path / "x")]) == 2
+    assert "classes=3" in capsys.readouterr().err

@@ -64,13 +64,16 @@ def results_table(result, title: str = "") -> Table:
 def run(args) -> int:
     import ir
     from frontends import load_variables
-    from runtime.data import load_dataset
+    from runtime.data import load_dataset, read_data_config
     from runtime.metrics import evaluate
+    from runtime.train import check_classes
 
     console = Console()
     graph = ir.parse_cfg(Path(args.cfg))
     ir.verify(graph)
-    dataset = load_dataset(args.data, args.split, skip_bad=args.skip_bad)
+    config = read_data_config(args.data)
+    check_classes(graph, config.classes, args.data)
+    dataset = load_dataset(config, args.split, skip_bad=args.skip_bad)
     if dataset.skipped:
         Console(stderr=True).print(f"[yellow]skipped {len(dataset.skipped)} bad images[/] "
                                    f"(first: {dataset.skipped[0]})", highlight=False)

@@ -118,13 +118,15 @@ def run(args) -> int:
     from frontends import load_variables
     from runtime import init_variables
     from runtime.data import NO_AUGMENT, Augment, load_dataset, read_data_config
-    from runtime.train import (TrainConfig, data_mesh, fit, init_gammas, init_head_biases)
+    from runtime.train import (TrainConfig, check_classes, data_mesh, fit, init_gammas,
+                               init_head_biases)
 
     console = Console(stderr=True)
     out = Path(args.out)
     graph = ir.parse_cfg(Path(args.cfg))
     ir.verify(graph)
     config_data = read_data_config(args.data)
+    check_classes(graph, config_data.classes, args.data)
     train_set = load_dataset(config_data, "train", skip_bad=args.skip_bad)
     valid_set = None
     if not args.no_eval and config_data.valid is not None:
@@ -133,10 +135,6 @@ def run(args) -> int:
         if ds is not None and ds.skipped:
             console.print(f"[yellow]skipped {len(ds.skipped)} bad {name} images[/] "
                           f"(first: {ds.skipped[0]})", highlight=False)
-    heads = [graph.layers[i] for i in graph.yolo_indices()]
-    if any(h.classes != config_data.classes for h in heads):
-        raise ValueError(f"{args.cfg}: [yolo] classes={heads[0].classes} but "
-                         f"{args.data} has classes={config_data.classes}")
 
     if args.weights:
         loaded = load_variables(graph, args.weights)
