@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import ir  # noqa: E402
 from runtime import init_variables  # noqa: E402
-from runtime.train import (init_train_state, make_optimizer, make_train_step,  # noqa: E402
-                           sparsity)
+from runtime.sparsity import sparsity  # noqa: E402
+from runtime.train import init_train_state, make_optimizer, make_train_step  # noqa: E402
 
 CFG_DIR = ROOT.parent / "shared" / "cfg"
 

@@ -8,5 +8,5 @@ from runtime.data import (NO_AUGMENT, Augment, Batch, DataConfig, DataError, Dat
 from runtime.loss import LossConfig, LossParts, yolo_loss
 from runtime.metrics import (ClassMetrics, EvalResult, coco_map, evaluate,
                              evaluate_detections, nms, postprocess)
-from runtime.train import (TrainConfig, TrainResult, bn_l1, fit, gamma_mask, make_optimizer,
-                           make_train_step, sparsity)
+from runtime.sparsity import bn_l1, gamma_mask, sparsity, sparsity_schedule
+from runtime.train import TrainConfig, TrainResult, fit, make_optimizer, make_train_step

@@ -1,16 +1,10 @@
-"""Training with optax: the jit-compiled step, optimisers, sparsity, checkpoints, data
-parallelism.
+"""Training with optax: the jit-compiled step, optimisers, BatchNorm recalibration,
+checkpoints, data parallelism and the epoch loop (`fit`).
 
-Sparse training (network slimming, Liu et al. 2017) adds ``s·sign(γ)`` to the gradient
-of every penalised BatchNorm scale γ. Here that is an optax `GradientTransformation`,
-`bn_l1`, wrapped in ``optax.masked`` with a mask built from the same prunability
-analysis the prune pass uses (`gamma_mask`), and chained in front of any optimiser::
+Sparse training chains `runtime.sparsity.sparsity` (``optax.masked(bn_l1(s), mask)``)
+in front of the optimiser (`build_optimizer`)::
 
-    tx = optax.chain(sparsity(graph, params, s=1e-3), make_optimizer("sgd", lr=...))
-
-The schedules the field uses are transforms too, their state a step count in the optax
-state: ``constant`` s, ``global`` decay (s × 0.01 after a fraction of the run) and
-``local`` decay (after that fraction, the largest 15% of |γ| get 100× less penalty).
+    tx = optax.chain(sparsity(graph, params, s=1e-2), make_optimizer("adam", 3e-3))
 
 Data parallelism: `data_mesh` builds a `jax.sharding.Mesh` over a ``data`` axis of all
 local devices; the step is jit-compiled with the batch sharded along it and the state
@@ -38,135 +32,19 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import ir
+from passes import analyze_prunability
 from runtime.data import NO_AUGMENT, Augment, Dataset, iterate_batches, prefetch
 from runtime.loss import LossConfig, yolo_loss
 from runtime.model import DarknetModule, init_variables
+from runtime.sparsity import sparsity
 
-SPARSITY_SCHEDULES = ("constant", "global", "local")
-
-
-# --------------------------------------------------------------------- sparsity
-
-class BnL1State(NamedTuple):
-    count: jax.Array  # steps taken; the schedules read it
-
-
-def _as_schedule(s: float | optax.Schedule) -> optax.Schedule:
-    return s if callable(s) else (lambda count: jnp.asarray(s, jnp.float32))
-
-
-def bn_l1(s: float | optax.Schedule) -> optax.GradientTransformation:
-    """Add ``s·sign(γ)`` to the updates (the L1 subgradient of ``s·Σ|γ|``).
-
-    Chain it before the optimiser, as the seed adds it to ``.grad`` before
-    ``optimizer.step()``. Apply it to γ only by wrapping it in ``optax.masked`` (see
-    `sparsity`). ``s`` may be an optax schedule of the step count.
-
-    >>> tx = bn_l1(0.1)
-    >>> g, _ = tx.update({"g": jnp.zeros(2)}, tx.init(None), {"g": jnp.array([-2., 3.])})
-    >>> g["g"].tolist()
-    [-0.10000000149011612, 0.10000000149011612]
-    """
-    schedule = _as_schedule(s)
-
-    def init(params) -> BnL1State:
-        del params
-        return BnL1State(count=jnp.zeros((), jnp.int32))
-
-    def update(updates, state: BnL1State, params=None):
-        if params is None:
-            raise ValueError("bn_l1 needs params: call tx.update(grads, state, params)")
-        rate = schedule(state.count)
-        updates = jax.tree.map(lambda u, p: u + (rate * jnp.sign(p)).astype(u.dtype),
-                               updates, params)
-        return updates, BnL1State(count=optax.safe_increment(state.count))
-
-    return optax.GradientTransformation(init, update)
-
-
-def bn_l1_local(s: float, start: int, keep: float = 0.15, factor: float = 0.01
-                ) -> optax.GradientTransformation:
-    """`bn_l1` with the ``local`` decay: from step ``start`` on, the ``keep`` fraction
-    of γ with the largest |γ| (ranked over every leaf the transform sees, i.e. all
-    penalised γ) get ``s·factor`` instead of ``s``: the channels that survive are
-    left to recover."""
-
-    def init(params) -> BnL1State:
-        del params
-        return BnL1State(count=jnp.zeros((), jnp.int32))
-
-    def update(updates, state: BnL1State, params=None):
-        if params is None:
-            raise ValueError("bn_l1_local needs params: call tx.update(grads, state, params)")
-        leaves = jax.tree.leaves(params)
-        if not leaves:
-            return updates, BnL1State(count=optax.safe_increment(state.count))
-        magnitudes = jnp.concatenate([jnp.abs(p).ravel() for p in leaves])
-        threshold = jnp.quantile(magnitudes, 1 - keep)
-        late = state.count >= start
-
-        def one(u, p):
-            rate = jnp.where(late & (jnp.abs(p) >= threshold), s * factor, s)
-            return u + (rate * jnp.sign(p)).astype(u.dtype)
-
-        return (jax.tree.map(one, updates, params),
-                BnL1State(count=optax.safe_increment(state.count)))
-
-    return optax.GradientTransformation(init, update)
-
-
-def sparsity_schedule(s: float, schedule: str = "constant", total_steps: int = 1,
-                      fraction: float = 0.5, keep: float = 0.15, factor: float = 0.01
-                      ) -> optax.GradientTransformation:
-    """The L1 transform of a named schedule (unmasked: wrap it with ``optax.masked``).
-
-    Args:
-        s: the penalty.
-        schedule: ``constant``; ``global`` (``s × factor`` from ``fraction`` of
-            ``total_steps`` on); ``local`` (from there, the top ``keep`` of |γ| get
-            ``s × factor``).
-    """
-    start = int(round(fraction * total_steps))
-    if schedule == "constant":
-        return bn_l1(s)
-    if schedule == "global":
-        return bn_l1(optax.piecewise_constant_schedule(s, {start: factor}))
-    if schedule == "local":
-        return bn_l1_local(s, start, keep, factor)
-    raise ValueError(f"schedule={schedule!r}: expected one of {SPARSITY_SCHEDULES}")
-
-
-def gamma_mask(graph: ir.Graph, params: dict, mode: str = "regular",
-               ignore: tuple[int, ...] = ()) -> dict:
-    """A pytree of bools shaped like ``params``: True at the BatchNorm scales of the
-    convs `passes.analyze_prunability` calls prunable in ``mode``, False elsewhere."""
-    from passes import analyze_prunability
-
-    prunable = set(analyze_prunability(graph, mode, ignore).prunable)
-
-    def mark(path, leaf) -> bool:
-        keys = [getattr(k, "key", None) for k in path]
-        return (len(keys) == 3 and keys[1:] == ["bn", "scale"]
-                and int(str(keys[0]).removeprefix("layer_")) in prunable)
-
-    return jax.tree_util.tree_map_with_path(mark, params)
-
+# -------------------------------------------------------------------- optimiser
 
 def kernel_mask(params: dict) -> dict:
     """True at conv kernels (weight decay applies to them only, as in ultralytics)."""
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: getattr(path[-1], "key", None) == "kernel", params)
 
-
-def sparsity(graph: ir.Graph, params: dict, s: float, schedule: str = "constant", *,
-             mode: str = "regular", total_steps: int = 1, fraction: float = 0.5,
-             ignore: tuple[int, ...] = ()) -> optax.GradientTransformation:
-    """``optax.masked(sparsity_schedule(...), gamma_mask(graph, params, mode))``."""
-    return optax.masked(sparsity_schedule(s, schedule, total_steps, fraction),
-                        gamma_mask(graph, params, mode, ignore))
-
-
-# -------------------------------------------------------------------- optimiser
 
 def lr_schedule(lr: float, total_steps: int, *, warmup_steps: int = 0,
                 kind: str = "cosine", steps: tuple[float, ...] = (0.8, 0.9),
@@ -248,17 +126,6 @@ def gamma_stats(params: dict, prunable: tuple[int, ...]) -> dict[str, jax.Array]
     g = jnp.abs(jnp.concatenate([params[f"layer_{i}"]["bn"]["scale"] for i in prunable]))
     return {"gamma_mean": g.mean(), "gamma_small": (g < 1e-2).mean(),
             "gamma_tiny": (g < 1e-3).mean()}
-
-
-def init_gammas(variables: dict, value: float = 0.5) -> dict:
-    """Variables with every BatchNorm scale γ set to ``value``: network slimming's
-    initialisation for sparse training from scratch (Liu et al. 2017 start γ at 0.5,
-    so the L1 term reaches the useless channels within a short run)."""
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: (jnp.full_like(leaf, value)
-                            if [getattr(k, "key", None) for k in path[-2:]] == ["bn", "scale"]
-                            else leaf), variables["params"])
-    return {**variables, "params": params}
 
 
 def _batch_moments(graph: ir.Graph, bn_eps: float):
@@ -423,14 +290,18 @@ def load_checkpoint(path: str | os.PathLike, template: TrainState
 class TrainConfig:
     """Everything `fit` needs besides the network and the data.
 
-    ``sparsity`` is s (0 disables it); ``sparsity_schedule`` one of
-    `SPARSITY_SCHEDULES`, switching at ``sparsity_fraction`` of the run; ``mode``
-    chooses the penalised γ (``regular``/``shortcut``, as the prune pass).
+    The defaults are the recipe measured on the synthetic demo set (Adam 3e-3, cosine
+    with one warm-up epoch, batch 16). ``sparsity`` is s (0 disables it);
+    ``sparsity_schedule`` one of `runtime.sparsity.SPARSITY_SCHEDULES`, switching at
+    ``sparsity_fraction`` of the run; ``mode`` chooses the penalised γ
+    (``regular``/``shortcut``, as the prune pass). ``precise_bn`` batches of
+    un-augmented training images re-estimate the BatchNorm statistics at the end of
+    each epoch (`recalibrate_bn`; 0 keeps Darknet's running averages).
     """
 
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 3e-3
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -505,8 +376,6 @@ def _compiled(graph: ir.Graph, config: TrainConfig, total_steps: int, steps_per_
     """The optimiser, LR schedule and jitted step of a run, cached so a resumed run or a
     second run of the same setting in one process does not compile again. The params
     only matter through their tree structure, which the graph determines."""
-    from passes import analyze_prunability
-
     params = jax.eval_shape(lambda: init_variables(graph))["params"]
     tx, schedule = build_optimizer(graph, params, config, total_steps, steps_per_epoch)
     prunable = analyze_prunability(graph, config.mode).prunable

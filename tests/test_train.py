@@ -28,10 +28,10 @@ from runtime import init_variables
 from runtime.data import NO_AUGMENT, load_dataset
 from runtime.loss import LossConfig, yolo_loss
 from runtime.model import decode_yolo
+from runtime.sparsity import bn_l1, gamma_mask, init_gammas, sparsity, sparsity_schedule
 from runtime.synth import write_synth
-from runtime.train import (CHECKPOINT, TrainConfig, bn_l1, fit, gamma_mask,
-                           init_gammas, init_head_biases, init_train_state, load_checkpoint,
-                           make_optimizer, recalibrate_bn, sparsity, sparsity_schedule)
+from runtime.train import (CHECKPOINT, TrainConfig, fit, init_head_biases, init_train_state,
+                           load_checkpoint, make_optimizer, recalibrate_bn)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -118,8 +118,8 @@ def run(args) -> int:
     from frontends import load_variables
     from runtime import init_variables
     from runtime.data import NO_AUGMENT, Augment, load_dataset, read_data_config
-    from runtime.train import (TrainConfig, check_classes, data_mesh, fit, init_gammas,
-                               init_head_biases)
+    from runtime.sparsity import init_gammas
+    from runtime.train import TrainConfig, check_classes, data_mesh, fit, init_head_biases
 
     console = Console(stderr=True)
     out = Path(args.out)
