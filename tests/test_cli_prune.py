@@ -96,3 +96,21 @@ def test_info_totals(capsys):
     assert main(["info", str(cfg_path("yolov3.cfg"))]) == 0
     printed = capsys.readouterr().out
     assert "61,949,149" in printed and "65.86" in printed
+
+
+def test_prune_with_data_reports_map_three_ways(tmp_path):
+    from darkslim.demo import template_cfg
+    from runtime.synth import write_synth
+
+    data = write_synth(tmp_path / "data", train=4, valid=8, size=64, seed=3,
+                       cfg=ir.narrow(template_cfg(), 4, min_filters=4))
+    graph = ir.parse_cfg(data.cfg)
+    frontends.save_variables(graph, random_variables(graph, seed=1, sparsity=0.5),
+                             tmp_path / "w.weights")
+    out = tmp_path / "out"
+    assert main(["prune", str(data.cfg), str(tmp_path / "w.weights"), "--percent", "0.3",
+                 "--data", str(data.data), "--no-check", "--out", str(out)]) == 0
+    maps = json.loads((out / "report.json").read_text())["map50"]
+    assert set(maps) == {"original", "gamma_zeroed", "keep_size", "compact"}
+    assert all(0.0 <= v <= 1.0 for v in maps.values())
+    assert maps["keep_size"] == pytest.approx(maps["compact"], abs=1e-6)

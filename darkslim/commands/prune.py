@@ -66,6 +66,9 @@ def add_parser(sub) -> None:
                    help="torch checkpoints: the BatchNorm eps they were trained with")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the forward passes that measure keep-size vs compact")
+    p.add_argument("--data", metavar="DATA.data",
+                   help="also evaluate mAP@0.5 on its valid split: original, γ zeroed, "
+                   "keep-size and compact (the seed's three-way check)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=run)
 
@@ -102,6 +105,9 @@ def run(args) -> int:
             with console.status("checking keep-size vs compact on a random input..."):
                 diffs = reports.measure_prune_diffs(program[0], result)
         channel_report = reports.prune_report(program[0], result, diffs)
+        if args.data:
+            with console.status("evaluating mAP@0.5 of the four networks..."):
+                channel_report["map50"] = evaluate_three_ways(args.data, program, result)
         report = dict(channel_report)
         compact_graph, compact_vars = result.compact
     else:
@@ -139,12 +145,28 @@ def run(args) -> int:
         console.print(render_table(channel_report))
         for line in summary_lines(channel_report):
             console.print(line, highlight=False)
+        if "map50" in channel_report:
+            console.print("mAP@0.5: " + ", ".join(
+                f"{k.replace('_', ' ')} {v:.4f}" for k, v in channel_report["map50"].items()),
+                highlight=False)
     if layers:
         for table in render_blocks_tables(report):
             console.print(table)
     console.print(f"wrote {', '.join(written)} to {out}/ in "
                   f"{time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def evaluate_three_ways(data: str, program, result: passes.PruneResult) -> dict:
+    """mAP@0.5 on the valid split of the original, γ-zeroed, keep-size and compact
+    networks, with the seed's protocol (conf 0.01, NMS 0.5, IoU 0.5)."""
+    from runtime.data import load_dataset
+    from runtime.metrics import evaluate
+
+    valid = load_dataset(data, "valid")
+    networks = {"original": program, "gamma_zeroed": result.gamma_zeroed,
+                "keep_size": result.keep_size, "compact": result.compact}
+    return {name: evaluate(*net, valid, coco=False).map50 for name, net in networks.items()}
 
 
 def render_table(report: dict) -> Table:
