@@ -3,7 +3,7 @@ batch 8, on this machine's default JAX device.
 
 For each network the jitted step (forward in train mode, YOLOv3 loss, backward, optax
 update; `runtime.train.make_train_step`) is compiled for plain Adam and for
-``optax.chain(sparsity(...), Adam)`` (the L1 on the prunable γ, `runtime.train.sparsity`),
+``optax.chain(sparsity(...), Adam)`` (the L1 on the prunable γ, `runtime.sparsity.sparsity`),
 then timed in alternation (A B A B ...) so drift from other processes hits both alike.
 The sparsity overhead is reported twice: from the whole steps (noisy when a step takes
 seconds on a shared CPU) and from the optimiser update alone (`tx.update` jitted by

@@ -36,7 +36,7 @@ from passes import analyze_prunability
 from runtime.data import NO_AUGMENT, Augment, Dataset, iterate_batches, prefetch
 from runtime.loss import LossConfig, yolo_loss
 from runtime.model import DarknetModule, init_variables
-from runtime.sparsity import sparsity
+from runtime.sparsity import init_gammas, sparsity  # noqa: F401 (init_gammas re-exported)
 
 # -------------------------------------------------------------------- optimiser
 
