@@ -31,12 +31,12 @@ class DemoConfig:
     valid: int = 128
     size: int = 128
     seed: int = 0
-    epochs: int = 30
+    epochs: int = 24
     batch: int = 16
     lr: float = 3e-3
-    sparsity: float = 1e-3
+    sparsity: float = 1e-2
     schedule: str = "constant"
-    finetune_epochs: int = 10
+    finetune_epochs: int = 8
     finetune_lr: float = 1e-3
     percent: float | None = None
     mode: str = "regular"
@@ -100,7 +100,8 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     from runtime.data import load_dataset
     from runtime.metrics import evaluate
     from runtime.synth import write_synth
-    from runtime.train import TrainConfig, fit, init_gammas, init_head_biases
+    from runtime.sparsity import init_gammas
+    from runtime.train import TrainConfig, fit, init_head_biases
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
