@@ -212,10 +212,18 @@ def _maxpool(module, index: int, layer: MaxPool, inputs, train: bool):
     # Darknet: out = (h + pad - size) // stride + 1, the window starts pad // 2 above
     # and left of the image, and cells outside it never win (-inf padding). With the
     # default pad = size - 1, tiny's size=2 stride=1 pool pads right and bottom only.
+    # Max is separable: rows, then columns, each the max of `size` strided slices.
+    # Same values as nn.max_pool, and its gradient is ~20x cheaper on the CPU than
+    # XLA's select-and-scatter (the demo's train step: 194 -> 140 ms).
     lo = layer.pad_total // 2
     hi = layer.pad_total - lo
-    return nn.max_pool(inputs[0], (layer.size, layer.size), strides=(layer.stride,) * 2,
-                       padding=((lo, hi), (lo, hi)))
+    x = jnp.pad(inputs[0], ((0, 0), (lo, hi), (lo, hi), (0, 0)), constant_values=-jnp.inf)
+    for axis in (1, 2):
+        out = (x.shape[axis] - layer.size) // layer.stride + 1
+        parts = [jax.lax.slice_in_dim(x, d, d + layer.stride * (out - 1) + 1,
+                                      layer.stride, axis) for d in range(layer.size)]
+        x = functools.reduce(jnp.maximum, parts)
+    return x
 
 
 def _yolo(module, index: int, layer: Yolo, inputs, train: bool):
