@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import ir
-from frontends._atomic import atomic_path
+from frontends._atomic import atomic_path, write_atomic
 from frontends.darknet import DarknetHeader, read_darknet, write_darknet
 from frontends.errors import CheckpointError, WeightsError
 from frontends.msgpack import read_msgpack, write_msgpack
@@ -26,7 +26,7 @@ from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
                                  check_variables, default_variables, expected_shapes)
 
 __all__ = [
-    "atomic_path", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
+    "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
     "CheckpointMeta", "DarknetHeader", "LoadedWeights", "Variables", "WeightsError",
     "check_variables", "darknet_header_of", "default_variables", "expected_shapes",
     "format_of",

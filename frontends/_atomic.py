@@ -37,3 +37,10 @@ def write_chunks(path: str | os.PathLike, chunks) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for chunk in chunks:
             f.write(memoryview(chunk).cast("B"))
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically, mode 0644 (or the mode
+    an existing file has)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)

@@ -14,8 +14,6 @@ the set can be moved, and Darknet run from ``OUT`` reads it too)::
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import cv2
 import numpy as np
 
 import ir
+from frontends import write_atomic
 
 SHAPES = ("circle", "square", "triangle")
 _SPLITS = {"train": 0, "valid": 1}
@@ -203,17 +202,6 @@ def adapt_cfg(graph: ir.Graph, *, classes: int, size: int,
     return adapted
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _format_labels(labels: np.ndarray) -> str:
     return "".join(f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n"
                    for c, x, y, w, h in labels)
@@ -242,18 +230,18 @@ def write_synth(out_dir: str | os.PathLike, *, train: int = 512, valid: int = 12
             ok, png = cv2.imencode(".png", img)
             if not ok:  # pragma: no cover - cv2 always encodes uint8 BGR
                 raise OSError(f"cannot encode {rel}")
-            _write_atomic(root / rel, png.tobytes())
-            _write_atomic(root / "labels" / split / f"{index:06d}.txt",
+            write_atomic(root / rel, png.tobytes())
+            write_atomic(root / "labels" / split / f"{index:06d}.txt",
                           _format_labels(labels).encode())
             rel_paths.append(rel)
             if split == "train":
                 all_wh.append(labels[:, 3:5] * size)
         lists[split] = root / f"{split}.txt"
-        _write_atomic(lists[split], "".join(p + "\n" for p in rel_paths).encode())
+        write_atomic(lists[split], "".join(p + "\n" for p in rel_paths).encode())
     names = root / "synth.names"
-    _write_atomic(names, "".join(c + "\n" for c in spec.classes).encode())
+    write_atomic(names, "".join(c + "\n" for c in spec.classes).encode())
     data = root / "synth.data"
-    _write_atomic(data, (f"classes={len(spec.classes)}\ntrain=train.txt\n"
+    write_atomic(data, (f"classes={len(spec.classes)}\ntrain=train.txt\n"
                          f"valid=valid.txt\nnames=synth.names\nbackup=backup/\n").encode())
     anchors: tuple[tuple[int, int], ...] = ()
     cfg_path = None
@@ -266,7 +254,7 @@ def write_synth(out_dir: str | os.PathLike, *, train: int = 512, valid: int = 12
                          .anchors))
         model = adapt_cfg(cfg, classes=len(spec.classes), size=size, anchors=anchors)
         cfg_path = root / "model.cfg"
-        _write_atomic(cfg_path, ir.write_cfg(model).encode())
+        write_atomic(cfg_path, ir.write_cfg(model).encode())
     return SynthDataset(root=root, data=data, names=names, train=lists["train"],
                         valid=lists["valid"], cfg=cfg_path, anchors=anchors)
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import ir
+from frontends import write_atomic
 from passes import analyze_prunability
 from runtime.data import NO_AUGMENT, Augment, Dataset, iterate_batches, prefetch
 from runtime.loss import LossConfig, yolo_loss
@@ -235,17 +234,6 @@ def make_train_step(graph: ir.Graph, tx: optax.GradientTransformation, *,
 CHECKPOINT = "checkpoint.msgpack"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike, state: TrainState, *, epoch: int,
                     extra: dict | None = None) -> None:
     """Params, batch_stats, opt_state, step and ``epoch`` (epochs completed), plus
@@ -255,7 +243,7 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState, *, epoch: int,
     epoch, image index) and the step itself draws no random numbers."""
     payload = {"state": flax.serialization.to_state_dict(jax.device_get(state)),
                "epoch": epoch, "extra": json.dumps(extra or {})}
-    _write_atomic(Path(path), flax.serialization.msgpack_serialize(payload))
+    write_atomic(Path(path), flax.serialization.msgpack_serialize(payload))
 
 
 def load_checkpoint(path: str | os.PathLike, template: TrainState
@@ -479,7 +467,7 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
             save_variables(graph, host, out / "last.weights")
             if improved:
                 save_variables(graph, host, out / "best.weights")
-            _write_atomic(out / "history.json", json.dumps(history, indent=1).encode())
+            write_atomic(out / "history.json", json.dumps(history, indent=1).encode())
             save_checkpoint(out / CHECKPOINT, state, epoch=epoch + 1,
                             extra={"history": history, "best": best, "seed": config.seed})
         if on_epoch is not None:

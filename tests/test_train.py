@@ -267,7 +267,8 @@ def test_sparsity_drives_prunable_gammas_to_zero(tiny, runs):
              for name, run in (("plain", runs.plain), ("sparse", runs.sparse))}
     assert small["plain"] < 0.05, small
     assert small["sparse"] > 0.5, small
-    assert runs.sparse.history[-1]["gamma_small"] == pytest.approx(small["sparse"])
+    # history holds the last epoch's mean over its steps; γ still moves within it.
+    assert runs.sparse.history[-1]["gamma_small"] == pytest.approx(small["sparse"], abs=0.05)
     # Not-penalised γ (the convs feeding the heads have no BN; others may not be
     # prunable in regular mode) are not pushed to zero.
     assert (_prunable_gammas(tiny.graph, runs.start) == 0.5).all()

@@ -4,12 +4,12 @@ seed's protocol) and COCO mAP@0.5:0.95."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from frontends import write_atomic
 
 
 def add_parser(sub) -> None:
@@ -32,18 +32,6 @@ def add_parser(sub) -> None:
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.set_defaults(func=run)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def results_table(result, title: str = "") -> Table:
@@ -94,5 +82,6 @@ def run(args) -> int:
         payload = {"data": str(args.data), "cfg": str(args.cfg), "weights": str(args.weights),
                    "split": args.split, "conf_thres": args.conf, "nms_thres": args.nms,
                    "iou_thres": args.iou, **result.as_dict()}
-        _write_atomic(Path(args.json), json.dumps(payload, indent=1))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(args.json), json.dumps(payload, indent=1))
     return 0

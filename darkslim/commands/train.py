@@ -57,65 +57,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    from darkslim.commands.eval import _write_atomic as write
-    write(path, text)
-
-
-def plot_gamma_histogram(gammas, path: str | Path, title: str) -> None:
-    """A histogram of |γ| (log-spaced bins) written to ``path`` (PNG, atomically)."""
-    import os
-    import tempfile
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    values = np.abs(np.asarray(gammas, np.float64))
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    low = max(1e-6, float(values.min()) if values.size else 1e-6)
-    high = max(low * 10, float(values.max()) if values.size else 1.0)
-    bins = np.geomspace(low, high, 60)
-    ax.hist(np.clip(values, low, high), bins=bins, color="#3b6ea8")
-    ax.set_xscale("log")
-    ax.axvline(0.01, color="#c0392b", lw=1, ls="--", label="|γ| = 0.01")
-    small = float((values < 0.01).mean()) if values.size else 0.0
-    ax.set_title(f"{title}: {values.size} prunable γ, {small:.0%} below 0.01", fontsize=10)
-    ax.set_xlabel("|γ|")
-    ax.set_ylabel("channels")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-
-
-def prunable_gammas(graph, variables, mode: str = "regular"):
-    """|γ| of the convs the prunability analysis ranks, concatenated (numpy)."""
-    import numpy as np
-
-    from passes import analyze_prunability
-
-    prunable = analyze_prunability(graph, mode).prunable
-    if not prunable:
-        return np.zeros(0, np.float32)
-    return np.concatenate([np.abs(np.asarray(variables["params"][f"layer_{i}"]["bn"]["scale"]))
-                           for i in prunable])
-
-
 def run(args) -> int:
     import jax
 
     import ir
-    from frontends import load_variables
+    from darkslim.report import plot_gamma_histogram, prunable_gammas
+    from frontends import load_variables, write_atomic
+    from passes import analyze_prunability
     from runtime import init_variables
     from runtime.data import NO_AUGMENT, Augment, load_dataset, read_data_config
     from runtime.sparsity import init_gammas
@@ -167,8 +115,11 @@ def run(args) -> int:
                   + (f", {devices} devices" if devices > 1 else "") + ")", highlight=False)
 
     out.mkdir(parents=True, exist_ok=True)
-    plot_gamma_histogram(prunable_gammas(graph, variables, args.mode), out / "gamma" /
-                         "epoch_000.png", "start")
+    gamma_dir = out / "gamma"
+    gamma_dir.mkdir(parents=True, exist_ok=True)
+    analysis = analyze_prunability(graph, args.mode)
+    plot_gamma_histogram({"start": prunable_gammas(variables, analysis)},
+                         gamma_dir / "epoch_000.png", title="|γ| at the start")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console, disable=args.quiet,
@@ -186,9 +137,10 @@ def run(args) -> int:
 
     def on_epoch(info) -> None:
         m = info.metrics
-        plot_gamma_histogram(prunable_gammas(graph, info.variables, args.mode),
-                             out / "gamma" / f"epoch_{info.epoch:03d}.png",
-                             f"epoch {info.epoch}")
+        plot_gamma_histogram({f"epoch {info.epoch}": prunable_gammas(info.variables,
+                                                                      analysis)},
+                             gamma_dir / f"epoch_{info.epoch:03d}.png",
+                             title=f"|γ| after epoch {info.epoch}")
         line = (f"epoch {info.epoch:3d}  loss {m.get('loss', float('nan')):.3f}  "
                 f"|γ| {m.get('gamma_mean', 0):.3f}  <0.01 {m.get('gamma_small', 0):.1%}")
         if "map50" in m:
@@ -203,5 +155,5 @@ def run(args) -> int:
     console.print(f"wrote {out / 'best.weights'} and {out / 'last.weights'}"
                   + (f" (best mAP@0.5 {result.best_map:.3f})" if result.best_map is not None
                      else ""), highlight=False)
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return 0
