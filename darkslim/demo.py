@@ -31,12 +31,12 @@ class DemoConfig:
     valid: int = 128
     size: int = 128
     seed: int = 0
-    epochs: int = 24
+    epochs: int = 30
     batch: int = 16
     lr: float = 3e-3
-    sparsity: float = 1e-2
+    sparsity: float = 2e-2
     schedule: str = "constant"
-    finetune_epochs: int = 8
+    finetune_epochs: int = 10
     finetune_lr: float = 1e-3
     percent: float | None = None
     mode: str = "regular"
@@ -79,11 +79,16 @@ def template_cfg() -> ir.Graph:
 
 
 def choose_percent(graph: ir.Graph, variables, analysis: passes.Prunability,
-                   step: float = 0.01) -> float:
-    """The largest percent (on a ``step`` grid) whose threshold stays below the safe
-    threshold, so no layer loses all its channels to the global rule."""
+                   floor: float = 0.5, collapsed: float = 0.01, step: float = 0.05) -> float:
+    """The prune ratio read off the γ distribution: the share of prunable |γ| that
+    sparse training drove below ``collapsed`` (rounded down to ``step``), at least
+    ``floor``, and always below the safe threshold (no layer emptied by the global
+    rule; the largest grid point under it when that is lower)."""
+    gammas = reports.prunable_gammas(variables, analysis)
     safe = passes.compute_threshold(graph, variables, analysis, percent=0.0).safe_percent
-    return max(0.0, (np.ceil(safe / step) - 1) * step)
+    below_safe = max(0.0, (np.ceil(safe / 0.01) - 1) * 0.01)
+    share = np.floor(float((gammas < collapsed).mean()) / step) * step
+    return float(min(below_safe, max(floor, share)))
 
 
 def run_demo(config: DemoConfig, out: str | Path, *,
