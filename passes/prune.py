@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,8 +33,8 @@ class PruneResult:
     """Everything a prune produced.
 
     ``compact`` is computed eagerly; the two networks with the original shapes,
-    ``keep_size`` and ``gamma_zeroed``, are derived on access (each a full copy of
-    the weights, which most callers never need).
+    ``keep_size`` and ``gamma_zeroed``, are derived on first access and kept (each a
+    full copy of the weights, which most callers never need).
     """
 
     config: PruneConfig
@@ -43,12 +44,12 @@ class PruneResult:
     original: tuple[Graph, Any]
     compact: tuple[Graph, Any]
 
-    @property
+    @functools.cached_property
     def keep_size(self) -> tuple[Graph, Any]:
         """Masks applied, constants folded, shapes unchanged; equals ``compact``."""
         return pipeline(FoldPrunedBias(self.masks))(*self.original)
 
-    @property
+    @functools.cached_property
     def gamma_zeroed(self) -> tuple[Graph, Any]:
         """The seed's check network: only the dropped γ set to zero."""
         return ZeroPrunedGamma(self.masks)(*self.original)

@@ -28,6 +28,7 @@ import numpy as np
 
 import ir
 from ir import Activation, CfgError, Conv, MaxPool, Route, Section, Shortcut, Upsample, Yolo
+from passes.arrays import ACTIVATIONS as XP_ACTIVATIONS
 
 
 class ForwardOut(NamedTuple):
@@ -125,26 +126,9 @@ def check_supported(graph: ir.Graph) -> None:
 
 # ------------------------------------------------------------------------------ rules
 
-def _leaky(x):
-    return jnp.where(x > 0, x, 0.1 * x)
-
-
-def _mish(x):
-    return x * jnp.tanh(jax.nn.softplus(x))
-
-
-def _swish(x):
-    return x * jax.nn.sigmoid(x)
-
-
+# One definition of Darknet's activations for the passes (numpy or jax) and here.
 ACTIVATIONS: dict[Activation, Callable[[jax.Array], jax.Array]] = {
-    Activation.LEAKY: _leaky,
-    Activation.LINEAR: lambda x: x,
-    Activation.MISH: _mish,
-    Activation.SWISH: _swish,
-    Activation.LOGISTIC: jax.nn.sigmoid,
-    Activation.RELU: jax.nn.relu,
-}
+    activation: functools.partial(fn, jnp) for activation, fn in XP_ACTIVATIONS.items()}
 
 
 # Darknet's make_convolutional_layer: weights ~ U(-sqrt(2 / fan_in), +sqrt(2 / fan_in)),
