@@ -28,3 +28,14 @@ def cfg_path(name: str) -> Path:
 @pytest.fixture
 def shared_cfg():
     return cfg_path
+
+
+def write_network(folder: Path, name: str, graph, variables) -> tuple[Path, Path]:
+    """``folder/name.cfg`` and ``folder/name.weights`` for a program; returns both paths."""
+    import frontends
+    import ir
+
+    cfg, weights = folder / f"{name}.cfg", folder / f"{name}.weights"
+    cfg.write_text(ir.write_cfg(graph))
+    frontends.save_variables(graph, variables, weights)
+    return cfg, weights

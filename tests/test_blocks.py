@@ -21,7 +21,7 @@ from darkslim.testing import (assert_equivalent, assert_identity_when_noop,
                               assert_roundtrip_weights, assert_verifies, programs,
                               random_inputs, random_variables, reference_forward, tree_diff)
 from passes import tree
-from tests.conftest import cfg_path
+from tests.conftest import cfg_path, write_network
 from tests.test_prune import small  # filters // 8 except the convs feeding [yolo], at 64
 
 REAL = ["yolov3.cfg", "yolov3-spp.cfg"]
@@ -327,9 +327,8 @@ def test_removing_random_blocks_from_random_graphs(program, data):
 def narrow_v3(tmp_path_factory):
     root = tmp_path_factory.mktemp("v3")
     graph = small("yolov3.cfg")
-    (root / "v3.cfg").write_text(ir.write_cfg(graph))
     variables = random_variables(graph, seed=11, sparsity=0.6)
-    frontends.save_variables(graph, variables, root / "v3.weights")
+    write_network(root, "v3", graph, variables)
     return root, graph, variables
 
 

@@ -13,7 +13,7 @@ import ir
 import runtime
 from darkslim.cli import main
 from darkslim.testing import random_inputs, random_variables
-from tests.conftest import cfg_path
+from tests.conftest import cfg_path, write_network
 from tests.test_prune import at_size
 
 REPORT_KEYS = {"mode", "percent", "threshold", "safe_threshold", "safe_percent",
@@ -27,9 +27,8 @@ def tiny(tmp_path_factory):
     """yolov3-tiny at 96 px with sparse seeded weights, as cfg + .weights files."""
     root = tmp_path_factory.mktemp("tiny")
     graph = at_size(ir.parse_cfg(cfg_path("yolov3-tiny.cfg")), 96)
-    (root / "tiny.cfg").write_text(ir.write_cfg(graph))
     variables = random_variables(graph, seed=7, sparsity=0.6)
-    frontends.save_variables(graph, variables, root / "tiny.weights")
+    write_network(root, "tiny", graph, variables)
     return root, graph, variables
 
 

@@ -17,12 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import frontends
 import ir
 import passes
 import runtime
 from darkslim.testing import random_variables
-from tests.conftest import cfg_path
+from tests.conftest import cfg_path, write_network
 from tests.test_prune import at_size
 
 cv2 = pytest.importorskip("cv2")
@@ -57,13 +56,6 @@ def darkslim_heads(graph, variables, x_nchw, bn_eps):
 
 def rel_diff(a_list, b_list) -> float:
     return max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(a_list, b_list))
-
-
-def write_network(tmp: Path, name: str, graph, variables) -> tuple[Path, Path]:
-    cfg, weights = tmp / f"{name}.cfg", tmp / f"{name}.weights"
-    cfg.write_text(ir.write_cfg(graph))
-    frontends.save_variables(graph, variables, weights)
-    return cfg, weights
 
 
 def check_parity(tmp, name, graph, variables):
