@@ -2,15 +2,18 @@
 
 from ir.cfg import parse_cfg, write_cfg
 from ir.cost import LayerCost, count_flops, count_params, layer_costs
+from ir.activations import Activation
 from ir.errors import CfgError
-from ir.layers import (Activation, Conv, Graph, Layer, MaxPool, Route, Section, Shortcut,
+from ir.kinds import KINDS, KindSpec, spec_of, unsupported_reason
+from ir.layers import (Conv, Graph, Layer, MaxPool, Route, Section, Shortcut,
                        Upsample, Yolo, consumers, layer_inputs)
 from ir.resize import narrow, with_input_size
 from ir.shapes import Shape, input_shape, verify
 
 __all__ = [
-    "Activation", "CfgError", "Conv", "Graph", "Layer", "LayerCost", "MaxPool", "Route",
+    "Activation", "CfgError", "Conv", "KINDS", "KindSpec", "Graph", "Layer", "LayerCost", "MaxPool", "Route",
     "Section", "Shape", "Shortcut", "Upsample", "Yolo", "consumers", "count_flops",
-    "count_params", "input_shape", "layer_costs", "layer_inputs", "narrow", "parse_cfg", "verify",
+    "count_params", "input_shape", "layer_costs", "layer_inputs", "narrow", "parse_cfg", "spec_of",
+    "unsupported_reason", "verify",
     "with_input_size", "write_cfg",
 ]

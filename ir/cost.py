@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ir.layers import Conv, Graph, Section
+from ir.kinds import spec_of
+from ir.layers import Graph, layer_inputs
 from ir.shapes import Shape, input_shape, verify
 
 
@@ -23,18 +24,10 @@ def layer_costs(graph: Graph, shapes: tuple[Shape, ...] | None = None
     """Params and FLOPs of every layer (zero for layers without weights)."""
     shapes = verify(graph) if shapes is None else shapes
     costs = []
+    image = input_shape(graph)
     for index, layer in enumerate(graph.layers):
-        x = shapes[index - 1] if index else input_shape(graph)
-        out = shapes[index]
-        if isinstance(layer, Conv):
-            weights = layer.filters * (x.c // layer.groups) * layer.size * layer.size
-            extra = 2 * layer.filters if layer.batch_normalize else layer.filters
-            costs.append(LayerCost(weights + extra, 2 * weights * out.h * out.w))
-        elif isinstance(layer, Section) and layer.type in ("connected", "conn"):
-            weights = x.c * x.h * x.w * out.c
-            costs.append(LayerCost(weights + out.c, 2 * weights))
-        else:
-            costs.append(LayerCost(0, 0))
+        ins = tuple(shapes[j] if j >= 0 else image for j in layer_inputs(graph, index))
+        costs.append(LayerCost(*spec_of(layer).cost(layer, ins, shapes[index])))
     return tuple(costs)
 
 

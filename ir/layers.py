@@ -1,6 +1,7 @@
 """Layer dataclasses and the `Graph` that holds them.
 
-Every layer is a frozen, slotted, keyword-only dataclass of ints, floats, strings,
+Layer kinds live in `ir.kinds`, one module each (dataclass and every rule); they are
+re-exported here. Every layer is a frozen, slotted, keyword-only dataclass of ints, floats, strings,
 enums and tuples, so graphs are hashable and can be static arguments of `jax.jit`.
 References to other layers are absolute indices, resolved once at parse time.
 Keys darkslim does not interpret are kept verbatim in ``extra`` so writing a parsed
@@ -11,152 +12,19 @@ in equality, like a jaxpr equation's ``source_info``.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from dataclasses import dataclass, field
 from typing import Union
 
-Options = tuple[tuple[str, str], ...]
-
-
-class Activation(str, enum.Enum):
-    """Darknet activations the runtime executes."""
-
-    LEAKY = "leaky"
-    LINEAR = "linear"
-    MISH = "mish"
-    SWISH = "swish"
-    LOGISTIC = "logistic"
-    RELU = "relu"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Conv:
-    """``[convolutional]``: conv, optional BatchNorm, activation."""
-
-    filters: int
-    size: int = 1
-    stride: int = 1
-    pad: bool = False
-    padding: int = 0
-    groups: int = 1
-    batch_normalize: bool = False
-    activation: Activation = Activation.LOGISTIC
-    extra: Options = ()
-    path: str = field(default="<text>", compare=False, hash=False, repr=False)
-    line: int = field(default=0, compare=False, hash=False, repr=False)
-
-    kind = "convolutional"
-
-    @property
-    def pad_pixels(self) -> int:
-        """Zero padding on each side, as Darknet computes it (``pad=1`` wins)."""
-        return self.size // 2 if self.pad else self.padding
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Shortcut:
-    """``[shortcut]``: element-wise sum of the previous layer and ``inputs[1:]``."""
-
-    inputs: tuple[int, ...]
-    activation: Activation = Activation.LINEAR
-    extra: Options = ()
-    path: str = field(default="<text>", compare=False, hash=False, repr=False)
-    line: int = field(default=0, compare=False, hash=False, repr=False)
-
-    kind = "shortcut"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Route:
-    """``[route]``: channel concat of ``inputs``, optionally one of ``groups`` slices."""
-
-    inputs: tuple[int, ...]
-    groups: int = 1
-    group_id: int = 0
-    extra: Options = ()
-    path: str = field(default="<text>", compare=False, hash=False, repr=False)
-    line: int = field(default=0, compare=False, hash=False, repr=False)
-
-    kind = "route"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Upsample:
-    """``[upsample]``: nearest-neighbour upsampling by ``stride``."""
-
-    stride: int = 2
-    extra: Options = ()
-    path: str = field(default="<text>", compare=False, hash=False, repr=False)
-    line: int = field(default=0, compare=False, hash=False, repr=False)
-
-    kind = "upsample"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MaxPool:
-    """``[maxpool]`` with Darknet's padding rule (default ``size - 1``, right/bottom
-    get the larger half)."""
-
-    size: int
-    stride: int = 1
-    padding: int | None = None
-    extra: Options = ()
-    path: str = field(default="<text>", compare=False, hash=False, repr=False)
-    line: int = field(default=0, compare=False, hash=False, repr=False)
-
-    kind = "maxpool"
-
-    @property
-    def pad_total(self) -> int:
-        return self.size - 1 if self.padding is None else self.padding
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Yolo:
-    """``[yolo]`` detection head. ``anchors`` holds all (w, h) pairs of the cfg,
-    ``mask`` the indices this head uses."""
-
-    mask: tuple[int, ...]
-    anchors: tuple[tuple[float, float], ...]
-    classes: int
-    num: int
-    scale_x_y: float = 1.0
-    extra: Options = ()
-    path: str = field(default="<text>", compare=False, hash=False, repr=False)
-    line: int = field(default=0, compare=False, hash=False, repr=False)
-
-    kind = "yolo"
-
-    @property
-    def head_anchors(self) -> tuple[tuple[float, float], ...]:
-        return tuple(self.anchors[m] for m in self.mask)
-
-    def option(self, key: str, default: str) -> str:
-        """A key kept verbatim (``ignore_thresh``, ``jitter``, ...)."""
-        return dict(self.extra).get(key, default)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Section:
-    """Any other Darknet section (``[sam]``, ``[reorg]``, ``[avgpool]``, ...).
-
-    It parses, round-trips and gets a shape; the runtime refuses to execute it.
-    ``inputs`` holds the resolved ``from=`` references of sections that have one.
-    """
-
-    type: str
-    options: Options = ()
-    inputs: tuple[int, ...] = ()
-    path: str = field(default="<text>", compare=False, hash=False, repr=False)
-    line: int = field(default=0, compare=False, hash=False, repr=False)
-
-    @property
-    def kind(self) -> str:
-        return self.type
-
-    def option(self, key: str, default: str) -> str:
-        return dict(self.options).get(key, default)
-
+from ir.activations import Activation
+from ir.kinds import spec_of
+from ir.kinds.conv import Conv
+from ir.kinds.maxpool import MaxPool
+from ir.kinds.route import Route
+from ir.kinds.section import Section
+from ir.kinds.shortcut import Shortcut
+from ir.kinds.upsample import Upsample
+from ir.kinds.yolo import Yolo
+from ir.options import Options
 
 Layer = Union[Conv, Shortcut, Route, Upsample, MaxPool, Yolo, Section]
 
@@ -213,15 +81,15 @@ class Graph:
     def yolo_indices(self) -> tuple[int, ...]:
         return tuple(i for i, layer in enumerate(self.layers) if isinstance(layer, Yolo))
 
+    def head_indices(self) -> tuple[int, ...]:
+        """Every detection layer (``[yolo]``, ``[Gaussian_yolo]``, ``[region]``)."""
+        return tuple(i for i, layer in enumerate(self.layers) if spec_of(layer).is_head)
+
 
 def layer_inputs(graph: Graph, index: int) -> tuple[int, ...]:
     """Absolute indices of the tensors layer ``index`` reads; ``-1`` is the image."""
     layer = graph.layers[index]
-    if isinstance(layer, (Shortcut, Route)):
-        return layer.inputs
-    if isinstance(layer, Section) and layer.inputs:
-        return (index - 1, *layer.inputs)
-    return (index - 1,)
+    return spec_of(layer).inputs(layer, index)
 
 
 def consumers(graph: Graph) -> tuple[tuple[int, ...], ...]:

@@ -2,84 +2,59 @@
 
 Every tensor in the graph is described as a concatenation of *segments*, each a channel
 range of some *space*: the output channels of one conv (its index), the image (-1) or
-the output of a section the analysis does not understand (opaque). `[route]` concatenates
-segments, `[route] groups` slices them, `[upsample]` and `[maxpool]` pass them through.
-`[shortcut]` adds tensors, so the spaces it adds are *coupled*: they must keep the same
-channels. A depthwise conv couples its input space with its output space the same way.
-Coupled spaces form groups (union-find). Everything not understood blocks the spaces it
-touches, with a reason; nothing is guessed.
+an opaque tensor. Each layer kind's channel rule (`ir.kinds`, ``KindSpec.channels``)
+says how: `[route]` concatenates segments, `[route] groups` slices them (and asks for
+group-balanced masks), `[upsample]` and `[maxpool]` pass them through. Element-wise
+combinations (`[shortcut]`, `[sam]`, `[scale_channels]`, a depthwise conv) *couple* the
+spaces they combine: they must keep the same channels. Coupled spaces form groups
+(union-find). A layer whose kind or keys are not fully described blocks everything it
+reads, with a reason; nothing is guessed.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, NamedTuple
+from typing import Callable, Iterable, Literal
 
-from ir import Conv, Graph, Layer, MaxPool, Route, Section, Shortcut, Upsample, Yolo
-from ir.shapes import verify
+from ir import Conv, Graph, Layer, layer_inputs, spec_of, unsupported_reason
+from ir.kinds.base import IMAGE, Flow, FlowContext, Segment, Segments
+from ir.shapes import input_shape, verify
 from passes.errors import PruneError
 
 Mode = Literal["regular", "shortcut"]
-IMAGE = -1
 
 
-class Segment(NamedTuple):
-    """Channels ``start:stop`` of ``space`` (a conv index, IMAGE, or opaque < -1)."""
-
-    space: int
-    start: int
-    stop: int
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-Segments = tuple[Segment, ...]
-
-
-def _opaque(index: int) -> int:
-    return -2 - index
-
-
-def _slice(segments: Segments, start: int, stop: int) -> Segments:
-    """Channels ``start:stop`` of a tensor given as segments."""
-    out, offset = [], 0
-    for seg in segments:
-        lo, hi = max(start, offset), min(stop, offset + seg.size)
-        if lo < hi:
-            out.append(Segment(seg.space, seg.start + lo - offset, seg.start + hi - offset))
-        offset += seg.size
-    return tuple(out)
+def _flows(graph: Graph) -> tuple[tuple[Segments, ...], tuple[Flow, ...]]:
+    """Every layer's channel flow (its kind's rule), and its output's segments."""
+    shapes = verify(graph)
+    image = (Segment(IMAGE, 0, graph.channels),)
+    segments: list[Segments] = []
+    flows: list[Flow] = []
+    for i, layer in enumerate(graph.layers):
+        inputs = layer_inputs(graph, i)
+        ctx = FlowContext(
+            index=i, inputs=inputs,
+            in_segments=tuple(image if j < 0 else segments[j] for j in inputs),
+            in_shapes=tuple(input_shape(graph) if j < 0 else shapes[j] for j in inputs),
+            out_shape=shapes[i], where=f"layer {i} (cfg line {layer.line})")
+        flow = spec_of(layer).channels(layer, ctx)
+        reason = unsupported_reason(layer)
+        if reason is not None:  # fail closed: nothing flows through what is not described
+            why = f"read by [{layer.kind}] {ctx.where}, " + (
+                f"which darkslim does not execute: {reason}" if reason
+                else "which darkslim does not execute")
+            owns = flow.segments == ctx.own(shapes[i].c)
+            flow = Flow(flow.segments if owns else ctx.opaque(),
+                        block=((ctx.all_inputs(), why),), own=why if owns else None)
+        flows.append(flow)
+        segments.append(flow.segments)
+    return tuple(segments), tuple(flows)
 
 
 def channel_segments(graph: Graph) -> tuple[Segments, ...]:
     """For every layer's output tensor, the segments its channels come from."""
-    shapes = verify(graph)
-    image = (Segment(IMAGE, 0, graph.channels),)
-    result: list[Segments] = []
-
-    def of(j: int) -> Segments:
-        return image if j < 0 else result[j]
-
-    for i, layer in enumerate(graph.layers):
-        if isinstance(layer, Conv):
-            segs: Segments = (Segment(i, 0, layer.filters),)
-        elif isinstance(layer, Shortcut):
-            segs = of(layer.inputs[0])
-        elif isinstance(layer, Route):
-            parts: list[Segment] = []
-            for j in layer.inputs:
-                c = shapes[j].c if j >= 0 else graph.channels
-                step = c // layer.groups
-                parts += _slice(of(j), layer.group_id * step, (layer.group_id + 1) * step)
-            segs = tuple(parts)
-        elif isinstance(layer, (Upsample, MaxPool, Yolo)):
-            segs = of(i - 1)
-        else:
-            segs = (Segment(_opaque(i), 0, shapes[i].c),)
-        result.append(segs)
-    return tuple(result)
+    return _flows(graph)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +68,15 @@ class Prunability:
             (a single conv, or a whole coupled group in ``shortcut`` mode).
         groups: every coupled group (size >= 2) found, prunable or not.
         reasons: ``(conv index, why it is not prunable)`` for every other conv.
+        balanced: ``(unit, groups)`` for units read in ``groups`` equal slices by a
+            ``[route] groups=``: their masks keep the same count in every slice.
     """
 
     mode: Mode
     units: tuple[tuple[int, ...], ...]
     groups: tuple[tuple[int, ...], ...]
     reasons: tuple[tuple[int, str], ...]
+    balanced: tuple[tuple[tuple[int, ...], int], ...] = ()
 
     @property
     def prunable(self) -> tuple[int, ...]:
@@ -161,10 +139,11 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
     """
     if mode not in ("regular", "shortcut"):
         raise PruneError(f"mode={mode!r}: expected 'regular' or 'shortcut'")
-    segments = channel_segments(graph)
+    segments, flows = _flows(graph)
     shapes = verify(graph)
     uf = _UnionFind()
     blocked: dict[int, str] = {}
+    balance: dict[int, int] = {}
 
     def block(segs: Iterable[Segment], why: str) -> None:
         for seg in segs:
@@ -172,61 +151,54 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
                 blocked.setdefault(seg.space, why)
 
     def whole(segs: Segments) -> int | None:
-        """The conv space if ``segs`` is exactly one whole conv output, else None."""
+        """The space if ``segs`` is exactly one whole prunable output, else None."""
         if len(segs) == 1 and segs[0].space >= 0 and segs[0].start == 0:
-            space = graph.layers[segs[0].space]
-            if isinstance(space, Conv) and segs[0].stop == space.filters:
+            if segs[0].stop == shapes[segs[0].space].c:
                 return segs[0].space
         return None
 
-    for i, layer in enumerate(graph.layers):
+    for i, (layer, flow) in enumerate(zip(graph.layers, flows)):
         where = f"layer {i} (cfg line {layer.line})"
-        if isinstance(layer, Shortcut):
-            ins = [segments[j] if j >= 0 else () for j in layer.inputs]
-            spaces = [whole(s) for s in ins]
-            sizes = {shapes[j].c for j in layer.inputs}
-            if None in spaces or len(sizes) > 1:
-                for s in ins:
-                    block(s, f"added by [shortcut] {where} over a partial or "
-                             "concatenated channel range")
+        if flow.own is not None:
+            blocked.setdefault(i, flow.own)
+        for segs, why in flow.block:
+            block(segs, why)
+        for tensors in flow.couple:
+            spaces = [whole(s) for s in tensors]
+            if None in spaces or len({shapes[s].c for s in spaces if s is not None}) > 1:
+                for s in tensors:
+                    block(s, f"combined element-wise by [{layer.kind}] {where} over a "
+                             "partial or concatenated channel range")
             else:
                 for s in spaces[1:]:
                     uf.union(spaces[0], s)
-        elif isinstance(layer, Conv):
-            if not layer.batch_normalize:
-                blocked.setdefault(i, "no BatchNorm: no γ to rank its channels by")
-            if layer.groups > 1:
-                src = whole(segments[i - 1]) if i > 0 else None
-                c_in = shapes[i - 1].c if i > 0 else graph.channels
-                if src is not None and layer.groups == c_in == layer.filters:
-                    uf.union(src, i)  # depthwise: input channel c feeds output c only
-                else:
-                    why = f"grouped conv {where} (groups={layer.groups}) is not depthwise"
-                    blocked.setdefault(i, why)
-                    block(segments[i - 1] if i > 0 else (), why)
-        elif isinstance(layer, Yolo):
-            block(segments[i - 1], f"feeds [yolo] {where}")
-        elif isinstance(layer, Route) and layer.groups > 1:
-            block(_concat(segments, layer.inputs),
-                  f"sliced by [route] {where} groups={layer.groups}: pruning would "
-                  "shift its group boundaries")
-        elif isinstance(layer, Section):
-            reads = [i - 1, *layer.inputs]
-            block(_concat(segments, reads),
-                  f"read by [{layer.type}] {where}, which the analysis does not understand")
+        for segs, groups in flow.balanced:
+            space = whole(segs)
+            if space is None:
+                block(segs, f"sliced by [{layer.kind}] {where} groups={groups} over a "
+                            "partial or concatenated channel range")
+            else:
+                balance[space] = math.lcm(balance.get(space, 1), groups)
 
     for i in _ignored(graph, ignore):
         blocked.setdefault(i, "ignored by the user")
 
-    convs = [i for i, layer in enumerate(graph.layers) if isinstance(layer, Conv)]
+    convs = [i for i, seg in enumerate(segments)
+             if len(seg) == 1 and seg[0].space == i]  # layers with an output space
     components: dict[int, list[int]] = {}
     for i in convs:
         components.setdefault(uf.find(i), []).append(i)
-    groups = tuple(tuple(m) for m in components.values() if len(m) > 1)
+    coupled = tuple(tuple(m) for m in components.values() if len(m) > 1)
 
     reasons: dict[int, str] = {}
     units: list[tuple[int, ...]] = []
+    balanced: list[tuple[tuple[int, ...], int]] = []
     for members in components.values():
+        groups = math.lcm(*(balance.get(m, 1) for m in members))
+        if groups > 1 and shapes[members[0]].c % groups:
+            for m in members:
+                blocked.setdefault(m, f"sliced into {groups} groups, which do not divide "
+                                      f"its {shapes[m].c} channels")
         first_blocked = next((m for m in members if m in blocked), None)
         if first_blocked is not None:
             for m in members:
@@ -239,9 +211,8 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
                               "(mode=shortcut prunes them with one mask)")
         else:
             units.append(tuple(members))
-    return Prunability(mode=mode, units=tuple(sorted(units)), groups=groups,
-                       reasons=tuple(sorted(reasons.items())))
-
-
-def _concat(segments: tuple[Segments, ...], indices: Iterable[int]) -> Segments:
-    return tuple(seg for j in indices if j >= 0 for seg in segments[j])
+            if groups > 1:
+                balanced.append((tuple(members), groups))
+    return Prunability(mode=mode, units=tuple(sorted(units)), groups=coupled,
+                       reasons=tuple(sorted(reasons.items())),
+                       balanced=tuple(sorted(balanced)))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ir import Activation
+from ir.activations import ACTIVATIONS, activate_xp  # noqa: F401  (re-exported)
 
 
 def namespace(*arrays: Any) -> ModuleType:
@@ -29,20 +30,6 @@ def namespace(*arrays: Any) -> ModuleType:
     return np
 
 
-def _sigmoid(xp, x):
-    return 1.0 / (1.0 + xp.exp(-x))
-
-
-ACTIVATIONS: dict[Activation, Callable[[ModuleType, Any], Any]] = {
-    Activation.LEAKY: lambda xp, x: xp.where(x > 0, x, 0.1 * x),
-    Activation.LINEAR: lambda xp, x: x,
-    Activation.MISH: lambda xp, x: x * xp.tanh(xp.logaddexp(0.0, x)),
-    Activation.SWISH: lambda xp, x: x * _sigmoid(xp, x),
-    Activation.LOGISTIC: _sigmoid,
-    Activation.RELU: lambda xp, x: xp.maximum(x, 0.0),
-}
-
-
 def activate(activation: Activation, x):
     """Darknet's ``activation`` applied to ``x`` in ``x``'s own namespace."""
-    return ACTIVATIONS[activation](namespace(x), x)
+    return activate_xp(namespace(x), activation, x)

@@ -102,9 +102,32 @@ def compute_threshold(graph: Graph, variables, analysis: Prunability,
                      safe_percent=safe_percent, n_channels=n)
 
 
+def balance_mask(keep: np.ndarray, groups: int, score: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """``keep`` made group-balanced: split into ``groups`` equal slices, each keeps the
+    same number of channels, the most any slice keeps, chosen by ``score`` within the
+    slice (kept channels first when no score is given). A ``[route] groups=`` slice of
+    the pruned tensor then still reads exactly the kept channels of its slice.
+
+    >>> balance_mask(np.array([1, 1, 0, 0, 1, 0], bool), 2).astype(int).tolist()
+    [1, 1, 0, 1, 1, 0]
+    """
+    if groups == 1:
+        return keep
+    parts = keep.reshape(groups, -1)
+    count = max(int(parts.sum(axis=1).max()), 1)
+    rank = (parts.astype(np.float64) if score is None
+            else np.where(parts, np.inf, score.reshape(groups, -1)))
+    order = np.argsort(-rank, axis=1, kind="stable")[:, :count]
+    balanced = np.zeros_like(parts)
+    np.put_along_axis(balanced, order, True, axis=1)
+    return balanced.reshape(-1)
+
+
 def compute_masks(graph: Graph, variables, analysis: Prunability, threshold: float,
                   min_keep: float = 0.01, round_to: int = 1) -> ChannelMasks:
-    """Keep ``|γ| >= threshold`` per unit, with a floor and optional rounding.
+    """Keep ``|γ| >= threshold`` per unit, with a floor and optional rounding; units
+    read in slices by a ``[route] groups=`` get group-balanced masks (`balance_mask`).
 
     Args:
         min_keep: fraction of each unit kept at least (the top-|γ| channels), never
@@ -117,6 +140,7 @@ def compute_masks(graph: Graph, variables, analysis: Prunability, threshold: flo
     if round_to < 1:
         raise PruneError(f"--round-to {round_to}: expected a positive integer")
     masks: dict[int, np.ndarray] = {}
+    balanced = dict(analysis.balanced)
     for unit, score in unit_scores(graph, variables, analysis).items():
         keep = score >= threshold
         floor = max(1, math.ceil(min_keep * len(score))) if min_keep > 0 else 0
@@ -132,6 +156,7 @@ def compute_masks(graph: Graph, variables, analysis: Prunability, threshold: flo
             order = np.argsort(-score, kind="stable")
             keep = np.zeros_like(keep)
             keep[order[:count]] = True
+        keep = balance_mask(keep, balanced.get(unit, 1), score)
         for i in unit:
             masks[i] = keep
     return ChannelMasks.from_arrays(masks)

@@ -34,6 +34,15 @@ def has(variables: Variables, index: int, leaf: Leaf) -> bool:
     return name in variables.get(collection, {}).get(layer_key(index), {}).get(part, {})
 
 
+def leaves_of(variables: Variables, index: int) -> dict[Leaf, Any]:
+    """Layer ``index``'s variables as ``{(collection, part, name): array}``; empty for a
+    layer without variables. The kinds' fold and slice rules read and return these."""
+    key = layer_key(index)
+    return {(collection, part, name): leaf
+            for collection, layers in variables.items() if key in layers
+            for part, leaves in layers[key].items() for name, leaf in leaves.items()}
+
+
 def with_updates(variables: Variables, updates: Mapping[tuple[int, Leaf], Any]) -> dict:
     """A new variables dict with ``updates[(index, leaf)]`` set; untouched subtrees are
     shared, nothing is mutated. Returns ``variables`` itself when there are no updates."""

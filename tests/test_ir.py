@@ -85,8 +85,8 @@ BAD = [
     ("[convolutional]\nfilters=3\n", 1, "missing [net]"),
     ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=4\n[convolutional]\n"
      "filters=4\nstride=2\n[route]\nlayers=-1,-2\n", 9, "spatial sizes differ"),
-    ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=4\nactivation=tanh\n", 6,
-     "activation=tanh: not supported"),
+    ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=4\nactivation=tanhh\n", 6,
+     "activation=tanhh: not supported"),
     ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=20\n[yolo]\nmask=0\n"
      "anchors=1,2\nclasses=2\nnum=1\n", 6, "expected 1 anchors x (2 classes + 5) = 7"),
 ]

@@ -144,7 +144,8 @@ def test_folding_is_exact_away_from_the_border():
     assert diff[0].max() > 1e-3 and diff[-1].max() > 1e-3  # the ring really differs
 
 
-@pytest.mark.parametrize("activation", [a.value for a in ir.Activation])
+@pytest.mark.parametrize("activation", [a.value for a in ir.Activation
+                                        if not a.across_channels])
 def test_folding_any_activation_through_shortcut_route_upsample(activation):
     text = ("[net]\nwidth=8\nheight=8\nchannels=3\n"
             f"[convolutional]\nbatch_normalize=1\nfilters=6\nsize=1\nactivation={activation}\n"
@@ -240,3 +241,15 @@ def jax_tree_set(variables, key, value):
     layer["bn"] = {**layer["bn"], "scale": scale}
     params[key] = layer
     return {**variables, "params": params}
+
+
+@pytest.mark.parametrize("activation", [a.value for a in ir.Activation if a.across_channels])
+def test_activations_across_channels_block_their_conv(activation):
+    graph = ir.parse_cfg("[net]\nwidth=8\nheight=8\n"
+                         "[convolutional]\nbatch_normalize=1\nfilters=6\nsize=1\n"
+                         f"activation={activation}\n"
+                         "[convolutional]\nbatch_normalize=1\nfilters=4\nsize=1\n"
+                         "activation=leaky\n")
+    analysis = passes.analyze_prunability(graph)
+    assert analysis.prunable == (1,)
+    assert "normalises across channels" in analysis.reason(0)

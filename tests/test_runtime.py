@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 import jax
 import jax.numpy as jnp
@@ -245,6 +247,60 @@ FORMULAS = {
 }
 
 
+def _scalar(f):
+    """A scalar formula of activations.h, applied element by element."""
+    return np.vectorize(f, otypes=[np.float64])
+
+
+def _stair(x):
+    n = math.floor(x)
+    return math.floor(x / 2) if n % 2 == 0 else (x - n) + math.floor(x / 2)
+
+
+# The rest of activations.h, transcribed scalar by scalar.
+FORMULAS.update({
+    "hard_mish": _scalar(lambda x: x if x > 0 else (x * x / 2 + x if x > -2 else 0.0)),
+    "loggy": _scalar(lambda x: 2 / (1 + math.exp(-x)) - 1),
+    "relu6": _scalar(lambda x: min(max(x, 0.0), 6.0)),
+    "elu": _scalar(lambda x: x if x >= 0 else math.exp(x) - 1),
+    "selu": _scalar(lambda x: 1.0507 * x if x >= 0 else 1.0507 * 1.6732 * (math.exp(x) - 1)),
+    "gelu": _scalar(lambda x: 0.5 * x * (1 + math.tanh(0.797885 * x + 0.035677 * x ** 3))),
+    "relie": _scalar(lambda x: x if x > 0 else 0.01 * x),
+    "plse": _scalar(lambda x: 0.01 * (x + 4) if x < -4 else
+                    (0.01 * (x - 4) + 1 if x > 4 else 0.125 * x + 0.5)),
+    "hardtan": _scalar(lambda x: -1.0 if x < -1 else (1.0 if x > 1 else x)),
+    "lhtan": _scalar(lambda x: 0.001 * x if x < 0 else (0.001 * (x - 1) + 1 if x > 1 else x)),
+    "ramp": _scalar(lambda x: x * (x > 0) + 0.1 * x),
+    "revleaky": _scalar(lambda x: x if x > 0 else 0.1 * x),
+    "tanh": _scalar(lambda x: 2 / (1 + math.exp(-2 * x)) - 1),
+    "stair": _scalar(_stair),
+})
+
+
+def _normalize_channels(x):
+    out = np.zeros_like(x)
+    for pixel in np.ndindex(*x.shape[:-1]):
+        v = x[pixel]
+        out[pixel] = np.where(v > 0, v, 0) / (1e-4 + v[v > 0].sum())
+    return out
+
+
+def _normalize_channels_softmax(x, use_max=False):
+    out = np.zeros_like(x)
+    for pixel in np.ndindex(*x.shape[:-1]):
+        v = x[pixel]
+        e = np.exp(v - (v.max() if use_max else 0))
+        out[pixel] = e / (1e-11 + e.sum())
+    return out
+
+
+FORMULAS.update({
+    "normalize_channels": _normalize_channels,
+    "normalize_channels_softmax": _normalize_channels_softmax,
+    "normalize_channels_softmax_maxval": lambda x: _normalize_channels_softmax(x, True),
+})
+
+
 @pytest.mark.parametrize("name", [a.value for a in ir.Activation])
 def test_activation_matches_its_formula(name):
     graph = head_graph(f"[convolutional]\nfilters=5\nsize=1\nactivation={name}",
@@ -373,10 +429,10 @@ def test_unsupported_section_in_a_file_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("body, found", [
-    ("[convolutional]\nfilters=5\nsize=3\npad=1\ndilation=2", "dilation=2"),
+    ("[convolutional]\nfilters=5\nsize=3\npad=1\nantialiasing=1", "antialiasing=1"),
     ("[convolutional]\nfilters=5\nsize=3\nstride=1\nstride_x=2", "stride_x=2"),
     ("[convolutional]\nfilters=5\nsize=1\nbinary=1", "binary=1"),
-    ("[maxpool]\nsize=2\nstride=1\nmaxpool_depth=1", "maxpool_depth=1"),
+    ("[maxpool]\nsize=2\nstride=1\nantialiasing=1", "antialiasing=1"),
     ("[upsample]\nstride=-2", "stride=-2"),
 ])
 def test_semantics_changing_keys_are_refused(body, found):

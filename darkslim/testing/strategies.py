@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import ir
 from ir import Activation, Conv, Graph, MaxPool, Route, Shape, Shortcut, Upsample, Yolo
 from passes import ChannelMasks
+from passes.masks import balance_mask
 
 __all__ = [
     "BLOCK_KINDS", "graph_features", "graphs", "inputs", "mask_units", "masks",
@@ -445,7 +446,8 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
     (a `passes.Prunability`).
 
     Every unit of ``analysis.units`` (a coupled group in ``shortcut`` mode) gets one
-    shared mask; no mask is ever all-False. Each channel's fate is a separate draw,
+    shared mask, group-balanced where a ``[route] groups=`` slices it; no mask is ever
+    all-False. Each channel's fate is a separate draw,
     and a drawn ``False`` means *keep*, so masks shrink toward keeping everything: a
     shrunk counterexample drops only the channels the failure needs.
 
@@ -456,6 +458,7 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
     """
     out: dict[int, np.ndarray] = {}
     rng = None if drop is None else np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    balanced = dict(analysis.balanced)
     # Last unit first: when shrinking deletes an unrelated block near the input,
     # the masks of the layers after it keep their draws (and the failure).
     for members in reversed(mask_units(analysis)):
@@ -467,6 +470,7 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
         keep = ~dropped
         if not keep.any():
             keep[0] = True
+        keep = balance_mask(keep, balanced.get(members, 1))
         for i in members:
             out[i] = keep
     return ChannelMasks.from_arrays(out)
