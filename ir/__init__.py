@@ -5,12 +5,16 @@ from ir.cost import LayerCost, count_flops, count_params, layer_costs
 from ir.activations import Activation
 from ir.errors import CfgError
 from ir.kinds import KINDS, KindSpec, spec_of, unsupported_reason
-from ir.layers import (Conv, Graph, Layer, MaxPool, Route, Section, Shortcut,
-                       Upsample, Yolo, consumers, layer_inputs)
+from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Dropout, GaussianYolo, Graph, Layer,
+                       LocalAvgPool, MaxPool, Region, Reorg, Reorg3d, Route, Sam,
+                       ScaleChannels, Section, Shortcut, Softmax, Upsample, Yolo, consumers,
+                       layer_inputs)
 from ir.resize import narrow, with_input_size
 from ir.shapes import Shape, input_shape, verify
 
 __all__ = [
+    "AvgPool", "Connected", "Cost", "Crop", "Dropout", "GaussianYolo", "LocalAvgPool", "Region",
+    "Reorg", "Reorg3d", "Sam", "ScaleChannels", "Softmax",
     "Activation", "CfgError", "Conv", "KINDS", "KindSpec", "Graph", "Layer", "LayerCost", "MaxPool", "Route",
     "Section", "Shape", "Shortcut", "Upsample", "Yolo", "consumers", "count_flops",
     "count_params", "input_shape", "layer_costs", "layer_inputs", "narrow", "parse_cfg", "spec_of",

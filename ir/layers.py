@@ -17,16 +17,30 @@ from typing import Union
 
 from ir.activations import Activation
 from ir.kinds import spec_of
+from ir.kinds.avgpool import AvgPool
+from ir.kinds.connected import Connected
 from ir.kinds.conv import Conv
+from ir.kinds.cost import Cost
+from ir.kinds.crop import Crop
+from ir.kinds.dropout import Dropout
+from ir.kinds.gaussian_yolo import GaussianYolo
+from ir.kinds.local_avgpool import LocalAvgPool
 from ir.kinds.maxpool import MaxPool
+from ir.kinds.region import Region
+from ir.kinds.reorg import Reorg, Reorg3d
 from ir.kinds.route import Route
+from ir.kinds.sam import Sam
+from ir.kinds.scale_channels import ScaleChannels
 from ir.kinds.section import Section
 from ir.kinds.shortcut import Shortcut
+from ir.kinds.softmax import Softmax
 from ir.kinds.upsample import Upsample
 from ir.kinds.yolo import Yolo
 from ir.options import Options
 
-Layer = Union[Conv, Shortcut, Route, Upsample, MaxPool, Yolo, Section]
+Layer = Union[Conv, Shortcut, Route, Upsample, MaxPool, Yolo, GaussianYolo, Region, Sam,
+              ScaleChannels, Reorg3d, Reorg, AvgPool, LocalAvgPool, Dropout, Softmax,
+              Connected, Cost, Crop, Section]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import ir
 import passes
+from darkslim.testing.strategies import random_variables
 from tests.conftest import cfg_path
 
 
@@ -78,20 +80,29 @@ def test_spp_route_concat_is_understood():
 
 def test_unknown_section_blocks_with_reason():
     graph = ir.parse_cfg("[net]\nwidth=16\nheight=16\n[convolutional]\nbatch_normalize=1\n"
-                         "filters=4\nsize=1\nactivation=leaky\n[dropout]\n"
+                         "filters=4\nsize=1\nactivation=leaky\n[crnn]\noutput=4\n"
                          "[convolutional]\nbatch_normalize=1\nfilters=4\nactivation=leaky\n")
     analysis = passes.analyze_prunability(graph)
     assert analysis.prunable == (2,)
-    assert "read by [dropout] layer 1" in analysis.reason(0)
+    assert "read by [crnn] layer 1" in analysis.reason(0)
 
 
-def test_grouped_route_blocks():
+def test_grouped_route_gets_group_balanced_masks():
     graph = ir.parse_cfg("[net]\nwidth=16\nheight=16\n[convolutional]\nbatch_normalize=1\n"
                          "filters=4\nactivation=leaky\n[route]\nlayers=-1\ngroups=2\n"
                          "group_id=1\n[convolutional]\nbatch_normalize=1\nfilters=4\n"
                          "activation=leaky\n")
     analysis = passes.analyze_prunability(graph)
-    assert "groups=2" in analysis.reason(0)
+    assert analysis.prunable == (0, 2) and analysis.balanced == (((0,), 2),)
+    variables = random_variables(graph, seed=0)
+    gamma = np.array([0.9, 0.8, 0.01, 0.3], np.float32)  # group 0 keeps 2, group 1 keeps 1
+    variables["params"]["layer_0"]["bn"]["scale"] = gamma
+    masks = passes.compute_masks(graph, variables, analysis, threshold=0.1, min_keep=0)
+    # Each half keeps as many as the fuller one: group 1 keeps its best too.
+    assert masks.get(0).tolist() == [True, True, True, True]
+    gamma[:] = [0.9, 0.01, 0.02, 0.3]
+    masks = passes.compute_masks(graph, variables, analysis, threshold=0.1, min_keep=0)
+    assert masks.get(0).tolist() == [True, False, False, True]
 
 
 def test_ignore_predicate_and_bad_index():

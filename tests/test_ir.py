@@ -56,17 +56,26 @@ def test_messy_formatting():
     assert ir.verify(graph)[0] == ir.Shape(8, 64, 64)
 
 
-def test_unexecuted_sections_parse_and_get_shapes():
+def test_zoo_kinds_parse_get_darknets_shapes_and_round_trip():
     text = ("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=8\nsize=3\n"
             "pad=1\nactivation=leaky\n[reorg]\nstride=2\n[dropout]\nprobability=.5\n"
-            "[avgpool]\n[sam]\nfrom=-2\n")
+            "[avgpool]\n[scale_channels]\nfrom=-3\n[sam]\nfrom=-4\n[reorg3d]\nstride=2\n"
+            "[local_avgpool]\nsize=2\nstride=2\n[connected]\noutput=10\n[softmax]\n"
+            "groups=1\n[cost]\ntype=sse\n[crnn]\noutput=4\n")
     graph = ir.parse_cfg(text)
     shapes = ir.verify(graph)
     assert shapes[1] == ir.Shape(32, 16, 16)
-    assert shapes[2] == ir.Shape(32, 16, 16)
     assert shapes[3] == ir.Shape(32, 1, 1)
-    assert graph.layers[4].inputs == (2,)
+    assert shapes[4] == shapes[5] == ir.Shape(32, 16, 16)
+    assert graph.layers[4].inputs == (3, 1) and graph.layers[5].inputs == (4, 1)
+    assert shapes[6] == ir.Shape(128, 8, 8) and shapes[7] == ir.Shape(128, 4, 4)
+    assert shapes[8] == shapes[9] == shapes[10] == ir.Shape(10, 1, 1)
+    assert [type(layer).__name__ for layer in graph.layers] == [
+        "Conv", "Reorg", "Dropout", "AvgPool", "ScaleChannels", "Sam", "Reorg3d",
+        "LocalAvgPool", "Connected", "Softmax", "Cost", "Section"]
+    assert ir.count_params(graph) == 8 * 3 * 9 + 8 + 128 * 16 * 10 + 10
     assert ir.parse_cfg(ir.write_cfg(graph)) == graph
+    assert ir.unsupported_reason(graph.layers[-1]) == ""  # [crnn]: kept, never executed
 
 
 def test_tiny_maxpool_padding():

@@ -406,7 +406,7 @@ def test_input_with_wrong_channels_fails_clearly():
 def test_unsupported_section_names_section_layer_and_line():
     text = ("[net]\nwidth=8\nheight=8\n\n"
             "[convolutional]\nfilters=3\nsize=1\nactivation=leaky\n\n"
-            "[sam]\nfrom=-1\n\n"                                     # line 10
+            "[crnn]\noutput=3\n\n"                                    # line 10
             "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
             "[yolo]\nmask=0\nanchors=1,1\nclasses=1\nnum=1\n")
     graph = ir.parse_cfg(text)
@@ -414,17 +414,17 @@ def test_unsupported_section_names_section_layer_and_line():
                  lambda: runtime.forward(graph, {}, jnp.zeros((1, 8, 8, 3)))):
         with pytest.raises(UnsupportedLayerError) as info:
             call()
-        assert str(info.value) == ("<text>:10: [sam] (layer 1) not supported yet by "
+        assert str(info.value) == ("<text>:10: [crnn] (layer 1) not supported yet by "
                                    "the runtime")
         assert isinstance(info.value, ir.CfgError) and info.value.line == 10
 
 
 def test_unsupported_section_in_a_file_names_the_file(tmp_path):
     path = tmp_path / "model.cfg"
-    path.write_text("[net]\nwidth=8\nheight=8\n[maxpool]\nsize=1\n[dropout]\n"
-                    "probability=.5\n")
+    path.write_text("[net]\nwidth=8\nheight=8\n[maxpool]\nsize=1\n[lstm]\n"
+                    "output=4\n")
     with pytest.raises(UnsupportedLayerError,
-                       match=r"model\.cfg:6: \[dropout\] \(layer 1\)"):
+                       match=r"model\.cfg:6: \[lstm\] \(layer 1\)"):
         runtime.check_supported(ir.parse_cfg(path))
 
 

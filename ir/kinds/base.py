@@ -221,8 +221,10 @@ class KindSpec:
             ``conv``). Darknet matches them case-sensitively.
         parse: ``(reader, index) -> layer``.
         write: ``(layer, index) -> lines`` after the header, without ``extra``.
-        keys: keys the layer may keep in ``extra`` (others, and rejected values, make
-            the layer unsupported: it blocks pruning and refuses to run).
+        keys: with the fields, every key Darknet's parser reads for the kind; those
+            kept in ``extra`` are inert for inference or accepted only with some values
+            (a rejected value makes the layer unsupported: it blocks pruning and refuses
+            to run). A key outside them is one Darknet ignores too.
         inputs: ``(layer, index) -> absolute indices`` of the tensors it reads.
         renumber: ``(layer, old -> new index) -> layer`` when layers are removed.
         shape: ``(layer, input shapes) -> Shape``; raises `ShapeError`.
@@ -286,8 +288,9 @@ class KindSpec:
         for key, value in getattr(layer, "extra", ()):
             rule = self.keys.get(key) or COMMON_KEYS.get(key)
             if rule is None:
-                return f"key {key}={value} (not understood by darkslim for " \
-                       f"[{self.name}])"
+                # The spec's fields and `keys` cover every key Darknet's parser reads
+                # for the kind: Darknet ignores this one too ("Unused field").
+                continue
             if not rule.accepts(layer, value):
                 return f"{key}={value} (supported: {rule.expected})"
         return None

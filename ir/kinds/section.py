@@ -19,7 +19,7 @@ from ir.options import SectionReader
 
 #: Darknet's `string_to_layer_type` names without a spec of their own.
 OTHER_SECTIONS = frozenset({
-    "activation", "batchnorm", "contrastive", "conv_lstm", "crnn", "crop", "deconv",
+    "activation", "batchnorm", "contrastive", "conv_lstm", "crnn", "deconv",
     "deconvolutional", "detection", "empty", "gru", "history", "implicit", "implicit_add",
     "implicit_mul", "local", "logistic", "lrn", "lstm", "normalization", "rnn", "silence",
 })

@@ -61,7 +61,9 @@ def parse_anchors(r: SectionReader, classes_default: int = 20):
     num = r.int("num", 1)
     anchors_flat = r.floats("anchors") if "anchors" in r.first else ()
     if len(anchors_flat) % 2:
-        raise r.error("anchors= has an odd count: expected w,h pairs", "anchors")
+        if len(anchors_flat) < 2 * num:
+            raise r.error("anchors= has an odd count: expected w,h pairs", "anchors")
+        anchors_flat = anchors_flat[:2 * num]  # parse_yolo reads num pairs, no more
     anchors = tuple(zip(anchors_flat[::2], anchors_flat[1::2]))
     mask = r.ints("mask") if "mask" in r.first else tuple(range(num))
     bad = [m for m in mask if not 0 <= m < len(anchors)]
