@@ -1,4 +1,7 @@
-"""darkslim's intermediate representation of Darknet networks (numpy-free, jax-free)."""
+"""darkslim's intermediate representation of Darknet networks (numpy-free, jax-free).
+
+`ir.variables` owns the variables layout; its initialisers import numpy when called.
+"""
 
 from ir.cfg import parse_cfg, write_cfg
 from ir.cost import LayerCost, count_flops, count_params, layer_costs
@@ -7,10 +10,12 @@ from ir.layers import (Activation, Conv, Graph, Layer, MaxPool, Route, Section, 
                        Upsample, Yolo, consumers, layer_inputs)
 from ir.resize import narrow, with_input_size
 from ir.shapes import Shape, input_shape, verify
+from ir.variables import check_variables, expected_shapes, init_variables, layer_key
 
 __all__ = [
     "Activation", "CfgError", "Conv", "Graph", "Layer", "LayerCost", "MaxPool", "Route",
-    "Section", "Shape", "Shortcut", "Upsample", "Yolo", "consumers", "count_flops",
-    "count_params", "input_shape", "layer_costs", "layer_inputs", "narrow", "parse_cfg", "verify",
+    "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables", "consumers",
+    "count_flops", "count_params", "expected_shapes", "init_variables", "input_shape",
+    "layer_costs", "layer_inputs", "layer_key", "narrow", "parse_cfg", "verify",
     "with_input_size", "write_cfg",
 ]

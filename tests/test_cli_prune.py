@@ -10,16 +10,17 @@ import pytest
 
 import frontends
 import ir
+import passes
 import runtime
 from darkslim.cli import main
 from darkslim.testing import random_inputs, random_variables
 from tests.conftest import cfg_path, write_network
 from tests.test_prune import at_size
 
-REPORT_KEYS = {"mode", "percent", "threshold", "safe_threshold", "safe_percent",
-               "channels_before", "channels_after", "params_before", "params_after",
-               "bflops_before", "bflops_after", "layers",
-               "max_abs_diff_keepsize_vs_compact", "max_abs_diff_gamma_zeroed_vs_compact"}
+
+
+def read_reports(out) -> tuple[str, tuple[passes.PassReport, ...]]:
+    return passes.load_reports(json.loads((out / "report.json").read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +38,25 @@ def test_prune_writes_a_loadable_network_and_report(tiny, capsys):
     out = root / "out"
     assert main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"),
                  "--percent", "0.5", "--mode", "shortcut", "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert REPORT_KEYS <= report.keys()
-    assert report["mode"] == "shortcut" and report["percent"] == 0.5
-    assert report["params_after"] < report["params_before"]
-    assert report["bflops_after"] < report["bflops_before"]
-    assert report["max_abs_diff_keepsize_vs_compact"] < 1e-4
-    assert report["max_abs_diff_gamma_zeroed_vs_compact"] >= 0
-    assert report["prunable_channels_after"] == report["prunable_channels_before"] // 2 or \
-        abs(report["prunable_channels_after"] / report["prunable_channels_before"] - 0.5) < 0.02
+    text, (report,) = read_reports(out)
+    assert text == "slim-channels{percent=0.5,mode=shortcut}" == report.text
+    assert isinstance(report, passes.SlimReport)
+    assert report.mode == "shortcut" and report.threshold.percent == 0.5
+    assert report.after.params < report.before.params
+    assert report.after.flops < report.before.flops
+    checks = json.loads((out / "checks.json").read_text())["slim_channels"][0]
+    assert checks["max_abs_diff_keepsize_vs_compact"] < 1e-4
+    assert checks["max_abs_diff_gamma_zeroed_vs_compact"] > 1e-3  # 3×3 borders differ
+    kept, total = report.prunable_channels
+    # The seed's rule drops exactly int(n * percent) channels before the floor and the
+    # union of shortcut groups (none in tiny) put some back.
+    assert total // 2 <= kept <= total // 2 + 16
+    assert report.masks.kept == kept
     pruned = ir.parse_cfg(out / "pruned.cfg")
-    assert ir.count_params(pruned) == report["params_after"]
-    for index, (kept, total) in report["layers"].items():
-        assert pruned.layers[int(index)].filters == kept
-        assert graph.layers[int(index)].filters == total
+    assert ir.count_params(pruned) == report.after.params
+    for index, kept, total in report.channels:
+        assert pruned.layers[index].filters == kept
+        assert graph.layers[index].filters == total
     loaded = frontends.load_variables(pruned, out / "pruned.weights")
     assert loaded.loaded_convs == loaded.total_convs
     x = jnp.asarray(random_inputs(pruned, seed=0))
@@ -63,8 +69,14 @@ def test_prune_writes_a_loadable_network_and_report(tiny, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--percent", "1.5"], "--percent 1.5: expected 0 <= percent < 1"),
-    (["--threshold", "50", "--min-keep", "0"], "keeps none of its"),
+    (["--threshold", "50", "--min-keep", "0"], "--threshold 50.0: layer 0 (cfg line"),
     (["--percent", "0.5", "--ignore", "1"], "--ignore 1: layer 1 is a [maxpool]"),
+    (["--pipeline", "slim-channels{percent=1.5}"],
+     "pipeline: slim-channels: percent=1.5: expected 0 <= percent < 1"),
+    (["--pipeline", "slim-channels{percent=0.5}", "--layers", "2"],
+     "--pipeline with --layers: give the pipeline or the shorthand flags, not both"),
+    (["--pipeline", "slice-channels"], "slice-channels: takes ChannelMasks"),
+    (["--round-to", "8"], "give --percent or --threshold too"),
 ])
 def test_bad_requests_write_nothing(tiny, tmp_path, capsys, args, message):
     root, _, _ = tiny
@@ -72,7 +84,7 @@ def test_bad_requests_write_nothing(tiny, tmp_path, capsys, args, message):
     code = main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"), *args,
                  "--out", str(out)])
     assert code == 2
-    assert message in capsys.readouterr().err.replace("\n", " ")
+    assert message in " ".join(capsys.readouterr().err.split())  # rich wraps lines
     assert not out.exists()
 
 
@@ -109,7 +121,7 @@ def test_prune_with_data_reports_map_three_ways(tmp_path):
     out = tmp_path / "out"
     assert main(["prune", str(data.cfg), str(tmp_path / "w.weights"), "--percent", "0.3",
                  "--data", str(data.data), "--no-check", "--out", str(out)]) == 0
-    maps = json.loads((out / "report.json").read_text())["map50"]
+    maps = json.loads((out / "checks.json").read_text())["slim_channels"][0]["map50"]
     assert set(maps) == {"original", "gamma_zeroed", "keep_size", "compact"}
     assert all(0.0 <= v <= 1.0 for v in maps.values())
     assert maps["keep_size"] == pytest.approx(maps["compact"], abs=1e-6)
