@@ -45,7 +45,7 @@ class RoundToMultiple:
             rounded = np.zeros_like(keep)
             rounded[order[:want]] = True
             out.update({i: rounded for i in unit})
-        return passes.ChannelMasks.from_arrays(out)
+        return passes.ChannelMasks.from_arrays(out, self.masks.fingerprint)
 
     def __call__(self, graph, variables):
         masks = self.rounded(variables)

@@ -101,9 +101,18 @@ class ChannelMasks:
         """Channels over every masked conv."""
         return sum(len(m) for _, m in self.items)
 
-    def __repr__(self) -> str:  # never every bit: yolov3 has ~10k of them
-        return (f"ChannelMasks({len(self.items)} convs, {self.kept}/{self.total} channels "
-                f"kept, graph {self.fingerprint.digest})")
+    @property
+    def summary(self) -> str:
+        """``12 convs, 400/848 channels kept, graph 3fa2c1d0e5b7``."""
+        return (f"{len(self.items)} convs, {self.kept}/{self.total} channels kept, "
+                f"graph {self.fingerprint.digest}")
+
+    def __repr__(self) -> str:
+        # Every bit only while that is short (a shrunk hypothesis example); yolov3 has
+        # ~10k of them, and a pipeline's text never shows them (`passes.pass_text`).
+        if self.total <= 64:
+            return f"ChannelMasks(items={self.items!r}, graph={self.fingerprint.digest})"
+        return f"ChannelMasks({self.summary})"
 
 
 def check_masks(graph: Graph, masks: ChannelMasks, by: str) -> None:
@@ -180,7 +189,8 @@ def compute_threshold(graph: Graph, variables, analysis: Prunability,
     gammas = np.concatenate([_abs_gamma(graph, variables, i) for i in analysis.prunable])
     ordered = np.sort(gammas)
     n = len(ordered)
-    if percent and ordered[0] == ordered[-1]:
+    # One |γ| for every channel of convs that have several: nothing to rank by.
+    if percent and ordered[0] == ordered[-1] and n > len(analysis.prunable):
         raise PruneError(
             f"percent={percent}: every prunable |γ| is {ordered[0]:g}, so there is nothing "
             "to rank channels by (freshly initialised variables set γ = 1); prune "

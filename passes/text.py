@@ -48,7 +48,9 @@ def _format(value: Any) -> str:
     if isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool)
                                         for v in value):
         return "[" + ",".join(str(v) for v in value) + "]"
-    return f"<{value!r}>" if not callable(value) else f"<{getattr(value, '__name__', value)}>"
+    if callable(value):
+        return f"<{getattr(value, '__name__', value)}>"
+    return f"<{getattr(value, 'summary', None) or repr(value)}>"
 
 
 def pass_text(p: Any) -> str:

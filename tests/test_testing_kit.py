@@ -200,7 +200,7 @@ def test_assert_equivalent_names_head_and_place(tiny):
 def test_assert_equivalent_border_ignores_the_folding_ring(tiny):
     # γ-zeroed vs folded differ only where the 3x3 consumer's window reads padding.
     graph, v, x = tiny
-    m = passes.ChannelMasks.from_arrays({0: np.array([True, False, True, False])})
+    m = passes.ChannelMasks.from_arrays({0: np.array([True, False, True, False])}, graph)
     zeroed = passes.ZeroPrunedGamma(m)(graph, v)
     folded = passes.FoldPrunedBias(m)(graph, v)
     with pytest.raises(AssertionError, match=r"all \d+ lie in the 1-pixel border ring"):
@@ -277,14 +277,14 @@ def test_assert_pass_is_pure_catches_mutation_and_nondeterminism(tiny):
 
     with pytest.raises(AssertionError, match=r"different variables on two calls"):
         assert_pass_is_pure(noisy, (graph, v))
-    m = passes.ChannelMasks.from_arrays({0: np.array([True, False, True, True])})
+    m = passes.ChannelMasks.from_arrays({0: np.array([True, False, True, True])}, graph)
     out = assert_pass_is_pure(passes.FoldPrunedBias(m), (graph, v))
     assert_pass_is_pure(passes.SliceChannels(m), out)
 
 
 def test_assert_identity_when_noop(tiny):
     graph, v, _ = tiny
-    keep_all = passes.ChannelMasks.from_arrays({0: np.ones(4, bool)})
+    keep_all = passes.ChannelMasks.from_arrays({0: np.ones(4, bool)}, graph)
     assert_identity_when_noop(passes.FoldPrunedBias(keep_all), (graph, v))
     assert_identity_when_noop(passes.pipeline(passes.FoldPrunedBias(keep_all),
                                               passes.SliceChannels(keep_all)), (graph, v))

@@ -469,7 +469,7 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
             keep[0] = True
         for i in members:
             out[i] = keep
-    return ChannelMasks.from_arrays(out)
+    return ChannelMasks.from_arrays(out, graph)
 
 
 # --------------------------------------------------------------------------- features
