@@ -220,7 +220,7 @@ def test_explicit_blocks_noop_purity_and_errors():
     with pytest.raises(passes.PruneError, match=r"block 5: not removable: layer 5 is a "
                        r"\[convolutional\]"):
         passes.RemoveBlocks(blocks=(5,))(*program)
-    with pytest.raises(passes.PruneError, match=r"--layers 24: expected 0 <= N <= 23"):
+    with pytest.raises(passes.PruneError, match=r"^n=24: expected 0 <= n <= 23"):
         passes.RemoveBlocks(n=24)(*program)
     with pytest.raises(passes.PruneError, match="exactly one of blocks, n or threshold"):
         passes.RemoveBlocks(n=2, threshold=0.5)(*program)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ir
+from ir import layer_key
 import passes
 import runtime
 from darkslim.testing.strategies import random_variables
@@ -70,7 +71,7 @@ def test_shortcut_group_shares_one_mask():
         first = masks[group[0]]
         assert all(np.array_equal(masks[m], first) for m in group)
         # The union rule: a channel survives when any member's |γ| reaches the threshold.
-        gammas = np.stack([np.abs(variables["params"][f"layer_{m}"]["bn"]["scale"])
+        gammas = np.stack([np.abs(variables["params"][layer_key(m)]["bn"]["scale"])
                            for m in group])
         expected = (gammas >= result.threshold.value).any(axis=0)
         if expected.sum() >= 1:
@@ -99,12 +100,12 @@ def test_threshold_is_the_seeds_rule():
     graph = small("yolov3-hand.cfg")
     variables = random_variables(graph, seed=5, sparsity=0.5)
     analysis = passes.analyze_prunability(graph)
-    gammas = np.concatenate([np.abs(variables["params"][f"layer_{i}"]["bn"]["scale"])
+    gammas = np.concatenate([np.abs(variables["params"][layer_key(i)]["bn"]["scale"])
                              for i in analysis.prunable])
     ordered = np.sort(gammas)
     t = passes.compute_threshold(graph, variables, analysis, percent=0.3)
     assert t.value == ordered[int(len(ordered) * 0.3)]
-    highest = min(np.abs(variables["params"][f"layer_{i}"]["bn"]["scale"]).max()
+    highest = min(np.abs(variables["params"][layer_key(i)]["bn"]["scale"]).max()
                   for i in analysis.prunable)
     assert t.safe_value == pytest.approx(highest)
     assert t.safe_percent == pytest.approx(np.flatnonzero(ordered == ordered[

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import frontends
 import ir
+from ir import layer_key
 import passes
 import runtime
 from darkslim.testing import (PROFILES, assert_equivalent, assert_identity_when_noop,
@@ -56,7 +57,7 @@ class ToySlice:
                 out = np.flatnonzero(by_conv.get(i, np.ones(layer.filters, bool)))
                 ins = kept[i - 1] if i else image
                 kept.append(out)
-                key = f"layer_{i}"
+                key = layer_key(i)
                 p = variables["params"][key]
                 params[key] = {part: {n: np.asarray(a)[..., out] for n, a in leaves.items()}
                                for part, leaves in p.items()}  # out is the last axis
@@ -243,7 +244,7 @@ def test_weights_roundtrip_reports_the_leaf(mixed_graph, monkeypatch):
 
     def lossy(graph, path, **kw):  # a reader that loses the last bit of one γ
         loaded = real(graph, path, **kw)
-        key = f"layer_{graph.conv_indices()[0]}"
+        key = layer_key(graph.conv_indices()[0])
         part = "bn" if "bn" in loaded.variables["params"][key] else "conv"
         name = "scale" if part == "bn" else "bias"
         leaf = np.array(loaded.variables["params"][key][part][name])

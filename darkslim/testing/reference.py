@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 import ir
-from ir import Activation, Conv, MaxPool, Route, Shortcut, Upsample, Yolo
+from ir import Activation, Conv, MaxPool, Route, Shortcut, Upsample, Yolo, layer_key
 from runtime import ForwardOut
 
 __all__ = ["reference_forward"]
@@ -49,7 +49,7 @@ _ACT: dict[Activation, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def _leaf(variables, index: int, part: str, name: str, collection: str = "params"):
-    return np.asarray(variables[collection][f"layer_{index}"][part][name], np.float64)
+    return np.asarray(variables[collection][layer_key(index)][part][name], np.float64)
 
 
 def _conv(x: np.ndarray, layer: Conv, variables, index: int, eps: float) -> np.ndarray:
