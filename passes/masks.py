@@ -184,8 +184,8 @@ def compute_threshold(graph: Graph, variables, analysis: Prunability,
         raise PruneError(f"percent={percent}: expected 0 <= percent < 1",
                          argument="percent")
     if not analysis.units:
-        raise PruneError("no prunable layer in this graph (see `darkslim info`): "
-                         "nothing to threshold")
+        raise PruneError("no prunable layer in this graph (analyze_prunability gives "
+                         "the reasons): nothing to threshold")
     gammas = np.concatenate([_abs_gamma(graph, variables, i) for i in analysis.prunable])
     ordered = np.sort(gammas)
     n = len(ordered)
