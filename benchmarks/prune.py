@@ -105,29 +105,17 @@ def passes_in_process(cfg: Path, weights: Path, out: Path, percent: float, step)
     with step("load weights"):
         loaded = frontends.load_variables(graph, weights)
         variables = loaded.variables
-    with step("analyze_prunability"):
-        analysis = passes.analyze_prunability(graph, "regular")
-    with step("compute_threshold"):
-        threshold = passes.compute_threshold(graph, variables, analysis, percent)
-    with step("compute_masks"):
-        masks = passes.compute_masks(graph, variables, analysis, threshold.value)
-    with step("FoldPrunedBias (+ verify)"):
-        folded = passes.pipeline(passes.FoldPrunedBias(masks, zero_dropped_inputs=False))(
-            graph, variables)
-    with step("SliceChannels (+ verify)"):
-        compact = passes.pipeline(passes.SliceChannels(masks))(*folded)
-        del folded
+    with step("SlimChannels (analysis, threshold, masks, fold, slice)"):
+        slim = passes.SlimChannels(percent=percent)
+        result = passes.pipeline(slim).run(graph, variables)
+        compact = (result.graph, result.variables)
     with step("write cfg + weights"):
         out.mkdir(parents=True, exist_ok=True)
         reports.write_text(out / "pruned.cfg", ir.write_cfg(compact[0]))
         frontends.save_variables(*compact, out / "pruned.weights")
     with step("report.json + channels.png"):
-        result = passes.PruneResult(
-            config=passes.PruneConfig(percent=percent), analysis=analysis,
-            threshold=threshold, masks=masks, original=(graph, variables), compact=compact)
-        report = reports.prune_report(graph, result)
-        reports.write_json(out / "report.json", report)
-        reports.plot_channels_kept(report, out / "channels.png")
+        reports.write_json(out / "report.json", passes.dump_reports(str(slim), result.reports))
+        reports.plot_channels_kept(result.reports[0], out / "channels.png")
 
 
 class Timer:
@@ -181,12 +169,11 @@ def read_floats(path: Path) -> np.ndarray:
 def check_same_job(graph: ir.Graph, ours: Path, seed: Path) -> float:
     """Assert the reference did darkslim's job; return the max |weight difference|."""
 
-    a = json.loads((ours / "report.json").read_text())
+    _, (a,) = passes.load_reports(json.loads((ours / "report.json").read_text()))
     b = json.loads((seed / "report.json").read_text())
-    assert a["prunable_layers"] == b["prunable_layers"], (a["prunable_layers"],
-                                                          b["prunable_layers"])
-    assert np.float32(a["threshold"]) == np.float32(b["threshold"]), (a["threshold"],
-                                                                      b["threshold"])
+    assert list(a.prunable) == b["prunable_layers"], (a.prunable, b["prunable_layers"])
+    assert np.float32(a.threshold.value) == np.float32(b["threshold"]), (
+        a.threshold.value, b["threshold"])
     ga, gb = ir.parse_cfg(ours / "pruned.cfg"), ir.parse_cfg(seed / "pruned.cfg")
     fa = [ga.layers[i].filters for i in graph.conv_indices()]
     fb = [gb.layers[i].filters for i in graph.conv_indices()]
@@ -274,7 +261,8 @@ def main() -> None:
         if args.check_run:
             shutil.rmtree(d / "ours")
             check = run_child([c for c in ours_cmd if c != "--no-check"])
-            checked = json.loads((d / "ours" / "report.json").read_text())
+            checked = json.loads((d / "ours" / "checks.json").read_text())[
+                "slim_channels"][0]
     load_end = loadavg()
 
     def med(pairs, k):

@@ -64,7 +64,8 @@ class Stage:
 @dataclass(frozen=True)
 class DemoResult:
     stages: tuple[Stage, ...]
-    prune_report: dict
+    prune: passes.SlimReport
+    checks: dict
     out: Path
     files: tuple[str, ...]
     seconds: dict
@@ -149,10 +150,9 @@ def run_demo(config: DemoConfig, out: str | Path, *,
         graph, sparse, analysis, floor=config.min_percent)
     # Channel counts in multiples of 8 suit the CPU's vector units: at batch 1 the
     # demo net's compact form runs ~15% faster than with the same FLOPs in odd counts.
-    result = passes.prune(graph, sparse, passes.PruneConfig(
+    result = passes.prune(graph, sparse, passes.SlimChannels(
         percent=percent, mode=config.mode, round_to=config.round_to))
     diffs = reports.measure_prune_diffs(graph, result)
-    prune_report = reports.prune_report(graph, result, diffs)
     compact_graph, compact_vars = result.compact
     lap("prune")
 
@@ -188,14 +188,15 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     reports.plot_gamma_histogram({"after sparse training": gamma_after},
                                  out / "gamma_after.png", threshold=result.threshold.value,
                                  title="|γ| after sparse training")
-    reports.plot_channels_kept(prune_report, out / "channels.png")
-    demo = DemoResult(stages=stages, prune_report=prune_report, out=out,
+    reports.plot_channels_kept(result.report, out / "channels.png")
+    demo = DemoResult(stages=stages, prune=result.report, checks=diffs, out=out,
                       files=("pruned.cfg", "pruned.weights", "report.md", "report.json",
                              "gamma_before.png", "gamma_after.png", "channels.png"),
                       seconds=seconds)
     reports.write_json(out / "report.json", {
         "config": dataclasses.asdict(config), "stages": demo.table,
-        "prune": prune_report, "seconds": seconds})
+        "prune": passes.report_to_json(result.report), "checks": diffs,
+        "seconds": seconds})
     reports.write_text(out / "report.md", markdown_report(demo, config))
     return demo
 
@@ -210,23 +211,23 @@ def markdown_table(stages: tuple[Stage, ...]) -> str:
 
 
 def markdown_report(demo: DemoResult, config: DemoConfig) -> str:
-    r = demo.prune_report
-    kept = "\n".join(f"| {i} | {k} | {t} |" for i, (k, t) in
-                     sorted(r["layers"].items(), key=lambda kv: int(kv[0])))
+    r, t = demo.prune, demo.prune.threshold
+    kept = "\n".join(f"| {i} | {k} | {total} |" for i, k, total in r.channels)
+    prunable_kept, prunable_total = r.prunable_channels
     return f"""# darkslim demo
 
 Synthetic dataset: {config.train} train / {config.valid} valid images at {config.size} px
 (seed {config.seed}). Sparse training {config.epochs} epochs with s = {config.sparsity:g}
-({config.schedule}); pruned at percent {r['percent']:.2f} ({r['mode']} mode, threshold
-{r['threshold']:.4g}, channel counts rounded up to multiples of {r['round_to']}; highest
-safe threshold {r['safe_threshold']:.4g} = percent {r['safe_percent']:.3f}); fine-tuned
+({config.schedule}); pruned with `{r.text}` (percent {t.percent:.2f}, threshold
+{t.value:.4g}, channel counts rounded up to multiples of {r.round_to}; highest safe
+threshold {t.safe_value:.4g} = percent {t.safe_percent:.3f}); fine-tuned
 {config.finetune_epochs} epochs.
 
 {markdown_table(demo.stages)}
 
-Prunable channels {r['prunable_channels_before']} → {r['prunable_channels_after']};
-max |keep-size − compact| = {r['max_abs_diff_keepsize_vs_compact']:.2e};
-max |γ-zeroed − compact| = {r['max_abs_diff_gamma_zeroed_vs_compact']:.2e} (border effect).
+Prunable channels {prunable_total} → {prunable_kept};
+max |keep-size − compact| = {demo.checks['max_abs_diff_keepsize_vs_compact']:.2e};
+max |γ-zeroed − compact| = {demo.checks['max_abs_diff_gamma_zeroed_vs_compact']:.2e} (border effect).
 
 ![γ before](gamma_before.png) ![γ after](gamma_after.png)
 

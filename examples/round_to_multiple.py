@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import passes
+from ir import layer_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ class RoundToMultiple:
             keep = self.masks.get(unit[0])
             if keep is None:
                 continue
-            score = np.max([np.abs(variables["params"][f"layer_{i}"]["bn"]["scale"])
+            score = np.max([np.abs(variables["params"][layer_key(i)]["bn"]["scale"])
                             for i in unit], axis=0)
             want = min(len(keep), -(-int(keep.sum()) // self.multiple) * self.multiple)
             # Kept channels first, then the dropped ones by falling |γ|.
@@ -45,7 +46,7 @@ class RoundToMultiple:
             rounded = np.zeros_like(keep)
             rounded[order[:want]] = True
             out.update({i: rounded for i in unit})
-        return passes.ChannelMasks.from_arrays(out)
+        return passes.ChannelMasks.from_arrays(out, self.masks.fingerprint)
 
     def __call__(self, graph, variables):
         masks = self.rounded(variables)

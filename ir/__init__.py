@@ -1,4 +1,7 @@
-"""darkslim's intermediate representation of Darknet networks (numpy-free, jax-free)."""
+"""darkslim's intermediate representation of Darknet networks (numpy-free, jax-free).
+
+`ir.variables` owns the variables layout; its initialisers import numpy when called.
+"""
 
 from ir.cfg import parse_cfg, write_cfg
 from ir.cost import LayerCost, count_flops, count_params, layer_costs
@@ -11,13 +14,15 @@ from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Dropout, GaussianYo
                        layer_inputs)
 from ir.resize import narrow, with_input_size
 from ir.shapes import Shape, input_shape, verify
+from ir.variables import check_variables, expected_shapes, init_variables, layer_key
 
 __all__ = [
     "AvgPool", "Connected", "Cost", "Crop", "Dropout", "GaussianYolo", "LocalAvgPool", "Region",
     "Reorg", "Reorg3d", "Sam", "ScaleChannels", "Softmax",
-    "Activation", "CfgError", "Conv", "KINDS", "KindSpec", "Graph", "Layer", "LayerCost", "MaxPool", "Route",
-    "Section", "Shape", "Shortcut", "Upsample", "Yolo", "consumers", "count_flops",
-    "count_params", "input_shape", "layer_costs", "layer_inputs", "narrow", "parse_cfg", "spec_of",
-    "unsupported_reason", "verify",
+    "Activation", "CfgError", "Conv", "KINDS", "KindSpec", "Graph", "Layer", "LayerCost",
+    "MaxPool", "Route", "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables",
+    "consumers", "count_flops", "count_params", "expected_shapes", "init_variables",
+    "input_shape", "layer_costs", "layer_inputs", "layer_key", "narrow", "parse_cfg",
+    "spec_of", "unsupported_reason", "verify",
     "with_input_size", "write_cfg",
 ]

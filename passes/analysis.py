@@ -121,8 +121,8 @@ def _ignored(graph: Graph, ignore: Ignore) -> set[int]:
         if not 0 <= i < len(graph.layers) or not isinstance(graph.layers[i], Conv):
             what = (f"a [{graph.layers[i].kind}] (cfg line {graph.layers[i].line})"
                     if 0 <= i < len(graph.layers) else f"out of range (0..{len(graph) - 1})")
-            raise PruneError(f"--ignore {i}: layer {i} is {what}; expected a "
-                             "[convolutional] layer index")
+            raise PruneError(f"ignore={i}: layer {i} is {what}; expected a "
+                             "[convolutional] layer index", argument="ignore")
         chosen.add(i)
     return chosen
 
@@ -138,7 +138,8 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
             like Torch-Pruning's ``ignored_layers``.
     """
     if mode not in ("regular", "shortcut"):
-        raise PruneError(f"mode={mode!r}: expected 'regular' or 'shortcut'")
+        raise PruneError(f"mode={mode!r}: expected 'regular' or 'shortcut'",
+                         argument="mode")
     segments, flows = _flows(graph)
     shapes = verify(graph)
     uf = _UnionFind()

@@ -33,6 +33,9 @@ from ir import Activation, Conv, Graph, Route, Section, Shortcut, consumers
 from ir.shapes import verify
 from passes import tree
 from passes.errors import PruneError
+from passes.pipeline import PassResult
+from passes.reports import BlocksReport, Counts, RemovedBlock
+from passes.text import pass_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,20 +232,21 @@ def choose_blocks(graph: Graph, variables, *, n: int | None = None,
     Returns them in layer order. Blocks without a score are never chosen.
     """
     if (n is None) == (threshold is None):
-        raise PruneError("give exactly one of n (--layers) or threshold (--layer-threshold)")
+        raise PruneError("give exactly one of n or threshold", argument="n")
     analysis = analyze_blocks(graph) if analysis is None else analysis
     ranked = [sb for sb in rank_blocks(graph, variables, analysis.blocks, score)
               if sb.score is not None]
     if n is not None:
         if n < 0 or n > len(ranked):
-            raise PruneError(f"--layers {n}: expected 0 <= N <= {len(ranked)}, the number "
+            raise PruneError(f"n={n}: expected 0 <= n <= {len(ranked)}, the number "
                              f"of removable blocks with a BN conv to rank "
                              f"({len(analysis.blocks)} removable, {len(analysis.reasons)} "
-                             "shortcuts not removable; see analyze_blocks)")
+                             "shortcuts not removable; see analyze_blocks)", argument="n")
         chosen = ranked[:n]
     else:
         if not math.isfinite(threshold):
-            raise PruneError(f"--layer-threshold {threshold}: expected a finite number")
+            raise PruneError(f"threshold={threshold}: expected a finite number",
+                             argument="threshold")
         chosen = [sb for sb in ranked if sb.score < threshold]
     return tuple(sorted(chosen, key=lambda sb: sb.block.shortcut))
 
@@ -323,13 +327,19 @@ class RemoveBlocks:
     score: BlockScore = mean_abs_gamma
     name: str = "remove-blocks"
 
-    def select(self, graph: Graph, variables) -> tuple[ScoredBlock, ...]:
-        """The blocks this pass removes from ``(graph, variables)``, with scores, in
-        layer order."""
+    def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.blocks, self.n, self.threshold))
         if given != 1:
-            raise PruneError("RemoveBlocks: give exactly one of blocks, n or threshold")
-        analysis = analyze_blocks(graph)
+            raise PruneError("RemoveBlocks: give exactly one of blocks, n or threshold",
+                             argument="n", pass_name=self.name)
+        if self.blocks is not None:
+            object.__setattr__(self, "blocks", tuple(int(s) for s in self.blocks))
+
+    def select(self, graph: Graph, variables,
+               analysis: BlockAnalysis | None = None) -> tuple[ScoredBlock, ...]:
+        """The blocks this pass removes from ``(graph, variables)``, with scores, in
+        layer order."""
+        analysis = analyze_blocks(graph) if analysis is None else analysis
         if self.blocks is None:
             return choose_blocks(graph, variables, n=self.n, threshold=self.threshold,
                                  score=self.score, analysis=analysis)
@@ -341,11 +351,29 @@ class RemoveBlocks:
                     f"layer {s} is a [{graph.layers[s].kind}]" if 0 <= s < len(graph)
                     else f"layer {s} is out of range (0..{len(graph) - 1})")
                 raise PruneError(f"block {s}: not removable: {why}; expected the index "
-                                 "of a [shortcut] closing a removable block")
+                                 "of a [shortcut] closing a removable block",
+                                 argument="blocks")
             chosen.append(block)
         return tuple(sorted(rank_blocks(graph, variables, chosen, self.score),
                             key=lambda sb: sb.block.shortcut))
 
+    def run(self, graph: Graph, variables):
+        """Select once, remove, and report the blocks removed with their scores."""
+        analysis = analyze_blocks(graph)
+        chosen = self.select(graph, variables, analysis)
+        out_graph, out_vars = remove_blocks(graph, variables, (sb.block for sb in chosen))
+        mapping = layer_map(graph, (sb.block for sb in chosen))
+        report = BlocksReport(
+            name=self.name, text=pass_text(self), before=Counts.of(graph),
+            after=Counts.of(out_graph), found=len(analysis.blocks),
+            removed=tuple(RemovedBlock(shortcut=sb.block.shortcut, source=sb.block.source,
+                                       layers=sb.block.layers,
+                                       gamma_conv=sb.block.gamma_conv, score=sb.score)
+                          for sb in chosen),
+            not_removable=analysis.reasons, index_map=tuple(mapping.items()),
+            score=getattr(self.score, "__name__", repr(self.score)))
+        return PassResult(out_graph, out_vars, report)
+
     def __call__(self, graph: Graph, variables):
-        chosen = self.select(graph, variables)
-        return remove_blocks(graph, variables, (sb.block for sb in chosen))
+        result = self.run(graph, variables)
+        return result.graph, result.variables

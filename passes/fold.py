@@ -21,7 +21,7 @@ from ir.shapes import verify
 from passes import tree
 from passes.analysis import channel_segments
 from passes.arrays import namespace
-from passes.masks import ChannelMasks
+from passes.masks import ChannelMasks, check_masks
 
 
 def tensor_keeps(graph: Graph, masks: ChannelMasks) -> tuple[np.ndarray, ...]:
@@ -76,6 +76,7 @@ class ZeroPrunedGamma:
     name: str = "zero-pruned-gamma"
 
     def __call__(self, graph: Graph, variables):
+        check_masks(graph, self.masks, self.name)
         updates = {}
         for i, mask in self.masks.as_dict().items():
             if not mask.all():
@@ -102,6 +103,7 @@ class FoldPrunedBias:
     name: str = "fold-pruned-bias"
 
     def __call__(self, graph: Graph, variables):
+        check_masks(graph, self.masks, self.name)
         if self.masks.is_noop:
             return graph, variables
         xp = _leaves_namespace(variables)
@@ -133,6 +135,7 @@ class SliceChannels:
     name: str = "slice-channels"
 
     def __call__(self, graph: Graph, variables):
+        check_masks(graph, self.masks, self.name)
         if self.masks.is_noop:
             return graph, variables
         keeps = tensor_keeps(graph, self.masks)

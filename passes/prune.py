@@ -1,53 +1,57 @@
-"""`prune`: the network-slimming pipeline from options to keep-size and compact nets."""
+"""`prune`: one `SlimChannels` run that keeps what the seed's three-way check needs.
+
+The check compares the original network, the γ-zeroed one, the keep-size one (masks
+applied, constants folded, shapes unchanged) and the compact one; `PruneResult` holds
+the first and last and derives the other two from the report's masks on first access.
+"""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from ir import Graph, Layer
-from passes.analysis import Mode, Prunability, analyze_prunability
-from passes.fold import FoldPrunedBias, SliceChannels, ZeroPrunedGamma
-from passes.masks import ChannelMasks, Threshold, compute_masks, compute_threshold
-from passes.pipeline import pipeline
+from ir import Graph
+from passes.analysis import Prunability, analyze_prunability
+from passes.fold import FoldPrunedBias, ZeroPrunedGamma
+from passes.masks import ChannelMasks, Threshold
+from passes.reports import SlimReport
+from passes.slim import SlimChannels
 
-
-@dataclass(frozen=True, slots=True)
-class PruneConfig:
-    """Options of a prune, as plain data (printable, comparable, serialisable).
-
-    Give ``percent`` (the seed's global rule) or ``threshold``.
-    """
-
-    percent: float | None = None
-    threshold: float | None = None
-    mode: Mode = "regular"
-    ignore: tuple[int, ...] | Callable[[int, Layer], bool] = ()
-    min_keep: float = 0.01
-    round_to: int = 1
+PruneConfig = SlimChannels
+"""The older name of `SlimChannels` (its options are the same fields)."""
 
 
 @dataclass(frozen=True)
 class PruneResult:
-    """Everything a prune produced.
+    """Everything a prune produced: the original and compact networks and the report.
 
-    ``compact`` is computed eagerly; the two networks with the original shapes,
-    ``keep_size`` and ``gamma_zeroed``, are derived on first access and kept (each a
-    full copy of the weights, which most callers never need).
+    ``keep_size`` and ``gamma_zeroed`` (each a full copy of the weights, which most
+    callers never need) are derived from the report's masks on first access and kept.
     """
 
-    config: PruneConfig
-    analysis: Prunability
-    threshold: Threshold
-    masks: ChannelMasks
+    config: SlimChannels
+    report: SlimReport
     original: tuple[Graph, Any]
     compact: tuple[Graph, Any]
+
+    @property
+    def masks(self) -> ChannelMasks:
+        return self.report.masks
+
+    @property
+    def threshold(self) -> Threshold:
+        return self.report.threshold
+
+    @functools.cached_property
+    def analysis(self) -> Prunability:
+        """The prunability analysis of the original graph (reasons included)."""
+        return analyze_prunability(self.original[0], self.config.mode, self.config.ignore)
 
     @functools.cached_property
     def keep_size(self) -> tuple[Graph, Any]:
         """Masks applied, constants folded, shapes unchanged; equals ``compact``."""
-        return pipeline(FoldPrunedBias(self.masks))(*self.original)
+        return FoldPrunedBias(self.masks)(*self.original)
 
     @functools.cached_property
     def gamma_zeroed(self) -> tuple[Graph, Any]:
@@ -55,18 +59,12 @@ class PruneResult:
         return ZeroPrunedGamma(self.masks)(*self.original)
 
 
-def prune(graph: Graph, variables: Any, config: PruneConfig) -> PruneResult:
-    """Analyse, threshold, mask, fold and slice ``(graph, variables)``.
+def prune(graph: Graph, variables: Any, config: SlimChannels) -> PruneResult:
+    """Run ``config`` (a `SlimChannels`) on ``(graph, variables)``, keeping the original.
 
-    >>> result = prune(graph, variables, PruneConfig(percent=0.5))  # doctest: +SKIP
+    >>> result = prune(graph, variables, SlimChannels(percent=0.5))  # doctest: +SKIP
     >>> compact_graph, compact_vars = result.compact                 # doctest: +SKIP
     """
-    analysis = analyze_prunability(graph, config.mode, config.ignore)
-    threshold = compute_threshold(graph, variables, analysis, config.percent,
-                                  config.threshold)
-    masks = compute_masks(graph, variables, analysis, threshold.value,
-                          config.min_keep, config.round_to)
-    compact = pipeline(FoldPrunedBias(masks, zero_dropped_inputs=False),
-                       SliceChannels(masks))(graph, variables)
-    return PruneResult(config=config, analysis=analysis, threshold=threshold,
-                       masks=masks, original=(graph, variables), compact=compact)
+    result = config.run(graph, variables)
+    return PruneResult(config=config, report=result.report, original=(graph, variables),
+                       compact=(result.graph, result.variables))

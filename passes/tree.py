@@ -1,27 +1,19 @@
 """Out-of-place access to the Flax variables pytree of a Darknet graph.
 
-Layout: ``variables[collection][f"layer_{i}"][part][name]`` with collection
-``params`` (``conv/kernel`` HWIO, ``conv/bias``, ``bn/scale``, ``bn/bias``) or
-``batch_stats`` (``bn/mean``, ``bn/var``).
+Layout (owned by `ir.variables`): ``variables[collection][layer_key(i)][part][name]``
+with collection ``params`` (``conv/kernel`` HWIO, ``conv/bias``, ``bn/scale``,
+``bn/bias``) or ``batch_stats`` (``bn/mean``, ``bn/var``); the leaves are named by the
+`ir.variables` constants re-exported here (``tree.GAMMA``, ...).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ir.variables import (BETA, CONV_BIAS, GAMMA, KERNEL, MEAN, VAR, Leaf,  # noqa: F401
+                          layer_index, layer_key)
+
 Variables = Mapping[str, Any]
-Leaf = tuple[str, str, str]  # (collection, part, name) of one conv layer
-
-KERNEL: Leaf = ("params", "conv", "kernel")
-CONV_BIAS: Leaf = ("params", "conv", "bias")
-GAMMA: Leaf = ("params", "bn", "scale")
-BETA: Leaf = ("params", "bn", "bias")
-MEAN: Leaf = ("batch_stats", "bn", "mean")
-VAR: Leaf = ("batch_stats", "bn", "var")
-
-
-def layer_key(index: int) -> str:
-    return f"layer_{index}"
 
 
 def get(variables: Variables, index: int, leaf: Leaf):
@@ -61,6 +53,6 @@ def drop_layers(variables: Variables, keep: Mapping[int, int]) -> dict:
     """Variables renumbered by ``keep`` (old index -> new index); other layers vanish."""
     new: dict = {}
     for collection, layers in variables.items():
-        new[collection] = {layer_key(keep[int(k.split("_")[1])]): v
-                           for k, v in layers.items() if int(k.split("_")[1]) in keep}
+        new[collection] = {layer_key(keep[layer_index(k)]): v
+                           for k, v in layers.items() if layer_index(k) in keep}
     return new

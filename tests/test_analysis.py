@@ -110,5 +110,5 @@ def test_ignore_predicate_and_bad_index():
     every = passes.analyze_prunability(graph)
     some = passes.analyze_prunability(graph, ignore=lambda i, layer: i < 4)
     assert set(every.prunable) - set(some.prunable) == {0, 2}
-    with pytest.raises(passes.PruneError, match=r"--ignore 1: layer 1 is a \[maxpool\]"):
+    with pytest.raises(passes.PruneError, match=r"^ignore=1: layer 1 is a \[maxpool\]"):
         passes.analyze_prunability(graph, ignore=(1,))

@@ -1,9 +1,9 @@
-"""Layer pruning: residual-block analysis, ranking, removal, composition, CLI."""
+"""Layer pruning: residual-block analysis, ranking, removal, composition (the CLI:
+test_cli_prune.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,13 +16,12 @@ import ir
 from ir.activations import ACTIVATIONS
 import passes
 import runtime
-from darkslim.cli import main
 from darkslim.testing import (assert_equivalent, assert_identity_when_noop,
                               assert_pass_is_pure, assert_roundtrip_cfg,
                               assert_roundtrip_weights, assert_verifies, programs,
                               random_inputs, random_variables, reference_forward, tree_diff)
 from passes import tree
-from tests.conftest import cfg_path, write_network
+from tests.conftest import cfg_path
 from tests.test_prune import small  # filters // 8 except the convs feeding [yolo], at 64
 
 REAL = ["yolov3.cfg", "yolov3-spp.cfg"]
@@ -221,7 +220,7 @@ def test_explicit_blocks_noop_purity_and_errors():
     with pytest.raises(passes.PruneError, match=r"block 5: not removable: layer 5 is a "
                        r"\[convolutional\]"):
         passes.RemoveBlocks(blocks=(5,))(*program)
-    with pytest.raises(passes.PruneError, match=r"--layers 24: expected 0 <= N <= 23"):
+    with pytest.raises(passes.PruneError, match=r"^n=24: expected 0 <= n <= 23"):
         passes.RemoveBlocks(n=24)(*program)
     with pytest.raises(passes.PruneError, match="exactly one of blocks, n or threshold"):
         passes.RemoveBlocks(n=2, threshold=0.5)(*program)
@@ -321,75 +320,3 @@ def test_removing_random_blocks_from_random_graphs(program, data):
     x = random_inputs(graph, seed=0)
     assert_equivalent((graph, zeroed), passes.RemoveBlocks(blocks=shortcuts)(graph, zeroed),
                       x, rtol=1e-9, forward=reference_forward)
-
-
-# --------------------------------------------------------------------------------- CLI
-
-
-@pytest.fixture(scope="module")
-def narrow_v3(tmp_path_factory):
-    root = tmp_path_factory.mktemp("v3")
-    graph = small("yolov3.cfg")
-    variables = random_variables(graph, seed=11, sparsity=0.6)
-    write_network(root, "v3", graph, variables)
-    return root, graph, variables
-
-
-def test_cli_layers_alone(narrow_v3, capsys):
-    root, graph, variables = narrow_v3
-    out = root / "layers"
-    assert main(["prune", str(root / "v3.cfg"), str(root / "v3.weights"), "--layers", "8",
-                 "--latency-repeats", "2", "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
-    removed = report["blocks"]["removed"]
-    assert len(removed) == 8 and report["blocks"]["found"] == 23
-    expected = passes.choose_blocks(graph, variables, n=8)
-    assert [r["shortcut"] for r in removed] == [sb.block.shortcut for sb in expected]
-    assert [r["score"] for r in removed] == pytest.approx([sb.score for sb in expected])
-    pruned = ir.parse_cfg(out / "pruned.cfg")
-    assert len(pruned.layers) == len(graph.layers) - 24
-    assert report["params_before"] == ir.count_params(graph)
-    assert report["params_after"] == ir.count_params(pruned)
-    assert report["bflops_after"] < report["bflops_before"]
-    assert report["latency_ms_before"] > 0 and report["latency_ms_after"] > 0
-    loaded = frontends.load_variables(pruned, out / "pruned.weights")
-    assert loaded.loaded_convs == loaded.total_convs
-    heads = runtime.forward(pruned, loaded.variables,
-                            jnp.asarray(random_inputs(pruned, seed=0))).heads
-    assert [h.shape[-1] for h in heads] == [255, 255, 255]
-    printed = capsys.readouterr().out
-    assert "removed blocks" in printed and "latency" in printed
-
-
-def test_cli_layers_with_percent(narrow_v3):
-    root, graph, variables = narrow_v3
-    out = root / "both"
-    assert main(["prune", str(root / "v3.cfg"), str(root / "v3.weights"), "--layers", "4",
-                 "--percent", "0.5", "--latency-repeats", "0", "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
-    pruned = ir.parse_cfg(out / "pruned.cfg")
-    blocks_only = passes.RemoveBlocks(n=4)(graph, variables)[0]
-    assert report["params_before"] == ir.count_params(graph)
-    assert report["params_after"] == ir.count_params(pruned)
-    assert report["blocks"]["params_after"] == ir.count_params(blocks_only)
-    assert report["params_after"] < report["blocks"]["params_after"]
-    assert report["max_abs_diff_keepsize_vs_compact"] < 1e-4
-    assert report["latency_ms_before"] is None
-    for index, (kept, total) in report["layers"].items():  # indices after the removal
-        assert pruned.layers[int(index)].filters == kept
-        assert blocks_only.layers[int(index)].filters == total
-    loaded = frontends.load_variables(pruned, out / "pruned.weights")
-    assert loaded.loaded_convs == loaded.total_convs
-
-
-@pytest.mark.parametrize("args,message", [
-    ([], "give --percent, --threshold, --layers or --layer-threshold"),
-    (["--layers", "24"], "--layers 24: expected 0 <= N <= 23"),
-])
-def test_cli_layer_errors_write_nothing(narrow_v3, tmp_path, capsys, args, message):
-    root, _, _ = narrow_v3
-    out = tmp_path / "never"
-    assert main(["prune", str(root / "v3.cfg"), str(root / "v3.weights"), *args,
-                 "--out", str(out)]) == 2
-    assert message in " ".join(capsys.readouterr().err.split())  # rich wraps lines
-    assert not out.exists()

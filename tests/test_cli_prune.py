@@ -1,4 +1,4 @@
-"""`darkslim prune` and `darkslim info` end to end: files, report, errors."""
+"""`darkslim prune` and `darkslim info` end to end: files, reports, errors, pipelines."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import pytest
 
 import frontends
 import ir
+import passes
 import runtime
 from darkslim.cli import main
 from darkslim.testing import random_inputs, random_variables
 from tests.conftest import cfg_path, write_network
-from tests.test_prune import at_size
+from tests.test_prune import at_size, small
 
-REPORT_KEYS = {"mode", "percent", "threshold", "safe_threshold", "safe_percent",
-               "channels_before", "channels_after", "params_before", "params_after",
-               "bflops_before", "bflops_after", "layers",
-               "max_abs_diff_keepsize_vs_compact", "max_abs_diff_gamma_zeroed_vs_compact"}
+
+
+def read_reports(out) -> tuple[str, tuple[passes.PassReport, ...]]:
+    return passes.load_reports(json.loads((out / "report.json").read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +38,25 @@ def test_prune_writes_a_loadable_network_and_report(tiny, capsys):
     out = root / "out"
     assert main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"),
                  "--percent", "0.5", "--mode", "shortcut", "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert REPORT_KEYS <= report.keys()
-    assert report["mode"] == "shortcut" and report["percent"] == 0.5
-    assert report["params_after"] < report["params_before"]
-    assert report["bflops_after"] < report["bflops_before"]
-    assert report["max_abs_diff_keepsize_vs_compact"] < 1e-4
-    assert report["max_abs_diff_gamma_zeroed_vs_compact"] >= 0
-    assert report["prunable_channels_after"] == report["prunable_channels_before"] // 2 or \
-        abs(report["prunable_channels_after"] / report["prunable_channels_before"] - 0.5) < 0.02
+    text, (report,) = read_reports(out)
+    assert text == "slim-channels{percent=0.5,mode=shortcut}" == report.text
+    assert isinstance(report, passes.SlimReport)
+    assert report.mode == "shortcut" and report.threshold.percent == 0.5
+    assert report.after.params < report.before.params
+    assert report.after.flops < report.before.flops
+    checks = json.loads((out / "checks.json").read_text())["slim_channels"][0]
+    assert checks["max_abs_diff_keepsize_vs_compact"] < 1e-4
+    assert checks["max_abs_diff_gamma_zeroed_vs_compact"] > 1e-3  # 3×3 borders differ
+    kept, total = report.prunable_channels
+    # The seed's rule drops exactly int(n * percent) channels before the floor and the
+    # union of shortcut groups (none in tiny) put some back.
+    assert total // 2 <= kept <= total // 2 + 16
+    assert report.masks.kept == kept
     pruned = ir.parse_cfg(out / "pruned.cfg")
-    assert ir.count_params(pruned) == report["params_after"]
-    for index, (kept, total) in report["layers"].items():
-        assert pruned.layers[int(index)].filters == kept
-        assert graph.layers[int(index)].filters == total
+    assert ir.count_params(pruned) == report.after.params
+    for index, kept, total in report.channels:
+        assert pruned.layers[index].filters == kept
+        assert graph.layers[index].filters == total
     loaded = frontends.load_variables(pruned, out / "pruned.weights")
     assert loaded.loaded_convs == loaded.total_convs
     x = jnp.asarray(random_inputs(pruned, seed=0))
@@ -63,8 +69,14 @@ def test_prune_writes_a_loadable_network_and_report(tiny, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--percent", "1.5"], "--percent 1.5: expected 0 <= percent < 1"),
-    (["--threshold", "50", "--min-keep", "0"], "keeps none of its"),
+    (["--threshold", "50", "--min-keep", "0"], "--threshold 50.0: layer 0 (cfg line"),
     (["--percent", "0.5", "--ignore", "1"], "--ignore 1: layer 1 is a [maxpool]"),
+    (["--pipeline", "slim-channels{percent=1.5}"],
+     "pipeline: slim-channels: percent=1.5: expected 0 <= percent < 1"),
+    (["--pipeline", "slim-channels{percent=0.5}", "--layers", "2"],
+     "--pipeline with --layers: give the pipeline or the shorthand flags, not both"),
+    (["--pipeline", "slice-channels"], "slice-channels: takes ChannelMasks"),
+    (["--round-to", "8"], "give --percent or --threshold too"),
 ])
 def test_bad_requests_write_nothing(tiny, tmp_path, capsys, args, message):
     root, _, _ = tiny
@@ -72,7 +84,7 @@ def test_bad_requests_write_nothing(tiny, tmp_path, capsys, args, message):
     code = main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"), *args,
                  "--out", str(out)])
     assert code == 2
-    assert message in capsys.readouterr().err.replace("\n", " ")
+    assert message in " ".join(capsys.readouterr().err.split())  # rich wraps lines
     assert not out.exists()
 
 
@@ -109,7 +121,113 @@ def test_prune_with_data_reports_map_three_ways(tmp_path):
     out = tmp_path / "out"
     assert main(["prune", str(data.cfg), str(tmp_path / "w.weights"), "--percent", "0.3",
                  "--data", str(data.data), "--no-check", "--out", str(out)]) == 0
-    maps = json.loads((out / "report.json").read_text())["map50"]
+    maps = json.loads((out / "checks.json").read_text())["slim_channels"][0]["map50"]
     assert set(maps) == {"original", "gamma_zeroed", "keep_size", "compact"}
     assert all(0.0 <= v <= 1.0 for v in maps.values())
     assert maps["keep_size"] == pytest.approx(maps["compact"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def narrow_v3(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v3")
+    graph = small("yolov3.cfg")
+    variables = random_variables(graph, seed=11, sparsity=0.6)
+    write_network(root, "v3", graph, variables)
+    return root, graph, variables
+
+
+def test_cli_layers_alone(narrow_v3, capsys):
+    root, graph, variables = narrow_v3
+    out = root / "layers"
+    assert main(["prune", str(root / "v3.cfg"), str(root / "v3.weights"), "--layers", "8",
+                 "--latency-repeats", "2", "--out", str(out)]) == 0
+    text, (report,) = read_reports(out)
+    assert text == "remove-blocks{n=8}" and isinstance(report, passes.BlocksReport)
+    assert len(report.removed) == 8 and report.found == 23
+    expected = passes.choose_blocks(graph, variables, n=8)
+    assert [b.shortcut for b in report.removed] == [sb.block.shortcut for sb in expected]
+    assert [b.score for b in report.removed] == pytest.approx([sb.score for sb in expected])
+    pruned = ir.parse_cfg(out / "pruned.cfg")
+    assert len(pruned.layers) == len(graph.layers) - 24 == report.after.layers
+    assert report.before.params == ir.count_params(graph)
+    assert report.after.params == ir.count_params(pruned)
+    assert report.after.flops < report.before.flops
+    latency = json.loads((out / "checks.json").read_text())["latency"]
+    assert latency["ms_before"] > 0 and latency["ms_after"] > 0
+    loaded = frontends.load_variables(pruned, out / "pruned.weights")
+    assert loaded.loaded_convs == loaded.total_convs
+    heads = runtime.forward(pruned, loaded.variables,
+                            jnp.asarray(random_inputs(pruned, seed=0))).heads
+    assert [h.shape[-1] for h in heads] == [255, 255, 255]
+    printed = capsys.readouterr().out
+    assert "removed blocks" in printed and "latency" in printed
+
+
+def test_cli_layers_with_percent(narrow_v3):
+    root, graph, variables = narrow_v3
+    out = root / "both"
+    assert main(["prune", str(root / "v3.cfg"), str(root / "v3.weights"), "--layers", "4",
+                 "--percent", "0.5", "--latency-repeats", "0", "--out", str(out)]) == 0
+    text, (blocks, slim) = read_reports(out)
+    assert text == "remove-blocks{n=4},slim-channels{percent=0.5}"
+    pruned = ir.parse_cfg(out / "pruned.cfg")
+    blocks_only = passes.RemoveBlocks(n=4)(graph, variables)[0]
+    assert blocks.before.params == ir.count_params(graph)
+    assert blocks.after == slim.before == passes.Counts.of(blocks_only)
+    assert slim.after.params == ir.count_params(pruned) < blocks.after.params
+    checks = json.loads((out / "checks.json").read_text())
+    assert checks["slim_channels"][0]["max_abs_diff_keepsize_vs_compact"] < 1e-4
+    assert checks["latency"] is None
+    assert slim.masks.fingerprint == passes.GraphFingerprint.of(blocks_only)
+    for index, kept, total in slim.channels:  # indices after the removal
+        assert pruned.layers[index].filters == kept
+        assert blocks_only.layers[index].filters == total
+    loaded = frontends.load_variables(pruned, out / "pruned.weights")
+    assert loaded.loaded_convs == loaded.total_convs
+
+
+def test_cli_pipeline_equals_the_shorthand_flags_file_for_file(narrow_v3, tmp_path):
+    root, _, _ = narrow_v3
+    common = [str(root / "v3.cfg"), str(root / "v3.weights"), "--latency-repeats", "0"]
+    assert main(["prune", *common, "--layers", "8", "--percent", "0.5",
+                 "--out", str(tmp_path / "flags")]) == 0
+    assert main(["prune", *common, "--pipeline",
+                 "remove-blocks{n=8},slim-channels{percent=0.5}",
+                 "--out", str(tmp_path / "text")]) == 0
+    names = sorted(p.name for p in (tmp_path / "flags").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "text").iterdir())
+    assert {"pruned.cfg", "pruned.weights", "report.json", "checks.json",
+            "channels.png"} <= set(names)
+    for name in names:
+        assert (tmp_path / "flags" / name).read_bytes() == \
+            (tmp_path / "text" / name).read_bytes(), name
+
+
+def test_cli_report_json_is_the_serialised_reports(narrow_v3, tmp_path):
+    """report.json is exactly `dump_reports` of what `Pipeline.run` reports."""
+    root, graph, variables = narrow_v3
+    text = "slim-channels{percent=0.3,mode=shortcut},remove-blocks{n=2}"
+    out = tmp_path / "out"
+    assert main(["prune", str(root / "v3.cfg"), str(root / "v3.weights"), "--pipeline",
+                 text, "--no-check", "--latency-repeats", "0", "--out", str(out)]) == 0
+    loaded = frontends.load_variables(graph, root / "v3.weights")
+    result = passes.parse_pipeline(text).run(graph, loaded.variables)
+    assert json.loads((out / "report.json").read_text()) == \
+        json.loads(json.dumps(passes.dump_reports(text, result.reports)))
+    assert read_reports(out) == (text, result.reports)
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "give --pipeline, or --percent, --threshold, --layers or --layer-threshold"),
+    (["--layers", "24"], "--layers 24: expected 0 <= n <= 23"),
+])
+def test_cli_layer_errors_write_nothing(narrow_v3, tmp_path, capsys, args, message):
+    root, _, _ = narrow_v3
+    out = tmp_path / "never"
+    assert main(["prune", str(root / "v3.cfg"), str(root / "v3.weights"), *args,
+                 "--out", str(out)]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())  # rich wraps lines
+    assert not out.exists()

@@ -8,6 +8,7 @@ import pytest
 
 import frontends
 import ir
+import passes
 from darkslim.cli import main
 
 
@@ -28,10 +29,13 @@ def test_quick_demo_table_invariants(quick_demo):
         assert stage["latency_ms"] > 0
     assert pruned["params"] < before["params"] and pruned["bflops"] < before["bflops"]
     assert tuned["params"] == pruned["params"]
-    prune = report["prune"]
-    assert prune["max_abs_diff_keepsize_vs_compact"] < 1e-4
-    assert prune["prunable_channels_after"] < prune["prunable_channels_before"]
-    assert prune["percent"] < prune["safe_percent"]  # chosen below the safe threshold
+    prune = passes.report_from_json(report["prune"])
+    assert isinstance(prune, passes.SlimReport)
+    assert report["checks"]["max_abs_diff_keepsize_vs_compact"] < 1e-4
+    kept, total = prune.prunable_channels
+    assert kept < total
+    assert prune.threshold.percent < prune.threshold.safe_percent  # below the safe one
+    assert prune.after.params == pruned["params"]
 
 
 def test_quick_demo_writes_a_deployable_network(quick_demo):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ir
+from ir import layer_key
 import passes
 import runtime
 from darkslim.testing.strategies import random_variables
@@ -70,7 +71,7 @@ def test_shortcut_group_shares_one_mask():
         first = masks[group[0]]
         assert all(np.array_equal(masks[m], first) for m in group)
         # The union rule: a channel survives when any member's |γ| reaches the threshold.
-        gammas = np.stack([np.abs(variables["params"][f"layer_{m}"]["bn"]["scale"])
+        gammas = np.stack([np.abs(variables["params"][layer_key(m)]["bn"]["scale"])
                            for m in group])
         expected = (gammas >= result.threshold.value).any(axis=0)
         if expected.sum() >= 1:
@@ -82,7 +83,7 @@ def test_all_keep_masks_return_the_same_objects():
     variables = random_variables(graph, seed=0)
     analysis = passes.analyze_prunability(graph)
     keep_all = passes.ChannelMasks.from_arrays(
-        {i: np.ones(graph.layers[i].filters, bool) for i in analysis.prunable})
+        {i: np.ones(graph.layers[i].filters, bool) for i in analysis.prunable}, graph)
     for pass_ in (passes.FoldPrunedBias(keep_all), passes.SliceChannels(keep_all)):
         g, v = pass_(graph, variables)
         assert g is graph and v is variables
@@ -99,12 +100,12 @@ def test_threshold_is_the_seeds_rule():
     graph = small("yolov3-hand.cfg")
     variables = random_variables(graph, seed=5, sparsity=0.5)
     analysis = passes.analyze_prunability(graph)
-    gammas = np.concatenate([np.abs(variables["params"][f"layer_{i}"]["bn"]["scale"])
+    gammas = np.concatenate([np.abs(variables["params"][layer_key(i)]["bn"]["scale"])
                              for i in analysis.prunable])
     ordered = np.sort(gammas)
     t = passes.compute_threshold(graph, variables, analysis, percent=0.3)
     assert t.value == ordered[int(len(ordered) * 0.3)]
-    highest = min(np.abs(variables["params"][f"layer_{i}"]["bn"]["scale"]).max()
+    highest = min(np.abs(variables["params"][layer_key(i)]["bn"]["scale"]).max()
                   for i in analysis.prunable)
     assert t.safe_value == pytest.approx(highest)
     assert t.safe_percent == pytest.approx(np.flatnonzero(ordered == ordered[
@@ -133,7 +134,8 @@ def test_folding_is_exact_away_from_the_border():
             "[yolo]\nmask=0\nanchors=4,4\nclasses=2\nnum=1\n")
     graph = ir.parse_cfg(text)
     variables = random_variables(graph, seed=0)
-    masks = passes.ChannelMasks.from_arrays({0: np.array([1, 0, 1, 0, 1, 1, 0, 1], bool)})
+    masks = passes.ChannelMasks.from_arrays({0: np.array([1, 0, 1, 0, 1, 1, 0, 1], bool)},
+                                         graph)
     zeroed = passes.ZeroPrunedGamma(masks)(graph, variables)
     compact = passes.pipeline(passes.FoldPrunedBias(masks), passes.SliceChannels(masks))(
         graph, variables)
@@ -160,7 +162,8 @@ def test_folding_any_activation_through_shortcut_route_upsample(activation):
     analysis = passes.analyze_prunability(graph, "shortcut")
     assert analysis.unit_of(0) == (0, 2)
     mask = np.array([1, 0, 0, 1, 1, 0], bool)
-    masks = passes.ChannelMasks.from_arrays({0: mask, 2: mask, 1: np.array([1, 0, 1, 1], bool)})
+    masks = passes.ChannelMasks.from_arrays(
+        {0: mask, 2: mask, 1: np.array([1, 0, 1, 1], bool)}, graph)
     zeroed = passes.ZeroPrunedGamma(masks)(graph, variables)
     keep = passes.FoldPrunedBias(masks)(graph, variables)
     compact = passes.SliceChannels(masks)(*keep)
@@ -184,7 +187,7 @@ def test_published_pruned_hand_cfg_is_reachable_by_slicing():
     assert set(masks) <= set(analysis.prunable)
     graph, target = at_size(full, 64), at_size(target, 64)
     variables = random_variables(graph, seed=0)
-    channel_masks = passes.ChannelMasks.from_arrays(masks)
+    channel_masks = passes.ChannelMasks.from_arrays(masks, graph)
     g, v = passes.pipeline(passes.FoldPrunedBias(channel_masks),
                            passes.SliceChannels(channel_masks))(graph, variables)
     assert g == target
@@ -221,16 +224,90 @@ def test_pipeline_composes_and_names_failing_pass():
 def test_bad_requests_are_prune_errors():
     graph = small("yolov3-tiny.cfg")
     variables = random_variables(graph, seed=0, sparsity=0.5)
-    with pytest.raises(passes.PruneError, match=r"--percent 1.0: expected 0 <= percent < 1"):
-        passes.prune(graph, variables, passes.PruneConfig(percent=1.0))
-    with pytest.raises(passes.PruneError, match=r"--percent -0.1"):
-        passes.prune(graph, variables, passes.PruneConfig(percent=-0.1))
+    with pytest.raises(passes.PruneError, match=r"^percent=1.0: expected 0 <= percent < 1") \
+            as info:
+        passes.prune(graph, variables, passes.SlimChannels(percent=1.0))
+    assert info.value.argument == "percent" and info.value.pass_name == "slim-channels"
+    with pytest.raises(passes.PruneError, match=r"^percent=-0.1"):
+        passes.SlimChannels(percent=-0.1)
+    with pytest.raises(passes.PruneError, match=r"^min_keep=2"):
+        passes.SlimChannels(percent=0.5, min_keep=2)
+    with pytest.raises(passes.PruneError, match=r"^ignore=1: layer 1 is a \[maxpool\]"):
+        passes.SlimChannels(percent=0.5, ignore=(1,))(graph, variables)
     with pytest.raises(passes.PruneError, match=r"layer 0 \(cfg line 25\): threshold 100 "
                        r"keeps none of its 16 channels"):
-        passes.prune(graph, variables, passes.PruneConfig(threshold=100.0, min_keep=0.0))
+        passes.prune(graph, variables, passes.SlimChannels(threshold=100.0, min_keep=0.0))
     nan = jax_tree_set(variables, "layer_2", np.nan)
     with pytest.raises(passes.PruneError, match=r"layer 2 \(cfg line 37\): BN γ channel 0 is nan"):
-        passes.prune(graph, nan, passes.PruneConfig(percent=0.5))
+        passes.prune(graph, nan, passes.SlimChannels(percent=0.5))
+
+
+def test_fresh_darknet_variables_are_refused_sparse_ones_prune():
+    """γ = 1 everywhere (Darknet's init) gives nothing to rank: an error, not a no-op."""
+    graph = small("yolov3-tiny.cfg")
+    with pytest.raises(passes.PruneError, match=r"every prunable \|γ\| is 1.*'sparse'"):
+        passes.SlimChannels(percent=0.5)(graph, ir.init_variables(graph, "darknet"))
+    g, _ = passes.SlimChannels(percent=0.5)(graph, ir.init_variables(graph, "sparse"))
+    assert ir.count_params(g) < ir.count_params(graph)
+
+
+def test_stale_masks_name_the_pass_and_the_first_differing_layer():
+    """Masks computed on yolov3, applied after a block was removed (issue 14)."""
+    graph = ir.parse_cfg(cfg_path("yolov3.cfg"))
+    variables = ir.init_variables(graph, "sparse", seed=1)
+    analysis = passes.analyze_prunability(graph)
+    t = passes.compute_threshold(graph, variables, analysis, percent=0.5)
+    m = passes.compute_masks(graph, variables, analysis, t.value)
+    stale = passes.pipeline(passes.RemoveBlocks(blocks=(40,)), passes.FoldPrunedBias(m),
+                            passes.SliceChannels(m))
+    with pytest.raises(passes.PruneError, match=r"pass 'fold-pruned-bias' failed \(after "
+                       r"remove-blocks\): .*computed on another graph .*107 layers.*104 "
+                       r"layers.*first differ at layer 59 \(\[convolutional\] at cfg "
+                       r"line \d+\)"):
+        stale(graph, variables)
+    # Computed on the graph they apply to, the same masks are fine.
+    passes.pipeline(passes.FoldPrunedBias(m), passes.SliceChannels(m))(graph, variables)
+
+
+@pytest.mark.parametrize("masks,message", [
+    ({0: np.ones(15, bool)}, r"mask for layer 0 \(cfg line 25\): 15 entries; expected 16"),
+    ({1: np.ones(16, bool)}, r"mask for layer 1 \(cfg line 33\): a \[maxpool\]; expected "
+                             r"a \[convolutional\]"),
+    ({15: np.ones(255, bool)}, r"mask for layer 15 \(cfg line \d+\): a conv without "
+                               "BatchNorm"),
+    ({99: np.ones(3, bool)}, r"mask for layer 99: out of range \(0..23\)"),
+    ({0: np.zeros(16, bool)}, r"mask for layer 0 \(cfg line 25\): keeps none of its 16"),
+])
+@pytest.mark.parametrize("make", [passes.FoldPrunedBias, passes.SliceChannels,
+                                  passes.ZeroPrunedGamma])
+def test_bad_masks_name_the_pass_and_the_layer(masks, message, make):
+    graph = small("yolov3-tiny.cfg")
+    variables = random_variables(graph, seed=0)
+    pass_ = make(passes.ChannelMasks.from_arrays(masks, graph))
+    with pytest.raises(passes.PruneError, match=rf"^{pass_.name}: {message}"):
+        pass_(graph, variables)
+
+
+def test_pipelines_verify_every_variable_after_each_pass():
+    """A pass that sets filters=8 but keeps the 16-wide kernel fails, naming the pass
+    and the layer (the graph alone verifies)."""
+    graph = small("yolov3-tiny.cfg")
+    variables = random_variables(graph, seed=0)
+
+    class Narrow:
+        name = "narrow"
+
+        def __call__(self, g, v):
+            return g.replace_layers({0: dataclasses.replace(g.layers[0], filters=8)}), v
+
+    ir.verify(Narrow()(graph, variables)[0])
+    with pytest.raises(passes.PruneError, match=r"pass 'narrow' failed \(after "
+                       r"slim-channels\): the output of 'narrow': \d+ variable\(s\) do not "
+                       r"fit .*\n  params/layer_0/conv/kernel \(layer 0 \(\[convolutional\] "
+                       r"at .*\)\): expected shape \(3, 3, 3, 8\), found \(3, 3, 3, 16\)"):
+        passes.pipeline(passes.SlimChannels(percent=0.0), Narrow())(graph, variables)
+    with pytest.raises(passes.PruneError, match=r"(?s)the pipeline's input: .*layer_0/conv/kernel"):
+        passes.pipeline(passes.SlimChannels(percent=0.0))(*Narrow()(graph, variables))
 
 
 def jax_tree_set(variables, key, value):

@@ -83,7 +83,7 @@ def test_all_keep_masks_are_the_identity(program, mode):
     graph, variables = program
     analysis = passes.analyze_prunability(graph, mode)
     keep_all = passes.ChannelMasks.from_arrays(
-        {i: np.ones(graph.layers[i].filters, bool) for i in analysis.prunable})
+        {i: np.ones(graph.layers[i].filters, bool) for i in analysis.prunable}, graph)
     for pass_ in (passes.FoldPrunedBias(keep_all), passes.SliceChannels(keep_all),
                   passes.ZeroPrunedGamma(keep_all)):
         assert_identity_when_noop(pass_, program)

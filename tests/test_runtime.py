@@ -12,6 +12,7 @@ import pytest
 
 import frontends
 import ir
+from ir import layer_key
 import runtime
 from darkslim.cli import main
 from runtime import UnsupportedLayerError
@@ -62,7 +63,7 @@ def to_variables(weights: dict) -> dict:
     """Darknet-form weights to the Flax layout (OIHW -> HWIO)."""
     params, stats = {}, {}
     for i, w in weights.items():
-        name = f"layer_{i}"
+        name = layer_key(i)
         params[name] = {"conv": {"kernel": jnp.asarray(w["kernel"].transpose(2, 3, 1, 0))}}
         if "gamma" in w:
             params[name]["bn"] = {"scale": jnp.asarray(w["gamma"]),

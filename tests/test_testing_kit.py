@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import frontends
 import ir
+from ir import layer_key
 import passes
 import runtime
 from darkslim.testing import (PROFILES, assert_equivalent, assert_identity_when_noop,
@@ -56,7 +57,7 @@ class ToySlice:
                 out = np.flatnonzero(by_conv.get(i, np.ones(layer.filters, bool)))
                 ins = kept[i - 1] if i else image
                 kept.append(out)
-                key = f"layer_{i}"
+                key = layer_key(i)
                 p = variables["params"][key]
                 params[key] = {part: {n: np.asarray(a)[..., out] for n, a in leaves.items()}
                                for part, leaves in p.items()}  # out is the last axis
@@ -200,7 +201,7 @@ def test_assert_equivalent_names_head_and_place(tiny):
 def test_assert_equivalent_border_ignores_the_folding_ring(tiny):
     # γ-zeroed vs folded differ only where the 3x3 consumer's window reads padding.
     graph, v, x = tiny
-    m = passes.ChannelMasks.from_arrays({0: np.array([True, False, True, False])})
+    m = passes.ChannelMasks.from_arrays({0: np.array([True, False, True, False])}, graph)
     zeroed = passes.ZeroPrunedGamma(m)(graph, v)
     folded = passes.FoldPrunedBias(m)(graph, v)
     with pytest.raises(AssertionError, match=r"all \d+ lie in the 1-pixel border ring"):
@@ -243,7 +244,7 @@ def test_weights_roundtrip_reports_the_leaf(mixed_graph, monkeypatch):
 
     def lossy(graph, path, **kw):  # a reader that loses the last bit of one γ
         loaded = real(graph, path, **kw)
-        key = f"layer_{graph.conv_indices()[0]}"
+        key = layer_key(graph.conv_indices()[0])
         part = "bn" if "bn" in loaded.variables["params"][key] else "conv"
         name = "scale" if part == "bn" else "bias"
         leaf = np.array(loaded.variables["params"][key][part][name])
@@ -277,14 +278,14 @@ def test_assert_pass_is_pure_catches_mutation_and_nondeterminism(tiny):
 
     with pytest.raises(AssertionError, match=r"different variables on two calls"):
         assert_pass_is_pure(noisy, (graph, v))
-    m = passes.ChannelMasks.from_arrays({0: np.array([True, False, True, True])})
+    m = passes.ChannelMasks.from_arrays({0: np.array([True, False, True, True])}, graph)
     out = assert_pass_is_pure(passes.FoldPrunedBias(m), (graph, v))
     assert_pass_is_pure(passes.SliceChannels(m), out)
 
 
 def test_assert_identity_when_noop(tiny):
     graph, v, _ = tiny
-    keep_all = passes.ChannelMasks.from_arrays({0: np.ones(4, bool)})
+    keep_all = passes.ChannelMasks.from_arrays({0: np.ones(4, bool)}, graph)
     assert_identity_when_noop(passes.FoldPrunedBias(keep_all), (graph, v))
     assert_identity_when_noop(passes.pipeline(passes.FoldPrunedBias(keep_all),
                                               passes.SliceChannels(keep_all)), (graph, v))

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ir
+from ir import layer_key
 from darkslim.commands.synth import synth_cfg_path
 from darkslim.testing import programs
 from frontends import CheckpointError, load_variables
@@ -56,7 +57,7 @@ def _config(**changes) -> TrainConfig:
 
 def _prunable_gammas(graph, variables, mode="regular") -> np.ndarray:
     prunable = analyze_prunability(graph, mode).prunable
-    return np.concatenate([np.abs(np.asarray(variables["params"][f"layer_{i}"]["bn"]["scale"]))
+    return np.concatenate([np.abs(np.asarray(variables["params"][layer_key(i)]["bn"]["scale"]))
                            for i in prunable])
 
 

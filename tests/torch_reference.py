@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ir
+from ir import layer_key
 
 ACTIVATIONS = {
     ir.Activation.LEAKY: lambda: nn.LeakyReLU(0.1),
@@ -163,13 +164,13 @@ class Darknet(nn.Module):
         with torch.no_grad():
             for i in model.graph.conv_indices():
                 conv, bn = model.conv_modules(i)
-                p = variables["params"][f"layer_{i}"]
+                p = variables["params"][layer_key(i)]
                 kernel = torch.from_numpy(np.array(p["conv"]["kernel"], np.float32))
                 conv.weight.copy_(kernel.permute(3, 2, 0, 1))
                 if bn is None:
                     conv.bias.copy_(torch.from_numpy(np.array(p["conv"]["bias"])))
                 else:
-                    s = variables["batch_stats"][f"layer_{i}"]["bn"]
+                    s = variables["batch_stats"][layer_key(i)]["bn"]
                     bn.weight.copy_(torch.from_numpy(np.array(p["bn"]["scale"])))
                     bn.bias.copy_(torch.from_numpy(np.array(p["bn"]["bias"])))
                     bn.running_mean.copy_(torch.from_numpy(np.array(s["mean"])))

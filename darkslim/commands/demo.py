@@ -62,12 +62,10 @@ def run(args) -> int:
         table.add_row(s.name, f"{s.map50:.4f}", f"{s.params:,}", f"{s.bflops:.3f}",
                       f"{s.latency_ms:.2f} ms")
     console.print(table)
-    r = demo.prune_report
-    console.print(f"channels kept per conv (percent {r['percent']:.2f}, threshold "
-                  f"{r['threshold']:.4g}; chart: channels.png):", highlight=False)
-    console.print("  ".join(f"{i}: {k}/{t}" for i, (k, t) in
-                            sorted(r["layers"].items(), key=lambda kv: int(kv[0]))),
-                  highlight=False)
+    r = demo.prune
+    console.print(f"channels kept per conv ({r.text}, threshold {r.threshold.value:.4g}; "
+                  "chart: channels.png):", highlight=False)
+    console.print("  ".join(f"{i}: {k}/{t}" for i, k, t in r.channels), highlight=False)
     console.print(f"wrote {', '.join(demo.files)} to {demo.out}/", highlight=False)
     console.print(markdown_table(demo.stages), highlight=False, markup=False)
     return 0

@@ -1,14 +1,13 @@
-"""`darkslim prune MODEL.cfg WEIGHTS --percent P ... --out DIR`: network slimming.
+"""`darkslim prune MODEL.cfg WEIGHTS (--pipeline TEXT | --percent P ...) --out DIR`.
 
-Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input's own torch
-layout when the input is one), DIR/report.json and DIR/channels.png. Nothing is
-written when the prune fails.
-
-With --layers N (or --layer-threshold T) whole residual blocks are removed first, the
-N whose last BN conv has the lowest mean |γ|; alone, or followed by the channel prune
-when --percent or --threshold is also given. The report then lists the removed
-blocks and the CPU latency of the original and the final network, measured in the
-same run.
+Runs a pipeline of passes, e.g. ``--pipeline "remove-blocks{n=8},slim-channels{percent=0.5}"``;
+the flags --layers/--layer-threshold (remove-blocks) and --percent/--threshold with
+--mode, --ignore, --min-keep, --round-to (slim-channels) are shorthand for it, blocks
+first. Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input's own
+torch layout when the input is one), DIR/report.json (what every pass decided),
+DIR/checks.json (what the prune costs: keep-size and γ-zeroed vs compact on a random
+input, mAP with --data, CPU latency when blocks were removed) and DIR/channels.png.
+Nothing is written when the prune fails.
 """
 
 from __future__ import annotations
@@ -21,8 +20,17 @@ from rich.table import Table
 import frontends
 import ir
 import passes
-from darkslim.ui import make_console, warn
 from darkslim import report as reports
+from darkslim.ui import make_console, warn
+
+# Shorthand flag -> (pass, argument); errors about an argument name the flag.
+FLAGS = {"--layers": ("remove-blocks", "n"),
+         "--layer-threshold": ("remove-blocks", "threshold"),
+         "--percent": ("slim-channels", "percent"),
+         "--threshold": ("slim-channels", "threshold"),
+         "--mode": ("slim-channels", "mode"), "--ignore": ("slim-channels", "ignore"),
+         "--min-keep": ("slim-channels", "min_keep"),
+         "--round-to": ("slim-channels", "round_to")}
 
 
 def _indices(text: str) -> tuple[int, ...]:
@@ -34,10 +42,13 @@ def _indices(text: str) -> tuple[int, ...]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("prune", help="prune BN channels by |γ| (network slimming)",
-                       description=__doc__.split("\n\n", 1)[1])
+    p = sub.add_parser("prune", help="prune BN channels by |γ| (network slimming) and "
+                       "residual blocks", description=__doc__.split("\n\n", 1)[1])
     p.add_argument("cfg", metavar="MODEL.cfg")
     p.add_argument("weights", metavar="WEIGHTS", help=".weights, .pt/.pth or .msgpack")
+    p.add_argument("--pipeline", metavar="TEXT",
+                   help="passes to run, e.g. 'remove-blocks{n=8},slim-channels{percent=0.5,"
+                   "mode=shortcut}' (instead of the shorthand flags below)")
     how = p.add_mutually_exclusive_group()  # or neither, with --layers
     how.add_argument("--percent", type=float, metavar="P",
                      help="fraction of prunable channels to drop (the seed's global rule)")
@@ -50,17 +61,17 @@ def add_parser(sub) -> None:
     depth.add_argument("--layer-threshold", type=float, metavar="T",
                        help="remove every residual block whose score is below T")
     p.add_argument("--latency-repeats", type=int, default=5, metavar="K",
-                   help="with --layers: CPU latency before/after, median of K runs at "
-                   "batch 1 (0: skip)")
-    p.add_argument("--mode", choices=("regular", "shortcut"), default="regular",
-                   help="regular: shortcut groups stay whole (the seed); shortcut: "
-                   "each group is pruned with one shared mask")
-    p.add_argument("--ignore", type=_indices, default=(), metavar="L,...",
+                   help="when blocks are removed: CPU latency before/after, median of K "
+                   "runs at batch 1 (0: skip)")
+    p.add_argument("--mode", choices=("regular", "shortcut"), default=None,
+                   help="regular (default): shortcut groups stay whole (the seed); "
+                   "shortcut: each group is pruned with one shared mask")
+    p.add_argument("--ignore", type=_indices, default=None, metavar="L,...",
                    help="conv layer indices to keep whole, e.g. 84,96")
-    p.add_argument("--min-keep", type=float, default=0.01, metavar="F",
-                   help="keep at least this fraction of every layer, and at least one "
-                   "channel (0: no floor; a layer that would empty is an error)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N",
+    p.add_argument("--min-keep", type=float, default=None, metavar="F",
+                   help="keep at least this fraction of every layer (default 0.01), and "
+                   "at least one channel (0: no floor; a layer that would empty is an error)")
+    p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="round kept channel counts up to multiples of N")
     p.add_argument("--bn-eps", type=float, default=None, metavar="E",
                    help="torch checkpoints: the BatchNorm eps they were trained with")
@@ -73,88 +84,128 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _flag_value(args, flag: str):
+    return getattr(args, flag[2:].replace("-", "_"))
+
+
+def _flag_error(exc: passes.PruneError, args) -> passes.PruneError:
+    """The library's error about an argument, worded with the flag the user gave
+    (``percent=1.5: expected ...`` becomes ``--percent 1.5: expected ...``)."""
+    root = exc
+    while isinstance(root.__cause__, passes.PruneError):
+        root = root.__cause__
+    pass_name = exc.pass_name or root.pass_name
+    for flag, (name, argument) in FLAGS.items():
+        value = _flag_value(args, flag)
+        if value is None or root.argument != argument or pass_name not in (name, None):
+            continue
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        head, _, rest = str(root).partition(": ")
+        text = rest if rest and head.startswith(f"{argument}=") else str(root)
+        return passes.PruneError(f"{flag} {shown}: {text}", argument=argument,
+                                 pass_name=pass_name)
+    return exc
+
+
+def build_pipeline(args) -> passes.Pipeline:
+    """The pipeline of ``--pipeline``, or the one the shorthand flags stand for."""
+    given = [flag for flag in FLAGS if _flag_value(args, flag) is not None]
+    if args.pipeline is not None:
+        if given:
+            raise passes.PruneError(f"--pipeline with {', '.join(given)}: give the "
+                                    "pipeline or the shorthand flags, not both")
+        return passes.parse_pipeline(args.pipeline)
+    steps = []
+    try:
+        if args.layers is not None or args.layer_threshold is not None:
+            steps.append(passes.RemoveBlocks(n=args.layers, threshold=args.layer_threshold))
+        if args.percent is not None or args.threshold is not None:
+            options = {k: v for k, v in (("mode", args.mode), ("ignore", args.ignore),
+                                          ("min_keep", args.min_keep),
+                                          ("round_to", args.round_to)) if v is not None}
+            steps.append(passes.SlimChannels(percent=args.percent,
+                                             threshold=args.threshold, **options))
+        elif any(f in given for f in ("--mode", "--ignore", "--min-keep", "--round-to")):
+            raise passes.PruneError("--mode, --ignore, --min-keep and --round-to shape the "
+                                    "channel prune: give --percent or --threshold too")
+    except passes.PruneError as exc:
+        raise _flag_error(exc, args) from exc
+    if not steps:
+        raise passes.PruneError("nothing to prune: give --pipeline, or --percent, "
+                                "--threshold, --layers or --layer-threshold")
+    return passes.pipeline(*steps)
+
+
 def run(args) -> int:
     console = make_console()
     t0 = time.perf_counter()
-    channels = args.percent is not None or args.threshold is not None
-    layers = args.layers is not None or args.layer_threshold is not None
-    if not (channels or layers):
-        raise passes.PruneError("nothing to prune: give --percent, --threshold, --layers "
-                                "or --layer-threshold")
+    pipe = build_pipeline(args)
     graph = ir.parse_cfg(args.cfg)
     ir.verify(graph)
     loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
     for warning in loaded.warnings:
         warn(console, warning)
-    program = (graph, loaded.variables)
-    if layers:
-        blocks = passes.analyze_blocks(graph)
-        removed = passes.RemoveBlocks(n=args.layers,
-                                      threshold=args.layer_threshold).select(*program)
-        program = passes.pipeline(passes.RemoveBlocks(
-            blocks=tuple(sb.block.shortcut for sb in removed)))(*program)
-    report: dict = {}  # with --layers, "before" is the original network
-    channel_report: dict = {}  # "before" is the channel prune's input
-    if channels:
-        config = passes.PruneConfig(percent=args.percent, threshold=args.threshold,
-                                    mode=args.mode, ignore=args.ignore,
-                                    min_keep=args.min_keep, round_to=args.round_to)
-        result = passes.prune(*program, config)
-        diffs = None
-        if args.check:
-            with console.status("checking keep-size vs compact on a random input..."):
-                diffs = reports.measure_prune_diffs(program[0], result)
-        channel_report = reports.prune_report(program[0], result, diffs)
-        if args.data:
-            with console.status("evaluating mAP@0.5 of the four networks..."):
-                channel_report["map50"] = evaluate_three_ways(args.data, program, result)
-        report = dict(channel_report)
-        compact_graph, compact_vars = result.compact
-    else:
-        compact_graph, compact_vars = program
-    if layers:
-        latency = None
-        if args.latency_repeats > 0:
-            from darkslim.latency import measure_latency
-
-            with console.status("measuring CPU latency before and after..."):
-                latency = measure_latency([(graph, loaded.variables),
-                                           (compact_graph, compact_vars)],
-                                          repeats=args.latency_repeats)
-        report.update(reports.layer_prune_report(
-            graph, program[0], compact_graph, blocks, removed, n=args.layers,
-            threshold=args.layer_threshold, latency=latency))
+    try:
+        result = pipe.run(graph, loaded.variables, keep_inputs=True)
+    except passes.PruneError as exc:
+        raise (_flag_error(exc, args) if args.pipeline is None else exc) from exc
+    checks = run_checks(args, console, pipe, result, (graph, loaded.variables))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    reports.write_text(out / "pruned.cfg", ir.write_cfg(compact_graph))
-    frontends.save_variables(compact_graph, compact_vars, out / "pruned.weights")
+    reports.write_text(out / "pruned.cfg", ir.write_cfg(result.graph))
+    frontends.save_variables(result.graph, result.variables, out / "pruned.weights")
     written = ["pruned.cfg", "pruned.weights"]
     if loaded.format == "torch":
         suffix = Path(args.weights).suffix
-        for warning in frontends.save_variables(compact_graph, compact_vars,
+        for warning in frontends.save_variables(result.graph, result.variables,
                                                 out / f"pruned{suffix}",
                                                 header=loaded.header):
             warn(console, warning)
         written.append(f"pruned{suffix}")
-    reports.write_json(out / "report.json", report)
-    written.append("report.json")
-    if channels:
-        reports.plot_channels_kept(report, out / "channels.png")
+    reports.write_json(out / "report.json", passes.dump_reports(str(pipe), result.reports))
+    reports.write_json(out / "checks.json", checks)
+    written += ["report.json", "checks.json"]
+    slims = [r for r in result.reports if isinstance(r, passes.SlimReport)]
+    if slims:
+        reports.plot_channels_kept(slims[-1], out / "channels.png")
         written.append("channels.png")
-        console.print(render_table(channel_report))
-        for line in summary_lines(channel_report):
-            console.print(line, highlight=False)
-        if "map50" in channel_report:
-            console.print("mAP@0.5: " + ", ".join(
-                f"{k.replace('_', ' ')} {v:.4f}" for k, v in channel_report["map50"].items()),
-                highlight=False)
-    if layers:
-        for table in render_blocks_tables(report):
-            console.print(table)
-    console.print(f"wrote {', '.join(written)} to {out}/ in "
-                  f"{time.perf_counter() - t0:.1f} s")
+    print_reports(console, result.reports, checks)
+    console.print(f"ran {pipe}; wrote {', '.join(written)} to {out}/ in "
+                  f"{time.perf_counter() - t0:.1f} s", highlight=False)
     return 0
+
+
+def run_checks(args, console, pipe: passes.Pipeline, result: passes.PipelineResult,
+               original) -> dict:
+    """checks.json: per slim-channels pass, keep-size and γ-zeroed vs compact (and mAP
+    with --data); with blocks removed, CPU latency of the original and final network."""
+    slim = []
+    for k, report in enumerate(result.reports):
+        if not isinstance(report, passes.SlimReport):
+            continue
+        after = (result.inputs[k + 1] if k + 1 < len(result.inputs)
+                 else (result.graph, result.variables))
+        pruned = passes.PruneResult(config=pipe.passes[k], report=report,
+                                    original=result.inputs[k], compact=after)
+        entry: dict = {"pass": k, "max_abs_diff_keepsize_vs_compact": None,
+                       "max_abs_diff_gamma_zeroed_vs_compact": None}
+        if args.check:
+            with console.status("checking keep-size vs compact on a random input..."):
+                entry.update(reports.measure_prune_diffs(pruned.original[0], pruned))
+        if args.data:
+            with console.status("evaluating mAP@0.5 of the four networks..."):
+                entry["map50"] = evaluate_three_ways(args.data, pruned.original, pruned)
+        slim.append(entry)
+    latency = None
+    blocks = any(isinstance(r, passes.BlocksReport) for r in result.reports)
+    if blocks and args.latency_repeats > 0:
+        from darkslim.latency import measure_latency
+
+        with console.status("measuring CPU latency before and after..."):
+            latency = measure_latency([original, (result.graph, result.variables)],
+                                      repeats=args.latency_repeats)
+    return {"slim_channels": slim, "latency": reports.latency_json(latency)}
 
 
 def evaluate_three_ways(data: str, program, result: passes.PruneResult) -> dict:
@@ -169,71 +220,80 @@ def evaluate_three_ways(data: str, program, result: passes.PruneResult) -> dict:
     return {name: evaluate(*net, valid, coco=False).map50 for name, net in networks.items()}
 
 
-def render_table(report: dict) -> Table:
-    table = Table(title=f"prune ({report['mode']} mode)")
-    table.add_column("")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    table.add_column("ratio", justify="right")
+def print_reports(console, results: tuple[passes.PassReport, ...], checks: dict) -> None:
+    slim_checks = iter(checks["slim_channels"])
+    for report in results:
+        if isinstance(report, passes.SlimReport):
+            console.print(render_table(report))
+            for line in summary_lines(report, next(slim_checks)):
+                console.print(line, highlight=False)
+        elif isinstance(report, passes.BlocksReport):
+            console.print(render_blocks_table(report))
+    if any(isinstance(r, passes.BlocksReport) for r in results):
+        console.print(render_totals(results[0].before, results[-1].after,
+                                    checks["latency"]))
 
-    def row(name, before, after, fmt="{:,}"):
-        ratio = f"{after / before:.3f}" if before else ""
-        table.add_row(name, fmt.format(before), fmt.format(after), ratio)
 
-    row("prunable channels", report["prunable_channels_before"],
-        report["prunable_channels_after"])
-    row("conv channels", report["channels_before"], report["channels_after"])
-    row("params", report["params_before"], report["params_after"])
-    row("BFLOPs", report["bflops_before"], report["bflops_after"], "{:.3f}")
+def _ratio_row(table: Table, name: str, before, after, fmt="{:,}") -> None:
+    ratio = f"{after / before:.3f}" if before else ""
+    table.add_row(name, fmt.format(before), fmt.format(after), ratio)
+
+
+def render_table(report: passes.SlimReport) -> Table:
+    table = Table(title=report.text)
+    for column, justify in (("", "left"), ("before", "right"), ("after", "right"),
+                            ("ratio", "right")):
+        table.add_column(column, justify=justify)
+    kept, total = report.prunable_channels
+    _ratio_row(table, "prunable channels", total, kept)
+    _ratio_row(table, "conv channels", report.before.channels, report.after.channels)
+    _ratio_row(table, "params", report.before.params, report.after.params)
+    _ratio_row(table, "BFLOPs", report.before.bflops, report.after.bflops, "{:.3f}")
     return table
 
 
-def summary_lines(report: dict) -> list[str]:
-    lines = [f"threshold {report['threshold']:.4g} (percent {report['percent']:.3f}); "
-             f"highest safe threshold {report['safe_threshold']:.4g} "
-             f"(percent {report['safe_percent']:.3f})"]
-    if report["max_abs_diff_keepsize_vs_compact"] is not None:
+def summary_lines(report: passes.SlimReport, check: dict) -> list[str]:
+    t = report.threshold
+    lines = [f"threshold {t.value:.4g} (percent {t.percent:.3f}); highest safe threshold "
+             f"{t.safe_value:.4g} (percent {t.safe_percent:.3f})"]
+    if check["max_abs_diff_keepsize_vs_compact"] is not None:
         lines.append(
-            f"max |keep-size − compact| {report['max_abs_diff_keepsize_vs_compact']:.2e}; "
-            f"max |γ-zeroed − compact| {report['max_abs_diff_gamma_zeroed_vs_compact']:.2e}"
+            f"max |keep-size − compact| {check['max_abs_diff_keepsize_vs_compact']:.2e}; "
+            f"max |γ-zeroed − compact| {check['max_abs_diff_gamma_zeroed_vs_compact']:.2e}"
             " (the border effect of folding into k×k convs)")
+    if "map50" in check:
+        lines.append("mAP@0.5: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}"
+                                             for k, v in check["map50"].items()))
     return lines
 
 
-def render_blocks_tables(report: dict) -> tuple[Table, Table]:
-    """The layer prune: removed blocks with their scores; original vs final."""
-    blocks = report["blocks"]
-    removed = Table(title=f"removed blocks ({len(blocks['removed'])} of "
-                    f"{blocks['found']} removable)")
-    for column in ("shortcut", "layers", "γ conv", "score (mean |γ|)"):
-        removed.add_column(column, justify="right")
-    for b in blocks["removed"]:
-        score = "" if b["score"] is None else f"{b['score']:.4g}"
-        removed.add_row(str(b["shortcut"]), f"{b['layers'][0]}..{b['layers'][-1]}",
-                        str(b["gamma_conv"]), score)
-    totals = Table(title="layer prune: original vs final")
-    totals.add_column("")
-    for column in ("before", "blocks removed", "final", "ratio"):
-        totals.add_column(column, justify="right")
+def render_blocks_table(report: passes.BlocksReport) -> Table:
+    """The blocks a remove-blocks pass removed, with their scores."""
+    table = Table(title=f"{report.text}: removed blocks ({len(report.removed)} of "
+                  f"{report.found} removable)")
+    for column in ("shortcut", "layers", "γ conv", f"score ({report.score})"):
+        table.add_column(column, justify="right")
+    for b in report.removed:
+        table.add_row(str(b.shortcut), f"{b.layers[0]}..{b.layers[-1]}", str(b.gamma_conv),
+                      "" if b.score is None else f"{b.score:.4g}")
+    return table
 
-    def row(name, before, middle, after, fmt):
-        ratio = f"{after / before:.3f}" if before else ""
-        totals.add_row(name, fmt.format(before), fmt.format(middle), fmt.format(after),
-                       ratio)
 
-    row("layers", blocks["layers_before"], blocks["layers_after"],
-        blocks["layers_after"], "{:,}")
-    row("params", report["params_before"], blocks["params_after"],
-        report["params_after"], "{:,}")
-    row("BFLOPs", report["bflops_before"], blocks["bflops_after"],
-        report["bflops_after"], "{:.3f}")
-    if report["latency_ms_before"] is not None:
-        lat = report["latency"]
-        totals.add_row("CPU latency ms", f"{report['latency_ms_before']:.1f}", "",
-                       f"{report['latency_ms_after']:.1f}",
-                       f"{report['latency_ms_after'] / report['latency_ms_before']:.3f}")
-        totals.caption = (f"latency: median of {lat['repeats']} interleaved runs, batch "
-                          f"{lat['batch']}, {lat['device']}, at the cfg's size; compile "
-                          f"{lat['compile_s_before']:.1f} s / {lat['compile_s_after']:.1f} s "
-                          "apart")
-    return removed, totals
+def render_totals(before: passes.Counts, after: passes.Counts, latency: dict | None
+                  ) -> Table:
+    """Original vs final network, with the CPU latency when it was measured."""
+    table = Table(title="original vs final")
+    for column, justify in (("", "left"), ("before", "right"), ("final", "right"),
+                            ("ratio", "right")):
+        table.add_column(column, justify=justify)
+    _ratio_row(table, "layers", before.layers, after.layers)
+    _ratio_row(table, "params", before.params, after.params)
+    _ratio_row(table, "BFLOPs", before.bflops, after.bflops, "{:.3f}")
+    if latency is not None:
+        _ratio_row(table, "CPU latency ms", latency["ms_before"], latency["ms_after"],
+                   "{:.1f}")
+        table.caption = (f"latency: median of {latency['repeats']} interleaved runs, batch "
+                         f"{latency['batch']}, {latency['device']}, at the cfg's size; "
+                         f"compile {latency['compile_s_before']:.1f} s / "
+                         f"{latency['compile_s_after']:.1f} s apart")
+    return table

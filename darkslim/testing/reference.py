@@ -41,7 +41,7 @@ class _Tools:
         self.train = False
 
     def leaf(self, part: str, name: str, collection: str = "params") -> np.ndarray:
-        return np.asarray(self.variables[collection][f"layer_{self.index}"][part][name],
+        return np.asarray(self.variables[collection][ir.layer_key(self.index)][part][name],
                           np.float64)
 
     def conv(self, x, *, features: int, size: int, stride: int, padding: int, groups: int,

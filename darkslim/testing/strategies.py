@@ -25,7 +25,8 @@ from hypothesis import note
 from hypothesis import strategies as st
 
 import ir
-from ir import Activation, Conv, Graph, MaxPool, Route, Shape, Shortcut, Upsample, Yolo
+from ir import (Activation, Conv, Graph, MaxPool, Route, Shape, Shortcut, Upsample, Yolo,
+                layer_key)
 from passes import ChannelMasks
 from passes.masks import balance_mask
 
@@ -372,7 +373,7 @@ def random_variables(graph: Graph, seed: int = 0, *, sparsity: float = 0.0) -> d
         cin = (shapes[i - 1].c if i else graph.channels) // layer.groups
         out, k = layer.filters, layer.size
         kernel = rng.normal(0.0, 1.0 / np.sqrt(cin * k * k), (k, k, cin, out)).astype(f32)
-        key = f"layer_{i}"
+        key = layer_key(i)
         if layer.batch_normalize:
             gamma = rng.uniform(0.2, 1.5, out) * np.where(rng.random(out) < 0.2, -1, 1)
             tiny = rng.uniform(-1e-3, 1e-3, out)
@@ -473,7 +474,7 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
         keep = balance_mask(keep, balanced.get(members, 1))
         for i in members:
             out[i] = keep
-    return ChannelMasks.from_arrays(out)
+    return ChannelMasks.from_arrays(out, graph)
 
 
 # --------------------------------------------------------------------------- features
