@@ -18,6 +18,7 @@ copy), so reading then writing an unchanged network is two passes over memory.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +65,41 @@ class DarknetHeader:
     def __str__(self) -> str:
         return f"version {self.major}.{self.minor}.{self.revision}, seen {self.seen}"
 
+    def as_dict(self) -> dict[str, int]:
+        """The four fields as plain ints: how `.msgpack` and torch files carry them."""
+        return {name: int(getattr(self, name)) for name in _HEADER_FIELDS}
+
+    @classmethod
+    def from_stored(cls, value, source: str, error: type[ValueError] = WeightsError
+                    ) -> "DarknetHeader":
+        """The header another format stored (`as_dict`, or a 4-tuple in field order).
+
+        Raises:
+            ``error``: not four integers that fit the ``.weights`` header (int32
+                version fields; ``seen`` int64, or int32 for versions before 0.2).
+        """
+        if isinstance(value, dict) and set(value) == set(_HEADER_FIELDS):
+            value = tuple(value[name] for name in _HEADER_FIELDS)
+        if (not isinstance(value, (tuple, list)) or len(value) != 4
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise error(f"{source}: darknet_header {_short(value)}: expected four "
+                        f"integers {', '.join(_HEADER_FIELDS)}")
+        header = cls(*value)
+        seen_bits = 8 * header.seen_bytes
+        for name, v, bits in zip(_HEADER_FIELDS, value, (32, 32, 32, seen_bits)):
+            if not -(2 ** (bits - 1)) <= v < 2 ** (bits - 1):
+                raise error(f"{source}: darknet_header {name}={v}: expected a signed "
+                            f"{bits}-bit integer (the .weights header field)")
+        return header
+
+
+_HEADER_FIELDS = ("major", "minor", "revision", "seen")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 def _read_header(buf: bytearray, source: str) -> DarknetHeader:
     if len(buf) < 12:
@@ -109,6 +145,9 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
     if buf[:4] == b"PK\x03\x04":
         raise WeightsError(f"{source}: a zip archive (a torch checkpoint?), not a Darknet "
                            ".weights file: name it .pt to read it as one")
+    if b"\0" not in buf[:4096] and re.search(rb"^\s*\[(net|network)\]", buf[:65536], re.M):
+        raise WeightsError(f"{source}: a Darknet cfg (text with a [net] section), not a "
+                           ".weights file: expected binary weights")
     header = _read_header(buf, source)
     floats = np.frombuffer(buf, dtype=_F32, offset=header.size,
                            count=(size - header.size) // 4)

@@ -4,6 +4,12 @@
 ``flax.serialization.msgpack_restore`` on the way in, so the files open in any Flax
 code; what is read is checked against the cfg's expected shapes. Flax is imported
 inside the functions only.
+
+Variables read from a Darknet ``.weights`` file keep its header (version and ``seen``,
+which Darknet's learning-rate schedule reads when training resumes) as the extra
+top-level entry ``darknet_header`` (``{"major", "minor", "revision", "seen"}``), so
+``.weights -> .msgpack -> .weights`` is byte exact. Flax's ``from_bytes`` with a
+variables target ignores it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 
 import ir
 from frontends._atomic import write_chunks
+from frontends.darknet import DarknetHeader
 from frontends.errors import WeightsError
 from frontends.variables import LoadedWeights, Variables, as_float32, check_variables
 
@@ -28,6 +35,9 @@ def _map_leaves(tree, fn):
 
 def read_msgpack(graph: ir.Graph, path: str | os.PathLike) -> LoadedWeights:
     """Read a Flax ``.msgpack`` variables file for ``graph``.
+
+    Returns:
+        `LoadedWeights` with ``header`` the `DarknetHeader` the file carries, or None.
 
     Raises:
         WeightsError: not a msgpack file, or variables that do not fit ``graph``
@@ -47,6 +57,10 @@ def read_msgpack(graph: ir.Graph, path: str | os.PathLike) -> LoadedWeights:
     if not isinstance(tree, dict):
         raise WeightsError(f"{source}: holds a {type(tree).__name__}: expected the "
                            "variables dict {'params': ..., 'batch_stats': ...}")
+    header = None
+    if "darknet_header" in tree:
+        tree = dict(tree)
+        header = DarknetHeader.from_stored(tree.pop("darknet_header"), source)
     check_variables(graph, tree, source)
     dtypes: set[str] = set()
 
@@ -62,11 +76,16 @@ def read_msgpack(graph: ir.Graph, path: str | os.PathLike) -> LoadedWeights:
                  "to float32",) if dtypes else ())
     n = len(graph.conv_indices())
     return LoadedWeights(variables=variables, format="msgpack", loaded_convs=n,
-                         total_convs=n, header=None, warnings=warnings)
+                         total_convs=n, header=header, warnings=warnings)
 
 
-def write_msgpack(graph: ir.Graph, variables: Variables, path: str | os.PathLike) -> None:
+def write_msgpack(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+                  header: DarknetHeader | None = None) -> None:
     """Write ``variables`` (numpy or jax arrays) as a Flax ``.msgpack`` file, atomically.
+
+    Args:
+        header: the header of the ``.weights`` file the variables came from, kept as
+            the entry ``darknet_header`` for a byte-exact way back.
 
     Raises:
         WeightsError: variables that do not fit ``graph``.
@@ -75,4 +94,6 @@ def write_msgpack(graph: ir.Graph, variables: Variables, path: str | os.PathLike
 
     check_variables(graph, variables, str(path))
     tree = _map_leaves(variables, as_float32)
+    if header is not None:
+        tree["darknet_header"] = header.as_dict()
     write_chunks(path, [serialization.to_bytes(tree)])

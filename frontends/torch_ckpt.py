@@ -77,9 +77,11 @@ class CheckpointMeta:
         prefix: a prefix stripped from every key (``"module."`` from DataParallel).
         anchor_buffers: whether erik's ``yolo_{i}.anchors``/``anchor_grid`` were there.
         entries: the checkpoint dict's other keys (``epoch``, ``best_fitness``, ...).
-        darknet_header: the ``.weights`` header darkslim stored in an ultralytics
-            checkpoint it converted from Darknet (entry ``darknet_header``, ignored by
-            the ultralytics code), so ``.weights -> .pt -> .weights`` is byte exact.
+        darknet_header: the ``.weights`` header darkslim stored in a checkpoint it
+            converted from Darknet, so ``.weights -> .pt -> .weights`` is byte exact:
+            ultralytics, the checkpoint entry ``darknet_header`` (ignored by that
+            code); erik, the state_dict's ``_metadata["darknet_header"]`` (where torch
+            keeps per-module versions; ``load_state_dict(strict=True)`` ignores it).
     """
 
     layout: str
@@ -155,7 +157,7 @@ def _detect_layout(keys, source: str) -> str:
             "'module_list.0.Conv2d.weight' or erik keys like 'module_list.0.conv_0.weight'")
     raise CheckpointError(
         f"{source}: keys of both layouts ({counts['ultralytics']} ultralytics, "
-        f"{counts['erik']} erik): pass layout='ultralytics' or 'erik' (--layout)")
+        f"{counts['erik']} erik): pass layout='ultralytics' or layout='erik'")
 
 
 # -- safe loading ------------------------------------------------------------------------
@@ -240,12 +242,17 @@ def _find_state_dict(obj: Any, source: str) -> tuple[Mapping, str, tuple[str, ..
                           "ultralytics checkpoint ('model' = state_dict) or a state_dict")
 
 
-def _darknet_header(obj: Any, container: str) -> DarknetHeader | None:
+def _darknet_header(obj: Any, state: Any, container: str,
+                    source: str) -> DarknetHeader | None:
+    """The ``.weights`` header darkslim stored: the checkpoint entry
+    ``darknet_header``, or the state_dict's ``_metadata["darknet_header"]``."""
     value = obj.get("darknet_header") if container == "checkpoint" else None
-    if (isinstance(value, (tuple, list)) and len(value) == 4
-            and all(type(v) is int for v in value)):
-        return DarknetHeader(*value)
-    return None
+    if value is None:
+        metadata = getattr(state, "_metadata", None)
+        value = metadata.get("darknet_header") if isinstance(metadata, Mapping) else None
+    if value is None:
+        return None
+    return DarknetHeader.from_stored(value, source, CheckpointError)
 
 
 # -- BatchNorm eps ---------------------------------------------------------------------
@@ -334,6 +341,7 @@ def read_torch(graph: ir.Graph, path: str | os.PathLike, *, bn_eps: float | None
                               "darkslim cannot convert yet")
     obj, notes = _safe_load(path, source)
     state, container, entries = _find_state_dict(obj, source)
+    darknet_header = _darknet_header(obj, state, container, source)
     keys = [str(k) for k in state]
     prefix = "module." if keys and all(k.startswith("module.") for k in keys) else ""
     state = {k[len(prefix):]: v for k, v in zip(keys, state.values())}
@@ -401,7 +409,7 @@ def read_torch(graph: ir.Graph, path: str | os.PathLike, *, bn_eps: float | None
     warns += _pool_warnings(graph, source)
     meta = CheckpointMeta(layout=layout, bn_eps=eps, container=container, prefix=prefix,
                           anchor_buffers=has_anchors, entries=entries,
-                          darknet_header=_darknet_header(obj, container))
+                          darknet_header=darknet_header)
     n_convs = len(graph.conv_indices())
     return LoadedWeights(variables={"params": params, "batch_stats": stats},
                          format="torch", loaded_convs=n_convs, total_convs=n_convs,
@@ -485,9 +493,9 @@ def write_torch(graph: ir.Graph, variables: Variables, path: str | os.PathLike, 
             erik code registers them; Lam1360's does not). Default: what ``meta`` says
             when it is an erik checkpoint's, else False.
         meta: the `CheckpointMeta` of the checkpoint the variables came from, if any.
-        darknet_header: ultralytics only: the header of the ``.weights`` file the
-            variables came from, stored as the extra entry ``darknet_header`` (default
-            ``meta.darknet_header``).
+        darknet_header: the header of the ``.weights`` file the variables came from
+            (default ``meta.darknet_header``): ultralytics stores it as the extra entry
+            ``darknet_header``, erik in the state_dict's ``_metadata``.
 
     Returns:
         Warnings (eps conversions that are not exact, zero-padded maxpools).
@@ -500,13 +508,15 @@ def write_torch(graph: ir.Graph, variables: Variables, path: str | os.PathLike, 
         graph, variables, layout=layout, bn_eps=bn_eps,
         anchor_buffers=anchor_buffers and layout == "erik", source=str(path))
     obj: Any = state
+    darknet_header = darknet_header or (meta.darknet_header if meta else None)
     if layout == "ultralytics":
         obj = {"epoch": -1, "best_fitness": None, "training_results": None,
                "model": state, "optimizer": None}
-        darknet_header = darknet_header or (meta.darknet_header if meta else None)
         if darknet_header is not None:
             h = darknet_header
             obj["darknet_header"] = (h.major, h.minor, h.revision, h.seen)
+    elif darknet_header is not None:
+        state._metadata = {"darknet_header": darknet_header.as_dict()}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return warns

@@ -348,16 +348,24 @@ def test_convert_cli_round_trip_and_partial_file(tmp_path, capsys):
     assert main(["convert", cfg, str(src), str(tmp_path / "m.msgpack")]) == 0
     assert main(["convert", cfg, str(tmp_path / "m.msgpack"),
                  str(tmp_path / "back.weights")]) == 0
-    # msgpack carries no Darknet header: the body comes back, the header is 0.2.0 seen 0
-    back = (tmp_path / "back.weights").read_bytes()
-    assert back[20:] == src.read_bytes()[20:]
-    assert back[:20] == header_bytes(0, 2, 0, 0, True)
-    capsys.readouterr()
+    # the msgpack carries the Darknet header (version 0.2.0, seen 7): byte exact
+    assert (tmp_path / "back.weights").read_bytes() == src.read_bytes()
+    assert "seen 7" in " ".join(capsys.readouterr().out.split())
     counts = conv_float_counts(ir.parse_cfg(cfg))
     partial = tiny_file(tmp_path, 20 + 4 * sum(c for _, c in counts[:10]), "part.weights")
-    assert main(["convert", cfg, str(partial), str(tmp_path / "whole.weights")]) == 0
+    # a partial file is refused unless --allow-partial ...
+    assert main(["convert", cfg, str(partial), str(tmp_path / "whole.weights")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "part.weights: holds 10 of 13 convs" in err and "--allow-partial" in err
+    assert not (tmp_path / "whole.weights").exists()
+    assert main(["convert", cfg, str(partial), str(tmp_path / "whole.weights"),
+                 "--allow-partial"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "10 of 13 convs" in out and "other 3 are freshly initialised" in out
+    # ... or named as a Darknet backbone
+    backbone = tmp_path / "yolov3-tiny.conv.10"
+    backbone.write_bytes(partial.read_bytes())
+    assert main(["convert", cfg, str(backbone), str(tmp_path / "bb.weights")]) == 0
     truncated = tiny_file(tmp_path, 1000, "cut.weights")
     assert main(["convert", cfg, str(truncated), str(tmp_path / "x.weights")]) == 2
     assert not (tmp_path / "x.weights").exists()

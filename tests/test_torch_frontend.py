@@ -139,8 +139,8 @@ def test_convert_cli_through_both_layouts(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "erik layout" in out and "ultralytics layout" in out
     assert "zeros where Darknet and darkslim pad with -inf" in out
-    # the erik hop has no place for the Darknet header; the floats are kept exactly
-    assert (tmp_path / "out.weights").read_bytes()[20:] == data[20:]
+    # the erik hop keeps the Darknet header in the state_dict's _metadata: byte exact
+    assert (tmp_path / "out.weights").read_bytes() == data
 
 
 # -- BatchNorm eps: the function is kept -----------------------------------------------

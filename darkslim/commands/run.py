@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
                    help="BatchNorm eps the weights were trained with (default: Darknet's "
                    "1e-5; for torch checkpoints the layout's own, folded into the "
                    "running variances on load)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="accept a .weights file holding fewer convs than the cfg (the "
+                   "rest freshly initialised); *.conv.N backbones are always accepted")
     p.set_defaults(func=run)
 
 
@@ -68,7 +71,8 @@ def run(args) -> int:
     graph = ir.parse_cfg(args.cfg)
     runtime.check_supported(graph)
     x = read_input(args.input, graph)
-    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
+    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps,
+                                      allow_partial=args.allow_partial)
     for warning in loaded.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     # The torch frontend folds the checkpoint's eps into the running variances, so
