@@ -56,6 +56,8 @@ _COMMAND_ROLES = {
     ("demo", "out"): ("--out", "a folder (created when missing) for the demo's files"),
     ("synth", "out"): ("OUT_DIR", "a folder (created when missing) for the dataset"),
     ("run", "out"): ("--out", "the .npz file to write"),
+    ("info", "weights"): ("--weights", _ROLES["weights"][1]),
+    ("train", "weights"): ("--weights", _ROLES["weights"][1]),
 }
 _WRITTEN = frozenset({"out", "output", "json"})
 
@@ -118,7 +120,11 @@ def _role(path: str | os.PathLike | None, args: argparse.Namespace
         if not isinstance(value, (str, os.PathLike)) or not value or dest == "command":
             continue
         given = Path(os.fspath(value))
-        if target == given or given in target.parents:
+        # frontends.atomic_path writes through a hidden ".NAME.*.tmp" folder beside it
+        temp = f".{given.name}."
+        if (target == given or given in target.parents
+                or any(p.parent == given.parent and p.name.startswith(temp)
+                       for p in (target, *target.parents))):
             role = _COMMAND_ROLES.get((command, dest)) or _ROLES.get(dest)
             if role is not None and (best is None or target == given):
                 best = (dest, role)
