@@ -43,9 +43,12 @@ def test_prune_writes_a_loadable_network_and_report(tiny, capsys):
     assert report["params_after"] < report["params_before"]
     assert report["bflops_after"] < report["bflops_before"]
     assert report["max_abs_diff_keepsize_vs_compact"] < 1e-4
-    assert report["max_abs_diff_gamma_zeroed_vs_compact"] >= 0
-    assert report["prunable_channels_after"] == report["prunable_channels_before"] // 2 or \
-        abs(report["prunable_channels_after"] / report["prunable_channels_before"] - 0.5) < 0.02
+    # tiny's 3×3 convs read dropped channels: the γ-zeroed network differs from the
+    # compact one at the zero-padded borders, by far more than float32 rounding
+    assert (report["max_abs_diff_gamma_zeroed_vs_compact"]
+            > 10 * report["max_abs_diff_keepsize_vs_compact"])
+    kept = report["prunable_channels_after"] / report["prunable_channels_before"]
+    assert abs(kept - 0.5) < 0.02
     pruned = ir.parse_cfg(out / "pruned.cfg")
     assert ir.count_params(pruned) == report["params_after"]
     for index, (kept, total) in report["layers"].items():
