@@ -6,8 +6,15 @@
   (`frontends.torch_ckpt`; torch is imported only when one is read or written);
 - Flax ``.msgpack`` (`frontends.msgpack`).
 
->>> lw = load_variables(graph, "yolov3.weights")            # doctest: +SKIP
->>> save_variables(graph, lw.variables, "yolov3.pt", layout="erik")  # doctest: +SKIP
+>>> save_variables(graph, variables, "yolov3.weights", header=DarknetHeader(0, 2, 5, 64))
+()
+>>> lw = load_variables(graph, "yolov3.weights")
+>>> lw.header, lw.loaded_convs == lw.total_convs
+(DarknetHeader(major=0, minor=2, revision=5, seen=64), True)
+>>> warnings = save_variables(graph, lw.variables, "yolov3.pt", layout="erik",
+...                           header=lw.header)  # the header travels with the weights
+>>> load_variables(graph, "yolov3.pt").header.darknet_header
+DarknetHeader(major=0, minor=2, revision=5, seen=64)
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ class PruneResult:
 def prune(graph: Graph, variables: Any, config: PruneConfig) -> PruneResult:
     """Analyse, threshold, mask, fold and slice ``(graph, variables)``.
 
-    >>> result = prune(graph, variables, PruneConfig(percent=0.5))  # doctest: +SKIP
-    >>> compact_graph, compact_vars = result.compact                 # doctest: +SKIP
+    >>> result = prune(graph, variables, PruneConfig(percent=0.5))
+    >>> compact_graph, compact_vars = result.compact
     """
     analysis = analyze_prunability(graph, config.mode, config.ignore)
     threshold = compute_threshold(graph, variables, analysis, config.percent,

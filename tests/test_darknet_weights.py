@@ -16,7 +16,7 @@ import pytest
 
 import frontends
 import ir
-from conftest import cfg_path
+from tests.conftest import cfg_path
 from darkslim.cli import main
 from frontends import DarknetHeader, WeightsError
 

@@ -15,7 +15,7 @@ import torch
 
 import frontends
 import ir
-from conftest import cfg_path
+from tests.conftest import cfg_path
 from darkslim.cli import main
 from frontends import CheckpointError, DarknetHeader
 from test_darknet_weights import header_bytes, random_body
