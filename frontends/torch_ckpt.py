@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -180,6 +181,8 @@ def _safe_load(path: str | os.PathLike, source: str) -> tuple[Any, tuple[str, ..
     import torch
     from torch.serialization import safe_globals
 
+    with open(path, "rb"):  # a missing or unreadable file is an OSError of its own
+        pass
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -198,7 +201,9 @@ def _safe_load(path: str | os.PathLike, source: str) -> tuple[Any, tuple[str, ..
                 "holding a whole pickled model (torch.save(model)) must be re-saved as "
                 "model.state_dict() by code you trust") from None
         except (RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError) as exc:  # what torch.load raises on corrupt files
+                AttributeError, struct.error, OverflowError, RecursionError,
+                OSError) as exc:  # what torch.load raises on corrupt files (the zip
+            # reader's OSError included: the file itself was opened just above)
             raise CheckpointError(f"{source}: not a readable torch file: "
                                   f"{_last_line(str(exc)) or type(exc).__name__}"
                                   ) from None
