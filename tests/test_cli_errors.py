@@ -195,3 +195,12 @@ def test_ambiguous_torch_layout_names_the_flag(tiny, tmp_path, capsys):
     assert f"{tmp_path / 'both.pt'}: keys of both layouts" in err
     assert "pass --layout ultralytics or --layout erik" in err
     assert frontends.format_of(tmp_path / "both.pt") == "torch"
+
+
+def test_an_input_that_is_not_npy(tiny, tmp_path, capsys):
+    root, cfg, weights = tiny
+    (tmp_path / "x.npy").write_bytes(b"not an array")
+    err = error_of(["run", cfg, weights, "--input", str(tmp_path / "x.npy"), "--out",
+                    str(tmp_path / "o.npz")], capsys)
+    assert err.startswith(f"error: {tmp_path / 'x.npy'}: not a readable .npy array")
+    assert err.endswith("expected float32 NCHW in [0, 1]")

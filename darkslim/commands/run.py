@@ -49,7 +49,11 @@ def read_input(path: str, graph: ir.Graph) -> np.ndarray:
         boxed, _, _ = runtime.letterbox(runtime.load_image(path),
                                         (graph.height, graph.width))
         return boxed[None]
-    array = np.load(path, allow_pickle=False)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # not a .npy file, or one holding pickled objects
+        raise InputError(f"{path}: not a readable .npy array ({exc}): expected float32 "
+                         "NCHW in [0, 1]") from None
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[1] != graph.channels:
