@@ -201,8 +201,8 @@ def _safe_load(path: str | os.PathLike, source: str) -> tuple[Any, tuple[str, ..
                 "holding a whole pickled model (torch.save(model)) must be re-saved as "
                 "model.state_dict() by code you trust") from None
         except (RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError, struct.error, OverflowError, RecursionError,
-                OSError) as exc:  # what torch.load raises on corrupt files (the zip
+                AttributeError, AssertionError, struct.error, OverflowError,
+                RecursionError, OSError) as exc:  # what torch.load raises on corrupt files (the zip
             # reader's OSError included: the file itself was opened just above)
             raise CheckpointError(f"{source}: not a readable torch file: "
                                   f"{_last_line(str(exc)) or type(exc).__name__}"

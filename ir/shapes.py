@@ -96,18 +96,29 @@ def _section(graph, layer: Section, index, shapes):
         return x
     if kind in ("avgpool", "avg"):
         return Shape(x.c, 1, 1)
+    def option(key: str, default: int, minimum: int = 1) -> int:
+        text = layer.option(key, str(default))
+        try:
+            value = int(text)
+        except ValueError:
+            raise _err(graph, layer, index, f"{key}={text}: expected an integer") from None
+        if value < minimum:
+            raise _err(graph, layer, index, f"{key}={value}: expected an integer >= "
+                       f"{minimum}")
+        return value
+
     if kind in ("reorg", "reorg3d"):
-        s = int(layer.option("stride", "2"))
-        if layer.option("reverse", "0") != "0":
+        s = option("stride", 2)
+        if option("reverse", 0, minimum=-2**63) != 0:
             return Shape(x.c // (s * s), x.h * s, x.w * s)
         return Shape(x.c * s * s, x.h // s, x.w // s)
     if kind == "local_avgpool":
-        stride = int(layer.option("stride", "1"))
-        size = int(layer.option("size", str(stride)))
-        pad = int(layer.option("padding", str(size - 1)))
+        stride = option("stride", 1)
+        size = option("size", stride)
+        pad = option("padding", size - 1, minimum=0)
         return Shape(x.c, (x.h + pad - size) // stride + 1, (x.w + pad - size) // stride + 1)
     if kind in ("connected", "conn"):
-        return Shape(int(layer.option("output", "1")), 1, 1)
+        return Shape(option("output", 1), 1, 1)
     if kind == "sam":
         return x
     if kind == "scale_channels":
@@ -147,7 +158,11 @@ def verify(graph: Graph) -> tuple[Shape, ...]:
         for j in layer_inputs(graph, index):
             if not -1 <= j < index:
                 raise _err(graph, layer, index, f"reads layer {j}, which is not before it")
-        shapes.append(_RULES[type(layer)](graph, layer, index, shapes))
+        shape = _RULES[type(layer)](graph, layer, index, shapes)
+        if min(shape.c, shape.h, shape.w) < 1:
+            raise _err(graph, layer, index, f"its output would be {shape.c}x{shape.h}x"
+                       f"{shape.w} (CxHxW): expected at least one channel and pixel")
+        shapes.append(shape)
     return tuple(shapes)
 
 
