@@ -9,6 +9,8 @@ each container format (msgpack trees, pickled dicts of tensors).
 
 ``FUZZ_EXAMPLES`` (500) examples per target run with the suite; the ``slow`` variants
 run 10,000 each (``make test-slow``, or ``pytest -m slow tests/test_fuzz.py``).
+
+(Over 400 lines: one input strategy per format, each kept beside the target it feeds.)
 """
 
 from __future__ import annotations
