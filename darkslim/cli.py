@@ -8,6 +8,7 @@ import sys
 
 from rich.console import Console
 
+from darkslim.cli_errors import describe_error
 from darkslim.ui import error
 
 COMMANDS = ("info", "run", "convert", "prune", "train", "eval", "synth", "demo")
@@ -34,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except (ValueError, OSError) as exc:
         # Every domain error (CfgError, WeightsError, CheckpointError, PruneError,
-        # DataError) is a ValueError whose message names the file, line or layer.
-        error(console, str(exc))
+        # DataError) is a ValueError whose message names the file, line or layer;
+        # describe_error words it for the command line (flags, OS errors, swaps).
+        error(console, describe_error(exc, args, argv))
         return 2
 
 

@@ -14,8 +14,9 @@ def make_console(stderr: bool = False) -> Console:
 def warn(console: Console, message: str) -> None:
     """A yellow warning; the text is escaped (messages quote cfg sections like
     ``[maxpool]``, which rich would otherwise take as markup)."""
-    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+    # soft_wrap: a long path stays one unbroken token the user can copy.
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def error(console: Console, message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -6,13 +6,21 @@
   (`frontends.torch_ckpt`; torch is imported only when one is read or written);
 - Flax ``.msgpack`` (`frontends.msgpack`).
 
->>> lw = load_variables(graph, "yolov3.weights")            # doctest: +SKIP
->>> save_variables(graph, lw.variables, "yolov3.pt", layout="erik")  # doctest: +SKIP
+>>> save_variables(graph, variables, "yolov3.weights", header=DarknetHeader(0, 2, 5, 64))
+()
+>>> lw = load_variables(graph, "yolov3.weights")
+>>> lw.header, lw.loaded_convs == lw.total_convs
+(DarknetHeader(major=0, minor=2, revision=5, seen=64), True)
+>>> warnings = save_variables(graph, lw.variables, "yolov3.pt", layout="erik",
+...                           header=lw.header)  # the header travels with the weights
+>>> load_variables(graph, "yolov3.pt").header.darknet_header
+DarknetHeader(major=0, minor=2, revision=5, seen=64)
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import ir
@@ -29,7 +37,7 @@ __all__ = [
     "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
     "CheckpointMeta", "DarknetHeader", "LoadedWeights", "Variables", "WeightsError",
     "check_variables", "darknet_header_of", "default_variables", "expected_shapes",
-    "format_of",
+    "format_of", "is_backbone_name",
     "load_variables", "read_darknet", "read_msgpack", "read_torch", "save_variables",
     "state_dict_from_variables", "write_darknet", "write_msgpack", "write_torch",
 ]
@@ -54,9 +62,16 @@ def format_of(path: str | os.PathLike) -> str:
                        "(Flax variables)")
 
 
+def is_backbone_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as Darknet names backbones: ``*.conv.N``
+    (``darknet53.conv.74``, ``yolov4.conv.137``), a file meant to hold only the first
+    convs of a network."""
+    return re.search(r"\.conv\.\d+$", Path(path).name) is not None
+
+
 def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
                    bn_eps: float | None = None, layout: str | None = None,
-                   seed: int = 0) -> LoadedWeights:
+                   seed: int = 0, allow_partial: bool = True) -> LoadedWeights:
     """Read a weights file of any supported format (by suffix) for ``graph``.
 
     Args:
@@ -67,16 +82,32 @@ def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
             variables compute the same function with the runtime's eps 1e-5.
         layout: torch only: ``"ultralytics"`` or ``"erik"`` (default: from the keys).
         seed: Darknet only: initialises the convs a partial file does not hold.
+        allow_partial: Darknet only: accept a file that holds fewer convs than the cfg
+            (the rest freshly initialised, with a warning). With False such a file is
+            refused unless it is named as a backbone (`is_backbone_name`): running,
+            pruning or converting a network of random weights is a mistake, starting
+            a training from a backbone is not.
 
     Returns:
         `LoadedWeights`: variables, format, loaded/total convs, header, warnings.
 
     Raises:
-        WeightsError, CheckpointError: the file does not fit the cfg or cannot be read.
+        WeightsError, CheckpointError: the file does not fit the cfg or cannot be read,
+            or (``allow_partial=False``) holds only some of its convs.
     """
     fmt = format_of(path)
     if fmt == "darknet":
-        return read_darknet(graph, path, seed=seed)
+        loaded = read_darknet(graph, path, seed=seed)
+        if loaded.partial and not allow_partial and not is_backbone_name(path):
+            held = (f"{loaded.loaded_convs} of {loaded.total_convs}" if loaded.loaded_convs
+                    else f"0 of {loaded.total_convs} (only the header)")
+            raise WeightsError(
+                f"{path}: holds {held} convs of {graph.path}: expected weights for all "
+                f"{loaded.total_convs}, or else the rest would run on random weights. A "
+                "file that stops early is a backbone to train from (Darknet names them "
+                "*.conv.N, e.g. darknet53.conv.74); to use this one anyway, with the "
+                "other convs freshly initialised, pass allow_partial=True")
+        return loaded
     if fmt == "torch":
         return read_torch(graph, path, bn_eps=bn_eps, layout=layout)
     return read_msgpack(graph, path)
@@ -95,9 +126,10 @@ def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLik
         bn_eps: torch only: the eps of the network the checkpoint is for; default the
             eps ``header`` was read with (same layout), else `DEFAULT_BN_EPS[layout]`.
         header: the ``header`` of the `LoadedWeights` the variables came from:
-            a `DarknetHeader` is written back as is (byte-exact round trips; an
-            ultralytics checkpoint keeps it as the entry ``darknet_header``); a
-            `CheckpointMeta` supplies the torch defaults above.
+            a `DarknetHeader` is written back as is, and every other format keeps it
+            (``.msgpack`` and ultralytics checkpoints as the entry ``darknet_header``,
+            erik state_dicts in their ``_metadata``), so ``.weights -> X -> .weights``
+            is byte exact; a `CheckpointMeta` supplies the torch defaults above.
         anchor_buffers: erik only: write ``yolo_{i}.anchors``/``anchor_grid``.
 
     Returns:
@@ -108,7 +140,7 @@ def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLik
         write_darknet(graph, variables, path, header=darknet_header_of(header))
         return ()
     if fmt == "msgpack":
-        write_msgpack(graph, variables, path)
+        write_msgpack(graph, variables, path, header=darknet_header_of(header))
         return ()
     if fmt != "torch":
         raise WeightsError(f"{path}: format={fmt!r}: expected one of {FORMATS}")

@@ -18,6 +18,7 @@ copy), so reading then writing an unchanged network is two passes over memory.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ import ir
 from frontends._atomic import write_chunks
 from frontends.errors import WeightsError
 from frontends.variables import (LoadedWeights, Variables, check_variables,
-                                 conv_in_channels, default_variables, layer_key,
-                                 unsupported_weighted_layers, where)
+                                 default_variables, layer_key, unsupported_weighted_layers,
+                                 where)
+from ir.variables import layer_shapes
 
 __all__ = ["DarknetHeader", "WeightsError", "read_darknet", "write_darknet"]
 
@@ -63,6 +65,41 @@ class DarknetHeader:
 
     def __str__(self) -> str:
         return f"version {self.major}.{self.minor}.{self.revision}, seen {self.seen}"
+
+    def as_dict(self) -> dict[str, int]:
+        """The four fields as plain ints: how `.msgpack` and torch files carry them."""
+        return {name: int(getattr(self, name)) for name in _HEADER_FIELDS}
+
+    @classmethod
+    def from_stored(cls, value, source: str, error: type[ValueError] = WeightsError
+                    ) -> "DarknetHeader":
+        """The header another format stored (`as_dict`, or a 4-tuple in field order).
+
+        Raises:
+            ``error``: not four integers that fit the ``.weights`` header (int32
+                version fields; ``seen`` int64, or int32 for versions before 0.2).
+        """
+        if isinstance(value, dict) and set(value) == set(_HEADER_FIELDS):
+            value = tuple(value[name] for name in _HEADER_FIELDS)
+        if (not isinstance(value, (tuple, list)) or len(value) != 4
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise error(f"{source}: darknet_header {_short(value)}: expected four "
+                        f"integers {', '.join(_HEADER_FIELDS)}")
+        header = cls(*value)
+        seen_bits = 8 * header.seen_bytes
+        for name, v, bits in zip(_HEADER_FIELDS, value, (32, 32, 32, seen_bits)):
+            if not -(2 ** (bits - 1)) <= v < 2 ** (bits - 1):
+                raise error(f"{source}: darknet_header {name}={v}: expected a signed "
+                            f"{bits}-bit integer (the .weights header field)")
+        return header
+
+
+_HEADER_FIELDS = ("major", "minor", "revision", "seen")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _read_header(buf: bytearray, source: str) -> DarknetHeader:
@@ -109,11 +146,16 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
     if buf[:4] == b"PK\x03\x04":
         raise WeightsError(f"{source}: a zip archive (a torch checkpoint?), not a Darknet "
                            ".weights file: name it .pt to read it as one")
+    if b"\0" not in buf[:4096] and re.search(rb"^\s*\[(net|network)\]", buf[:65536], re.M):
+        raise WeightsError(f"{source}: a Darknet cfg (text with a [net] section), not a "
+                           ".weights file: expected binary weights")
     header = _read_header(buf, source)
     floats = np.frombuffer(buf, dtype=_F32, offset=header.size,
                            count=(size - header.size) // 4)
-    convs = graph.conv_indices()
-    in_channels = conv_in_channels(graph)
+    weighted = weighted_layers(graph)
+    noun = ("conv" if all(isinstance(graph.layers[i], ir.Conv) for i in weighted)
+            else "weighted layer")
+    shapes = layer_shapes(graph)
     unsupported = set(unsupported_weighted_layers(graph))
     params: dict[str, dict] = {}
     stats: dict[str, dict] = {}
@@ -126,30 +168,26 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
         if index in unsupported:
             raise WeightsError(f"{source}: byte offset {header.size + 4 * pos}: "
                                f"{where(graph, index)} holds weights darkslim cannot read "
-                               "yet (only [convolutional] layers are supported)")
-        if not isinstance(layer, ir.Conv):
+                               "yet")
+        order = ir.spec_of(layer).weights_file(layer)
+        if not order:
             continue
-        out, k, groups = layer.filters, layer.size, layer.groups
-        cin = in_channels[index] // groups
-        n_vectors = 4 if layer.batch_normalize else 1
-        count = out * n_vectors + out * cin * k * k
+        leaf_shapes = shapes[index]
+        count = sum(int(np.prod(leaf_shapes[leaf])) for leaf, _ in order)
         if 4 * count > remaining:
             raise WeightsError(
-                f"{source}: ends inside {where(graph, index)}, conv {len(loaded) + 1} of "
-                f"{len(convs)}: its {count} floats ({4 * count} bytes) start at byte "
+                f"{source}: ends inside {where(graph, index)}, {noun} {len(loaded) + 1} of "
+                f"{len(weighted)}: its {count} floats ({4 * count} bytes) start at byte "
                 f"offset {header.size + 4 * pos}, but only {remaining} bytes remain (file "
                 f"size {size}). A truncated file, or a .weights file for another cfg?")
-        vectors = floats[pos:pos + out * n_vectors].reshape(n_vectors, out)
-        kernel = floats[pos + out * n_vectors:pos + count].reshape(out, cin, k, k)
-        kernel = kernel.transpose(2, 3, 1, 0)  # OIHW -> HWIO, a view
         key = layer_key(index)
-        if layer.batch_normalize:
-            params[key] = {"conv": {"kernel": kernel},
-                           "bn": {"scale": vectors[1], "bias": vectors[0]}}
-            stats[key] = {"bn": {"mean": vectors[2], "var": vectors[3]}}
-        else:
-            params[key] = {"conv": {"kernel": kernel, "bias": vectors[0]}}
-        pos += count
+        for (collection, part, name), layout in order:
+            shape = leaf_shapes[(collection, part, name)]
+            n = int(np.prod(shape))
+            value = _from_file(floats[pos:pos + n], shape, layout)
+            into = params if collection == "params" else stats
+            into.setdefault(key, {}).setdefault(part, {})[name] = value
+            pos += n
         loaded.append(index)
     end = header.size + 4 * pos
     if end < size:
@@ -157,24 +195,48 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
         floats_left = f"{left // 4} floats" + (f" and {left % 4} bytes" if left % 4 else "")
         last = where(graph, loaded[-1]) if loaded else "the header"
         raise WeightsError(
-            f"{source}: {left} bytes ({floats_left}) left after the last conv, "
+            f"{source}: {left} bytes ({floats_left}) left after the last {noun}, "
             f"{last}, at byte offset {end} (file size {size}): expected the file to end "
             "there. A .weights file for another cfg?")
     warnings: tuple[str, ...] = ()
-    if len(loaded) < len(convs):
-        missing = frozenset(convs) - frozenset(loaded)
+    if len(loaded) < len(weighted):
+        missing = frozenset(weighted) - frozenset(loaded)
         rest = default_variables(graph, seed, layers=missing)
         params = {**params, **rest["params"]}
         stats = {**stats, **rest["batch_stats"]}
         upto = f"up to {where(graph, loaded[-1])}" if loaded else "none"
-        warnings = (f"{source} holds the first {len(loaded)} of {len(convs)} convs "
+        warnings = (f"{source} holds the first {len(loaded)} of {len(weighted)} {noun}s "
                     f"({upto}); the other {len(missing)} are freshly initialised "
                     f"(seed {seed}).",)
-    order = {layer_key(i): n for n, i in enumerate(convs)}
-    variables = {"params": dict(sorted(params.items(), key=lambda kv: order[kv[0]])),
-                 "batch_stats": dict(sorted(stats.items(), key=lambda kv: order[kv[0]]))}
+    rank = {layer_key(i): n for n, i in enumerate(weighted)}
+    variables = {"params": dict(sorted(params.items(), key=lambda kv: rank[kv[0]])),
+                 "batch_stats": dict(sorted(stats.items(), key=lambda kv: rank[kv[0]]))}
     return LoadedWeights(variables=variables, format="darknet", loaded_convs=len(loaded),
-                         total_convs=len(convs), header=header, warnings=warnings)
+                         total_convs=len(weighted), header=header, warnings=warnings)
+
+
+def weighted_layers(graph: ir.Graph) -> tuple[int, ...]:
+    """Indices of the layers that hold weights in a ``.weights`` file, in file order."""
+    return tuple(i for i, layer in enumerate(graph.layers)
+                 if ir.spec_of(layer).weights_file(layer))
+
+
+def _from_file(flat: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndarray:
+    """A leaf from its floats in the file: views, no copies (writes go back byte-exact)."""
+    if layout == "oihw":  # kernel HWIO here: a view of the OIHW buffer
+        return flat.reshape(shape[3], shape[2], shape[0], shape[1]).transpose(2, 3, 1, 0)
+    if layout == "dense":  # (out, in) in the file, (in, out) here
+        return flat.reshape(shape[1], shape[0]).T
+    return flat.reshape(shape)
+
+
+def _to_file(value, layout: str) -> np.ndarray:
+    value = np.asarray(value)
+    if layout == "oihw":
+        return _f32(value.transpose(3, 2, 0, 1))
+    if layout == "dense":
+        return _f32(value.T)
+    return _f32(value)
 
 
 def _f32(value) -> np.ndarray:
@@ -186,17 +248,12 @@ def darknet_chunks(graph: ir.Graph, variables: Variables,
     """The bytes of a ``.weights`` file as contiguous buffers, one at a time (a kernel
     that needs an OIHW copy is held only while it is written)."""
     yield header.to_bytes()
-    for index in graph.conv_indices():
+    for index in weighted_layers(graph):
+        layer = graph.layers[index]
         key = layer_key(index)
-        p = variables["params"][key]
-        if graph.layers[index].batch_normalize:
-            s = variables["batch_stats"][key]["bn"]
-            yield from (_f32(p["bn"]["bias"]), _f32(p["bn"]["scale"]), _f32(s["mean"]),
-                        _f32(s["var"]))
-        else:
-            yield _f32(p["conv"]["bias"])
-        # HWIO -> OIHW; for kernels read by `read_darknet` this is the original buffer.
-        yield _f32(np.asarray(p["conv"]["kernel"]).transpose(3, 2, 0, 1))
+        for (collection, part, name), layout in ir.spec_of(layer).weights_file(layer):
+            # HWIO -> OIHW; for kernels read by `read_darknet` this is the original buffer.
+            yield _to_file(variables[collection][key][part][name], layout)
 
 
 def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
@@ -215,7 +272,6 @@ def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike
     unsupported = unsupported_weighted_layers(graph)
     if unsupported:
         raise WeightsError(f"{source}: {where(graph, unsupported[0])} holds weights "
-                           "darkslim cannot write yet (only [convolutional] layers are "
-                           "supported)")
+                           "darkslim cannot write yet")
     check_variables(graph, variables, source)
     write_chunks(Path(path), darknet_chunks(graph, variables, header or DarknetHeader()))

@@ -22,14 +22,9 @@ writing does the reverse. When a variance would become negative (it is smaller t
 the eps difference) no conversion is exact: it is set to 0 and a loud warning says
 where. With equal eps nothing is touched, so round trips are byte exact.
 
-**Safety.** Files are read with ``torch.load(map_location="cpu", weights_only=True)``,
-which unpickles only tensors and plain containers. Real ultralytics checkpoints also
-hold ``best_fitness`` as a numpy float64 array, so exactly the globals such an array
-needs are allowed, for this call only: ``numpy.core.multiarray._reconstruct`` (numpy 1)
-and ``numpy._core.multiarray._reconstruct`` (numpy 2), ``numpy.ndarray``,
-``numpy.dtype`` and the float64 dtype class. Anything else (a pickle that would call
-``os.system``, a whole pickled ``nn.Module``) is refused with `CheckpointError` before
-it runs.
+**Safety.** Files are read with ``torch.load(weights_only=True)`` and exactly the numpy
+globals a real ultralytics checkpoint needs (`frontends.torch_file`); a pickle that
+would run code is refused with `CheckpointError` before it runs.
 
 torch is imported inside the functions here only, so ``import frontends`` stays light.
 """
@@ -37,9 +32,6 @@ torch is imported inside the functions here only, so ``import frontends`` stays 
 from __future__ import annotations
 
 import os
-import pickle
-import re
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +43,8 @@ import ir
 from frontends._atomic import atomic_path
 from frontends.darknet import DarknetHeader
 from frontends.errors import CheckpointError
+from frontends.torch_file import (detect_layout, find_state_dict, safe_load,
+                                  stored_darknet_header)
 from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
                                  check_variables, conv_in_channels, layer_key,
                                  unsupported_weighted_layers, where)
@@ -77,9 +71,11 @@ class CheckpointMeta:
         prefix: a prefix stripped from every key (``"module."`` from DataParallel).
         anchor_buffers: whether erik's ``yolo_{i}.anchors``/``anchor_grid`` were there.
         entries: the checkpoint dict's other keys (``epoch``, ``best_fitness``, ...).
-        darknet_header: the ``.weights`` header darkslim stored in an ultralytics
-            checkpoint it converted from Darknet (entry ``darknet_header``, ignored by
-            the ultralytics code), so ``.weights -> .pt -> .weights`` is byte exact.
+        darknet_header: the ``.weights`` header darkslim stored in a checkpoint it
+            converted from Darknet, so ``.weights -> .pt -> .weights`` is byte exact:
+            ultralytics, the checkpoint entry ``darknet_header`` (ignored by that
+            code); erik, the state_dict's ``_metadata["darknet_header"]`` (where torch
+            keeps per-module versions; ``load_state_dict(strict=True)`` ignores it).
     """
 
     layout: str
@@ -133,119 +129,6 @@ def _slots(graph: ir.Graph, layout: str, anchor_buffers: bool) -> dict[str, _Slo
             slots[f"{base}.anchors"] = _Slot(i, (), (na, 2), anchor_buffers)
             slots[f"{base}.anchor_grid"] = _Slot(i, (), (1, na, 1, 1, 2), anchor_buffers)
     return slots
-
-
-_LAYOUT_PATTERNS = {
-    "ultralytics": re.compile(r"^module_list\.\d+\.(Conv2d|BatchNorm2d)\."),
-    "erik": re.compile(r"^module_list\.(\d+)\.(conv|batch_norm)_\1\."),
-}
-
-
-def _detect_layout(keys, source: str) -> str:
-    counts = {name: sum(1 for k in keys if pattern.match(k))
-              for name, pattern in _LAYOUT_PATTERNS.items()}
-    found = [name for name, n in counts.items() if n]
-    if len(found) == 1:
-        return found[0]
-    sample = ", ".join(list(keys)[:4])
-    if not found:
-        raise CheckpointError(
-            f"{source}: no key looks like a cfg-based YOLO state_dict (first keys: "
-            f"{sample or 'none'}): expected ultralytics keys like "
-            "'module_list.0.Conv2d.weight' or erik keys like 'module_list.0.conv_0.weight'")
-    raise CheckpointError(
-        f"{source}: keys of both layouts ({counts['ultralytics']} ultralytics, "
-        f"{counts['erik']} erik): pass layout='ultralytics' or 'erik' (--layout)")
-
-
-# -- safe loading ------------------------------------------------------------------------
-
-def _numpy_globals() -> list:
-    """Exactly what a pickled numpy float64 array needs, under both module spellings."""
-    core = getattr(np, "_core", None)  # numpy 2; numpy 1 only has numpy.core
-    if core is None:  # pragma: no cover - numpy 1
-        core = np.core
-    reconstruct = core.multiarray._reconstruct
-    return [(reconstruct, "numpy.core.multiarray._reconstruct"),
-            (reconstruct, "numpy._core.multiarray._reconstruct"),
-            np.ndarray, np.dtype, type(np.dtype(np.float64))]
-
-
-_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-
-
-def _safe_load(path: str | os.PathLike, source: str) -> tuple[Any, tuple[str, ...]]:
-    import torch
-    from torch.serialization import safe_globals
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with safe_globals(_numpy_globals()):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            text = str(exc)
-            match = _GLOBAL.search(text)
-            what = (f"it asks for {match.group(1)}, which is neither a tensor, a plain "
-                    "container nor an allow-listed numpy value" if match else
-                    "it is not a torch checkpoint darkslim can read safely "
-                    f"({_last_line(text)})")
-            raise CheckpointError(
-                f"{source}: refused to unpickle: {what}. darkslim loads checkpoints with "
-                "torch.load(weights_only=True) and never runs code from them; a file "
-                "holding a whole pickled model (torch.save(model)) must be re-saved as "
-                "model.state_dict() by code you trust") from None
-        except (RuntimeError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError) as exc:  # what torch.load raises on corrupt files
-            raise CheckpointError(f"{source}: not a readable torch file: "
-                                  f"{_last_line(str(exc)) or type(exc).__name__}"
-                                  ) from None
-    notes = tuple(f"torch.load: {w.message}" for w in caught
-                  if "pickle protocol" not in str(w.message))
-    return obj, notes
-
-
-_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)",
-                        re.S)
-
-
-def _last_line(text: str) -> str:
-    """The informative line of a torch error (they come wrapped in advice)."""
-    match = _UNPICKLER.search(text)
-    if match:
-        return " ".join(match.group(1).split())[:300]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    meaningful = [line for line in lines if "error" in line.lower()]
-    return (meaningful or lines or [""])[-1][:300]
-
-
-def _find_state_dict(obj: Any, source: str) -> tuple[Mapping, str, tuple[str, ...]]:
-    import torch
-
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: holds a {type(obj).__name__}: expected a "
-                              "checkpoint dict with 'model' or a state_dict")
-    for name in ("model", "state_dict"):
-        if name in obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            inner = obj[name]
-            if not isinstance(inner, Mapping):
-                raise CheckpointError(
-                    f"{source}: checkpoint['{name}'] is {type(inner).__name__}: expected "
-                    "a state_dict (a dict of tensors)")
-            return inner, "checkpoint", tuple(str(k) for k in obj if k != name)
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, "state_dict", ()
-    keys = ", ".join(map(str, list(obj)[:6]))
-    raise CheckpointError(f"{source}: a dict with keys {keys or '(none)'}: expected an "
-                          "ultralytics checkpoint ('model' = state_dict) or a state_dict")
-
-
-def _darknet_header(obj: Any, container: str) -> DarknetHeader | None:
-    value = obj.get("darknet_header") if container == "checkpoint" else None
-    if (isinstance(value, (tuple, list)) and len(value) == 4
-            and all(type(v) is int for v in value)):
-        return DarknetHeader(*value)
-    return None
 
 
 # -- BatchNorm eps ---------------------------------------------------------------------
@@ -332,12 +215,13 @@ def read_torch(graph: ir.Graph, path: str | os.PathLike, *, bn_eps: float | None
     if unsupported:
         raise CheckpointError(f"{source}: {where(graph, unsupported[0])} holds weights "
                               "darkslim cannot convert yet")
-    obj, notes = _safe_load(path, source)
-    state, container, entries = _find_state_dict(obj, source)
+    obj, notes = safe_load(path, source)
+    state, container, entries = find_state_dict(obj, source)
+    darknet_header = stored_darknet_header(obj, state, container, source)
     keys = [str(k) for k in state]
     prefix = "module." if keys and all(k.startswith("module.") for k in keys) else ""
     state = {k[len(prefix):]: v for k, v in zip(keys, state.values())}
-    layout = layout or _detect_layout(state, source)
+    layout = layout or detect_layout(state, source)
     eps = DEFAULT_BN_EPS[layout] if bn_eps is None else float(bn_eps)
     has_anchors = any(k.endswith(".anchors") for k in state)
     slots = _slots(graph, layout, anchor_buffers=False)
@@ -401,7 +285,7 @@ def read_torch(graph: ir.Graph, path: str | os.PathLike, *, bn_eps: float | None
     warns += _pool_warnings(graph, source)
     meta = CheckpointMeta(layout=layout, bn_eps=eps, container=container, prefix=prefix,
                           anchor_buffers=has_anchors, entries=entries,
-                          darknet_header=_darknet_header(obj, container))
+                          darknet_header=darknet_header)
     n_convs = len(graph.conv_indices())
     return LoadedWeights(variables={"params": params, "batch_stats": stats},
                          format="torch", loaded_convs=n_convs, total_convs=n_convs,
@@ -485,9 +369,9 @@ def write_torch(graph: ir.Graph, variables: Variables, path: str | os.PathLike, 
             erik code registers them; Lam1360's does not). Default: what ``meta`` says
             when it is an erik checkpoint's, else False.
         meta: the `CheckpointMeta` of the checkpoint the variables came from, if any.
-        darknet_header: ultralytics only: the header of the ``.weights`` file the
-            variables came from, stored as the extra entry ``darknet_header`` (default
-            ``meta.darknet_header``).
+        darknet_header: the header of the ``.weights`` file the variables came from
+            (default ``meta.darknet_header``): ultralytics stores it as the extra entry
+            ``darknet_header``, erik in the state_dict's ``_metadata``.
 
     Returns:
         Warnings (eps conversions that are not exact, zero-padded maxpools).
@@ -500,13 +384,15 @@ def write_torch(graph: ir.Graph, variables: Variables, path: str | os.PathLike, 
         graph, variables, layout=layout, bn_eps=bn_eps,
         anchor_buffers=anchor_buffers and layout == "erik", source=str(path))
     obj: Any = state
+    darknet_header = darknet_header or (meta.darknet_header if meta else None)
     if layout == "ultralytics":
         obj = {"epoch": -1, "best_fitness": None, "training_results": None,
                "model": state, "optimizer": None}
-        darknet_header = darknet_header or (meta.darknet_header if meta else None)
         if darknet_header is not None:
             h = darknet_header
             obj["darknet_header"] = (h.major, h.minor, h.revision, h.seen)
+    elif darknet_header is not None:
+        state._metadata = {"darknet_header": darknet_header.as_dict()}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return warns

@@ -28,7 +28,7 @@ Variables = dict[str, Any]
 # Darknet sections that carry weights in a .weights file besides [convolutional];
 # darkslim cannot read or write those yet, so it refuses rather than misreading bytes.
 _WEIGHTED_SECTIONS = frozenset({
-    "connected", "conn", "batchnorm", "local", "deconvolutional", "deconv", "crnn",
+    "batchnorm", "local", "deconvolutional", "deconv", "crnn",
     "rnn", "gru", "lstm", "conv_lstm", "implicit_add", "implicit_mul",
 })
 

@@ -26,9 +26,24 @@ def _read_text(path_or_text: str | os.PathLike) -> tuple[str, str]:
     else:
         return "<text>", path_or_text
     try:
-        return str(path), path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise CfgError(f"cannot read cfg: {exc.strerror}", path=str(path)) from exc
+    return str(path), _decode(data, str(path))
+
+
+def _decode(data: bytes, path: str) -> str:
+    """The cfg's text. A file with a NUL byte is binary (weights given where the cfg
+    belongs): an error saying so, not a codec message. Text that is not UTF-8 (a
+    Latin-1 comment) is read byte for byte, as Darknet does."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise CfgError(f"a binary file (a NUL byte at offset {nul}): expected a Darknet "
+                       "cfg, text starting with [net]", path=path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def _split_sections(text: str, path: str) -> list[RawSection]:

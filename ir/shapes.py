@@ -41,9 +41,13 @@ def verify(graph: Graph) -> tuple[Shape, ...]:
                 raise _err(graph, layer, index, f"reads layer {j}, which is not before it")
         ins = tuple(_input(shapes, j, graph) for j in layer_inputs(graph, index))
         try:
-            shapes.append(spec_of(layer).shape(layer, ins))
+            shape = spec_of(layer).shape(layer, ins)
         except ShapeError as exc:
             raise _err(graph, layer, index, str(exc)) from None
+        if min(shape.c, shape.h, shape.w) < 1:
+            raise _err(graph, layer, index, f"its output would be {shape.c}x{shape.h}x"
+                       f"{shape.w} (CxHxW): expected at least one channel and pixel")
+        shapes.append(shape)
     return tuple(shapes)
 
 

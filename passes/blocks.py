@@ -318,7 +318,7 @@ class RemoveBlocks:
     ``score`` maps the γ of a block's `ResidualBlock.gamma_conv` to its score
     (default `mean_abs_gamma`). Removing nothing returns the input objects.
 
-    >>> g, v = RemoveBlocks(n=8)(graph, variables)  # doctest: +SKIP
+    >>> g, v = RemoveBlocks(n=8)(graph, variables)
     """
 
     blocks: tuple[int, ...] | None = None

@@ -10,8 +10,9 @@ import pytest
 # Tests compile many small XLA programs; the optimiser's time is not worth it there.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CFG_DIR = SHARED / "cfg"
+# The Darknet cfgs the tests use, copied byte for byte into the repository with their
+# sources in tests/cfg/SOURCES.md, so a fresh clone tests everything without ../shared.
+CFG_DIR = Path(__file__).resolve().parent / "cfg"
 
 from darkslim.testing import load_profile  # noqa: E402  (after XLA_FLAGS: imports jax)
 
@@ -19,9 +20,10 @@ load_profile()  # HYPOTHESIS_PROFILE=dev (default) or ci; see darkslim/testing/p
 
 
 def cfg_path(name: str) -> Path:
+    """``tests/cfg/<name>``; a missing one fails the test (it is part of the repository)."""
     path = CFG_DIR / name
     if not path.exists():
-        pytest.skip(f"{path} not found (../shared/cfg must lie beside the checkout)")
+        raise FileNotFoundError(f"{path}: not in tests/cfg/ (see tests/cfg/SOURCES.md)")
     return path
 
 

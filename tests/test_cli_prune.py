@@ -46,11 +46,12 @@ def test_prune_writes_a_loadable_network_and_report(tiny, capsys):
     assert report.after.flops < report.before.flops
     checks = json.loads((out / "checks.json").read_text())["slim_channels"][0]
     assert checks["max_abs_diff_keepsize_vs_compact"] < 1e-4
-    assert checks["max_abs_diff_gamma_zeroed_vs_compact"] > 1e-3  # 3×3 borders differ
+    # tiny's 3×3 convs read dropped channels: the γ-zeroed network differs from the
+    # compact one at the zero-padded borders, by far more than float32 rounding
+    assert (checks["max_abs_diff_gamma_zeroed_vs_compact"]
+            > 10 * checks["max_abs_diff_keepsize_vs_compact"])
     kept, total = report.prunable_channels
-    # The seed's rule drops exactly int(n * percent) channels before the floor and the
-    # union of shortcut groups (none in tiny) put some back.
-    assert total // 2 <= kept <= total // 2 + 16
+    assert abs(kept / total - 0.5) < 0.02  # the seed's rule drops int(n * percent)
     assert report.masks.kept == kept
     pruned = ir.parse_cfg(out / "pruned.cfg")
     assert ir.count_params(pruned) == report.after.params

@@ -17,7 +17,7 @@ import pytest
 import frontends
 import ir
 from ir import layer_key
-from conftest import cfg_path
+from tests.conftest import cfg_path
 from darkslim.cli import main
 from frontends import DarknetHeader, WeightsError
 
@@ -260,15 +260,35 @@ def test_weights_for_another_cfg_fail(tmp_path):
         frontends.load_variables(one_class, path)
 
 
-def test_unsupported_weighted_section_is_refused(tmp_path):
+def test_connected_weights_round_trip_in_darknets_order(tmp_path):
+    graph = ir.parse_cfg("[net]\nwidth=2\nheight=2\nchannels=1\n"
+                         "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
+                         "[connected]\nbatch_normalize=1\noutput=3\nactivation=linear\n")
+    floats = np.arange(2 + 2 + 3 + 24 + 3 * 3, dtype="<f4")
+    path = tmp_path / "m.weights"
+    path.write_bytes(header_bytes(0, 2, 5, 7, True) + floats.tobytes())
+    v = frontends.load_variables(graph, path).variables
+    # load_connected_weights: biases, weights (output x inputs), scales, mean, variance
+    np.testing.assert_array_equal(v["params"]["layer_1"]["bn"]["bias"], [4, 5, 6])
+    kernel = v["params"]["layer_1"]["dense"]["kernel"]
+    assert kernel.shape == (8, 3) and kernel[1, 0] == 8 and kernel[0, 1] == 15
+    np.testing.assert_array_equal(v["params"]["layer_1"]["bn"]["scale"], [31, 32, 33])
+    np.testing.assert_array_equal(v["batch_stats"]["layer_1"]["bn"]["var"], [37, 38, 39])
+    frontends.save_variables(graph, v, tmp_path / "back.weights",
+                             header=frontends.load_variables(graph, path).header)
+    assert (tmp_path / "back.weights").read_bytes() == path.read_bytes()
+
+
+def test_unsupported_weighted_layer_is_refused(tmp_path):
     graph = ir.parse_cfg("[net]\nwidth=4\nheight=4\nchannels=1\n"
                          "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
-                         "[connected]\noutput=3\nactivation=linear\n")
+                         "[shortcut]\nfrom=-1\nweights_type=per_feature\n"
+                         "weights_normalization=relu\n")
     path = tmp_path / "m.weights"
-    path.write_bytes(header_bytes(0, 2, 0, 0, True) + bytes(4 * (2 + 2 + 10)))
-    with pytest.raises(WeightsError, match=r"layer 1 \(\[connected\] .*cannot read"):
+    path.write_bytes(header_bytes(0, 2, 0, 0, True) + bytes(4 * (2 + 2 + 2)))
+    with pytest.raises(WeightsError, match=r"layer 1 \(\[shortcut\] .*cannot read"):
         frontends.load_variables(graph, path)
-    with pytest.raises(WeightsError, match=r"layer 1 \(\[connected\] .*cannot write"):
+    with pytest.raises(WeightsError, match=r"layer 1 \(\[shortcut\] .*cannot write"):
         frontends.save_variables(graph, frontends.default_variables(graph), path)
 
 
@@ -350,16 +370,24 @@ def test_convert_cli_round_trip_and_partial_file(tmp_path, capsys):
     assert main(["convert", cfg, str(src), str(tmp_path / "m.msgpack")]) == 0
     assert main(["convert", cfg, str(tmp_path / "m.msgpack"),
                  str(tmp_path / "back.weights")]) == 0
-    # msgpack carries no Darknet header: the body comes back, the header is 0.2.0 seen 0
-    back = (tmp_path / "back.weights").read_bytes()
-    assert back[20:] == src.read_bytes()[20:]
-    assert back[:20] == header_bytes(0, 2, 0, 0, True)
-    capsys.readouterr()
+    # the msgpack carries the Darknet header (version 0.2.0, seen 7): byte exact
+    assert (tmp_path / "back.weights").read_bytes() == src.read_bytes()
+    assert "seen 7" in " ".join(capsys.readouterr().out.split())
     counts = conv_float_counts(ir.parse_cfg(cfg))
     partial = tiny_file(tmp_path, 20 + 4 * sum(c for _, c in counts[:10]), "part.weights")
-    assert main(["convert", cfg, str(partial), str(tmp_path / "whole.weights")]) == 0
+    # a partial file is refused unless --allow-partial ...
+    assert main(["convert", cfg, str(partial), str(tmp_path / "whole.weights")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "part.weights: holds 10 of 13 convs" in err and "--allow-partial" in err
+    assert not (tmp_path / "whole.weights").exists()
+    assert main(["convert", cfg, str(partial), str(tmp_path / "whole.weights"),
+                 "--allow-partial"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "10 of 13 convs" in out and "other 3 are freshly initialised" in out
+    # ... or named as a Darknet backbone
+    backbone = tmp_path / "yolov3-tiny.conv.10"
+    backbone.write_bytes(partial.read_bytes())
+    assert main(["convert", cfg, str(backbone), str(tmp_path / "bb.weights")]) == 0
     truncated = tiny_file(tmp_path, 1000, "cut.weights")
     assert main(["convert", cfg, str(truncated), str(tmp_path / "x.weights")]) == 2
     assert not (tmp_path / "x.weights").exists()

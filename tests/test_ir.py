@@ -120,3 +120,27 @@ def test_bad_cfg_file_names_path(tmp_path):
 def test_missing_file():
     with pytest.raises(ir.CfgError, match="nope.cfg: cannot read cfg"):
         ir.parse_cfg("nope.cfg")
+
+
+@pytest.mark.parametrize("options,reason", [
+    ("stride=0", "(layer 1) stride=0: expected an integer >= 1"),
+    ("stride=1.5", "(layer 1) stride=1.5: expected an integer"),
+    ("stride=2\nreverse=1", "(layer 1) its output would be 0x64x64 (CxHxW)"),
+])
+def test_generic_section_options_are_checked(options, reason):
+    # found by the fuzz (tests/test_fuzz.py): these were ValueError / ZeroDivisionError
+    text = f"[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\n[reorg]\n{options}\n"
+    with pytest.raises(ir.CfgError) as info:
+        ir.verify(ir.parse_cfg(text))
+    assert str(info.value).startswith("<text>:6: [reorg]")
+    assert reason in str(info.value)
+
+
+def test_a_binary_file_is_not_a_cfg(tmp_path):
+    path = tmp_path / "tiny.cfg"
+    path.write_bytes(b"\x00\x00\x00\x00\x02\x00\x00\x00\xa5")
+    with pytest.raises(ir.CfgError, match=r"tiny\.cfg: a binary file \(a NUL byte at offset "
+                                          r"0\): expected a Darknet cfg"):
+        ir.parse_cfg(path)
+    path.write_bytes(b"# caf\xe9 (Latin-1)\n[net]\nwidth=8\n")  # text, not UTF-8: read
+    assert ir.parse_cfg(path).width == 8

@@ -65,16 +65,44 @@ def test_folding_is_exact_without_borders(graph, mode, seed, data):
 def test_coupled_units_share_one_mask(program, data):
     graph, variables = program
     analysis, channel_masks = analysis_and_masks(data, graph, "shortcut")
-    by_layer = channel_masks.as_dict()
+    # Every [shortcut] couples the convs whose outputs it adds (through other
+    # shortcuts): they are in one unit, or none of them is prunable.
+    unit_of = {i: unit for unit in analysis.units for i in unit}
+    for members in shortcut_members(graph):
+        units = {unit_of.get(i) for i in members}
+        assert len(units) == 1, (members, units)
+    # The masks a threshold chooses follow the units: one mask per unit, never empty.
+    t = passes.compute_threshold(graph, variables, analysis, percent=0.5)
+    chosen = passes.compute_masks(graph, variables, analysis, t.value).as_dict()
+    assert set(chosen) == set(unit_of)
     for unit in analysis.units:
-        assert all(np.array_equal(by_layer[m], by_layer[unit[0]]) for m in unit)
-    # Seeded thresholds give the same sharing.
-    if analysis.units:
-        t = passes.compute_threshold(graph, variables, analysis, percent=0.5)
-        chosen = passes.compute_masks(graph, variables, analysis, t.value).as_dict()
-        for unit in analysis.units:
-            assert all(np.array_equal(chosen[m], chosen[unit[0]]) for m in unit)
-            assert chosen[unit[0]].any()  # never emptied
+        assert all(np.array_equal(chosen[m], chosen[unit[0]]) for m in unit)
+        assert chosen[unit[0]].any()  # never emptied
+    # The drawn masks, sliced: the convs of a unit keep the same channel count.
+    compact, _ = passes.SliceChannels(channel_masks)(graph, variables)
+    for unit in analysis.units:
+        assert len({compact.layers[i].filters for i in unit}) == 1
+
+
+def shortcut_members(graph: ir.Graph) -> list[set[int]]:
+    """For each [shortcut] whose inputs all come from convs (directly or through other
+    shortcuts), those convs."""
+    def producers(j: int) -> set[int] | None:
+        layer = graph.layers[j]
+        if isinstance(layer, ir.Conv):
+            return {j}
+        if isinstance(layer, ir.Shortcut):
+            found = [producers(i) for i in layer.inputs]
+            return None if None in found else set().union(*found)
+        return None
+
+    out = []
+    for j, layer in enumerate(graph.layers):
+        if isinstance(layer, ir.Shortcut):
+            members = producers(j)
+            if members is not None and len(members) > 1:
+                out.append(members)
+    return out
 
 
 @settings(max_examples=25)

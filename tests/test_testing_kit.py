@@ -136,7 +136,15 @@ def test_random_variables_fit_the_graph(graph, seed, sparsity):
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(v))
     for stats in v["batch_stats"].values():
         assert (stats["bn"]["var"] > 0).all()
-    assert random_variables(graph, seed, sparsity=sparsity).keys() == v.keys()
+    # seeded: the same seed gives the same values, another seed other kernels
+    again = random_variables(graph, seed, sparsity=sparsity)
+    assert jax.tree.structure(again) == jax.tree.structure(v)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again),
+                                                      jax.tree.leaves(v)))
+    other = random_variables(graph, seed + 1, sparsity=sparsity)
+    kernels = [(a, b) for a, b in zip(jax.tree.leaves(other["params"]),
+                                      jax.tree.leaves(v["params"])) if a.ndim == 4]
+    assert kernels and not all(np.array_equal(a, b) for a, b in kernels)
 
 
 def test_sparsity_controls_the_fraction_of_tiny_gammas():

@@ -15,7 +15,7 @@ import torch
 
 import frontends
 import ir
-from conftest import cfg_path
+from tests.conftest import cfg_path
 from darkslim.cli import main
 from frontends import CheckpointError, DarknetHeader
 from test_darknet_weights import header_bytes, random_body
@@ -139,8 +139,8 @@ def test_convert_cli_through_both_layouts(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "erik layout" in out and "ultralytics layout" in out
     assert "zeros where Darknet and darkslim pad with -inf" in out
-    # the erik hop has no place for the Darknet header; the floats are kept exactly
-    assert (tmp_path / "out.weights").read_bytes()[20:] == data[20:]
+    # the erik hop keeps the Darknet header in the state_dict's _metadata: byte exact
+    assert (tmp_path / "out.weights").read_bytes() == data
 
 
 # -- BatchNorm eps: the function is kept -----------------------------------------------
@@ -252,7 +252,9 @@ def test_tiny_maxpool_warning_only_where_such_a_pool_is(tmp_path):
                                             tmp_path / "m.pt", bn_eps=1e-5)
         pools = [w for w in warnings if "pad this maxpool with zeros" in w]
         assert len(pools) == expected
-    assert "layer 11 ([maxpool] at " in pools[0] if expected else True
+        if cfg == "yolov3-tiny.cfg":  # the size-2 stride-1 pool is layer 11
+            assert "layer 11 ([maxpool] at " in pools[0]
+            assert isinstance(graph.layers[11], ir.MaxPool) and graph.layers[11].stride == 1
 
 
 # -- safety ----------------------------------------------------------------------------

@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    "(newer eriklindernoren code registers them; kept when IN had them)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed initialising the convs a partial .weights file lacks")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="accept a .weights file holding fewer convs than the cfg (the "
+                   "rest freshly initialised); *.conv.N backbones are always accepted")
     p.set_defaults(func=run)
 
 
@@ -54,7 +57,7 @@ def run(args) -> int:
     out = make_console()
     graph = ir.parse_cfg(args.cfg)
     loaded = frontends.load_variables(graph, args.input, bn_eps=args.bn_eps,
-                                      seed=args.seed)
+                                      seed=args.seed, allow_partial=args.allow_partial)
     out.print(f"[bold]read[/]  {escape(args.input)}: {escape(_describe(loaded))}",
               highlight=False)
     if loaded.format == "torch" and loaded.header.bn_eps != frontends.RUNTIME_BN_EPS:

@@ -81,6 +81,9 @@ def add_parser(sub) -> None:
                    help="also evaluate mAP@0.5 on its valid split: original, γ zeroed, "
                    "keep-size and compact (the seed's three-way check)")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="accept a .weights file holding fewer convs than the cfg (the "
+                   "rest freshly initialised); *.conv.N backbones are always accepted")
     p.set_defaults(func=run)
 
 
@@ -142,7 +145,8 @@ def run(args) -> int:
     pipe = build_pipeline(args)
     graph = ir.parse_cfg(args.cfg)
     ir.verify(graph)
-    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
+    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps,
+                                      allow_partial=args.allow_partial)
     for warning in loaded.warnings:
         warn(console, warning)
     try:

@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
                    help="BatchNorm eps the weights were trained with (default: Darknet's "
                    "1e-5; for torch checkpoints the layout's own, folded into the "
                    "running variances on load)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="accept a .weights file holding fewer convs than the cfg (the "
+                   "rest freshly initialised); *.conv.N backbones are always accepted")
     p.set_defaults(func=run)
 
 
@@ -46,7 +49,11 @@ def read_input(path: str, graph: ir.Graph) -> np.ndarray:
         boxed, _, _ = runtime.letterbox(runtime.load_image(path),
                                         (graph.height, graph.width))
         return boxed[None]
-    array = np.load(path, allow_pickle=False)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # not a .npy file, or one holding pickled objects
+        raise InputError(f"{path}: not a readable .npy array ({exc}): expected float32 "
+                         "NCHW in [0, 1]") from None
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[1] != graph.channels:
@@ -68,7 +75,8 @@ def run(args) -> int:
     graph = ir.parse_cfg(args.cfg)
     runtime.check_supported(graph)
     x = read_input(args.input, graph)
-    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
+    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps,
+                                      allow_partial=args.allow_partial)
     for warning in loaded.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     # The torch frontend folds the checkpoint's eps into the running variances, so

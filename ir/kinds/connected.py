@@ -138,10 +138,18 @@ def _forward(layer: Connected, tools, inputs):
     return tools.activate(layer.activation, y).reshape(x.shape[0], 1, 1, layer.output)
 
 
+def _weights_file(layer: Connected):
+    # load_connected_weights: biases (β with BN), weights, then [scales, mean, variance].
+    if layer.batch_normalize:
+        return ((BETA, "vector"), (KERNEL, "dense"), (GAMMA, "vector"), (MEAN, "vector"),
+                (VAR, "vector"))
+    return ((BIAS, "vector"), (KERNEL, "dense"))
+
+
 SPEC = KindSpec(
     layer=Connected, sections=("connected", "conn"), parse=_parse, write=_write, keys={},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: Shape(layer.output, 1, 1), cost=_cost, variables=_variables,
     channels=_channels, dropped=_dropped, fold=_fold, slice=_slice, forward=_forward,
     describe=lambda layer: f"{layer.output}" + (" bn " if layer.batch_normalize else " ")
-    + layer.activation.value, refuse=_refuse)
+    + layer.activation.value, refuse=_refuse, weights_file=_weights_file)

@@ -248,8 +248,16 @@ def _describe(layer: Conv) -> str:
     return text + (" bn " if layer.batch_normalize else " ") + layer.activation.value
 
 
+def _weights_file(layer: Conv):
+    # load_convolutional_weights: biases (β with BN), [scales, mean, variance], weights.
+    if layer.batch_normalize:
+        return ((BETA, "vector"), (GAMMA, "vector"), (MEAN, "vector"), (VAR, "vector"),
+                (KERNEL, "oihw"))
+    return ((BIAS, "vector"), (KERNEL, "oihw"))
+
+
 SPEC = KindSpec(
     layer=Conv, sections=("convolutional", "conv"), parse=_parse, write=_write, keys=_KEYS,
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=_cost,
     variables=_variables, channels=_channels, dropped=_dropped, fold=_fold, slice=_slice,
-    forward=_forward, describe=_describe)
+    forward=_forward, describe=_describe, weights_file=_weights_file)
