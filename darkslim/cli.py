@@ -10,7 +10,7 @@ from rich.console import Console
 
 from darkslim.ui import error
 
-COMMANDS = ("info", "run", "convert", "prune", "train", "eval", "synth", "demo")
+COMMANDS = ("info", "run", "convert", "export", "prune", "train", "eval", "synth", "demo")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
