@@ -64,17 +64,14 @@ def source_metadata(cfg: str | Path, weights: str | Path, fmt: str) -> tuple:
 
 
 def run(args) -> int:
-    import runtime
-    from export import ExportOptions, export_onnx
+    from darkslim.onnx_deploy import export_checked
+    from export import ExportOptions
 
     console = make_console()
     t0 = time.perf_counter()
     graph = ir.parse_cfg(args.cfg)
     if args.size:
         graph = ir.with_input_size(graph, *args.size[:2])
-    # The runtime's check also refuses keys that change a layer's meaning (a dilated
-    # conv, a weighted shortcut): exporting those would be a silently wrong graph.
-    runtime.check_supported(graph)
     loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
     for warning in loaded.warnings:
         warn(console, warning)
@@ -87,7 +84,7 @@ def run(args) -> int:
                             score_threshold=args.conf, max_per_class=args.max_det,
                             metadata=source_metadata(args.cfg, args.weights,
                                                      loaded.format))
-    model = export_onnx(graph, loaded.variables, options)
+    model = export_checked(graph, loaded.variables, options)
     data = model.SerializeToString()
     frontends.write_atomic(args.out, data)
     outputs = ", ".join(f"{o.name} " + "×".join(str(d.dim_value or d.dim_param)

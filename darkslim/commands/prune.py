@@ -69,6 +69,9 @@ def add_parser(sub) -> None:
     p.add_argument("--data", metavar="DATA.data",
                    help="also evaluate mAP@0.5 on its valid split: original, γ zeroed, "
                    "keep-size and compact (the seed's three-way check)")
+    p.add_argument("--export", choices=("onnx",), default=None,
+                   help="also write pruned.onnx (BN folded, opset 17) and time it "
+                   "against the original under onnxruntime (--latency-repeats runs)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=run)
 
@@ -137,6 +140,15 @@ def run(args) -> int:
                                                 header=loaded.header):
             warn(console, warning)
         written.append(f"pruned{suffix}")
+    if args.export == "onnx":
+        from darkslim.onnx_deploy import export_pruned
+
+        with console.status("exporting pruned.onnx, timing it under onnxruntime..."):
+            report["onnx"] = channel_report["onnx"] = export_pruned(
+                out, (graph, loaded.variables), (compact_graph, compact_vars),
+                bn_eps=frontends.RUNTIME_BN_EPS if loaded.format == "torch" or
+                args.bn_eps is None else args.bn_eps, repeats=args.latency_repeats)
+        written.append("pruned.onnx")
     reports.write_json(out / "report.json", report)
     written.append("report.json")
     if channels:
@@ -152,6 +164,10 @@ def run(args) -> int:
     if layers:
         for table in render_blocks_tables(report):
             console.print(table)
+    if "onnx" in report:
+        from darkslim.onnx_deploy import onnx_summary
+
+        console.print(onnx_summary(report["onnx"]), highlight=False)
     console.print(f"wrote {', '.join(written)} to {out}/ in "
                   f"{time.perf_counter() - t0:.1f} s")
     return 0
@@ -185,6 +201,10 @@ def render_table(report: dict) -> Table:
     row("conv channels", report["channels_before"], report["channels_after"])
     row("params", report["params_before"], report["params_after"])
     row("BFLOPs", report["bflops_before"], report["bflops_after"], "{:.3f}")
+    onnx = report.get("onnx") or {}
+    if onnx.get("onnxruntime_ms_before") is not None:
+        row("onnxruntime ms", onnx["onnxruntime_ms_before"], onnx["onnxruntime_ms_after"],
+            "{:.2f}")
     return table
 
 
