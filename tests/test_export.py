@@ -244,3 +244,18 @@ def test_openvino_agrees_before_and_after_pruning(monkeypatch):
         for g, v in ((graph, variables), result.compact):
             check_parity(g, v, run=run_openvino)
             check_parity(g, v, batch=2, dynamic_batch=True, run=run_openvino)
+
+
+def test_network_without_yolo_outputs_its_last_layer():
+    """``output`` equals the runtime's head for the same network closed by a [yolo]
+    (whose head is the last layer's map)."""
+    body = ("[convolutional]\nfilters=5\nsize=3\npad=1\nbatch_normalize=1\n"
+            "activation=mish\n[maxpool]\nsize=2\nstride=2\n")
+    graph = parse(body)
+    closed = parse(body + "[yolo]\nmask=0\nanchors=2,3\nclasses=0\nnum=1\n")
+    variables = random_variables(graph, seed=4)
+    x = random_inputs(graph, 0, batch=2)
+    model = export_onnx(graph, variables, ExportOptions(dynamic_batch=True, decode=True))
+    assert [o.name for o in model.graph.output] == ["output"]
+    (head,), _ = reference(closed, variables, x)
+    assert rel_diff(run_onnxruntime(model, x.transpose(0, 3, 1, 2))["output"], head) <= TOL
