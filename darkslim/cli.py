@@ -11,7 +11,7 @@ from rich.console import Console
 from darkslim.cli_errors import describe_error
 from darkslim.ui import error
 
-COMMANDS = ("info", "run", "convert", "prune", "train", "eval", "synth", "demo")
+COMMANDS = ("info", "run", "convert", "export", "prune", "train", "eval", "synth", "demo")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -59,6 +59,7 @@ class Stage:
     params: int
     bflops: float
     latency_ms: float
+    onnx_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -171,15 +172,19 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     on_stage("timing")
     before, after = measure_latency([(graph, sparse), (compact_graph, tuned)],
                                     repeats=config.latency_repeats, warmup=2)
+    from darkslim.onnx_deploy import onnx_latencies
+
+    onnx_before, onnx_after = onnx_latencies([(graph, sparse), (compact_graph, tuned)],
+                                             repeats=config.latency_repeats)
     lap("latency")
 
     stages = (
         Stage("before pruning", maps[0], ir.count_params(graph),
-              ir.count_flops(graph) / 1e9, before.median_ms),
+              ir.count_flops(graph) / 1e9, before.median_ms, onnx_before),
         Stage("after pruning", maps[1], ir.count_params(compact_graph),
-              ir.count_flops(compact_graph) / 1e9, after.median_ms),
+              ir.count_flops(compact_graph) / 1e9, after.median_ms, onnx_after),
         Stage("after fine-tuning", maps[2], ir.count_params(compact_graph),
-              ir.count_flops(compact_graph) / 1e9, after.median_ms),
+              ir.count_flops(compact_graph) / 1e9, after.median_ms, onnx_after),
     )
     reports.write_text(out / "pruned.cfg", ir.write_cfg(compact_graph))
     frontends.save_variables(compact_graph, tuned, out / "pruned.weights")
@@ -202,11 +207,12 @@ def run_demo(config: DemoConfig, out: str | Path, *,
 
 
 def markdown_table(stages: tuple[Stage, ...]) -> str:
-    lines = ["| | mAP@0.5 | params | BFLOPs | CPU latency (batch 1, median) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| | mAP@0.5 | params | BFLOPs | CPU latency (batch 1, median) "
+             "| onnxruntime latency |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for s in stages:
+        ort = "-" if s.onnx_latency_ms is None else f"{s.onnx_latency_ms:.2f} ms"
         lines.append(f"| {s.name} | {s.map50:.4f} | {s.params:,} | {s.bflops:.3f} | "
-                     f"{s.latency_ms:.2f} ms |")
+                     f"{s.latency_ms:.2f} ms | {ort} |")
     return "\n".join(lines)
 
 

@@ -56,11 +56,13 @@ def run(args) -> int:
         demo = run_demo(config, args.out, on_stage=on_stage, on_step=on_step)
 
     table = Table(title="darkslim demo: network slimming on the synthetic dataset")
-    for column in ("", "mAP@0.5", "params", "BFLOPs", "CPU latency (batch 1)"):
+    for column in ("", "mAP@0.5", "params", "BFLOPs", "CPU latency (batch 1)",
+                   "onnxruntime"):
         table.add_column(column, justify="left" if not column else "right")
     for s in demo.stages:
         table.add_row(s.name, f"{s.map50:.4f}", f"{s.params:,}", f"{s.bflops:.3f}",
-                      f"{s.latency_ms:.2f} ms")
+                      f"{s.latency_ms:.2f} ms", "-" if s.onnx_latency_ms is None
+                      else f"{s.onnx_latency_ms:.2f} ms")
     console.print(table)
     r = demo.prune
     console.print(f"channels kept per conv ({r.text}, threshold {r.threshold.value:.4g}; "

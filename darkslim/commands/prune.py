@@ -80,6 +80,9 @@ def add_parser(sub) -> None:
     p.add_argument("--data", metavar="DATA.data",
                    help="also evaluate mAP@0.5 on its valid split: original, γ zeroed, "
                    "keep-size and compact (the seed's three-way check)")
+    p.add_argument("--export", choices=("onnx",), default=None,
+                   help="also write pruned.onnx (BN folded, opset 17) and time it "
+                   "against the original under onnxruntime (--latency-repeats runs)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--allow-partial", action="store_true",
                    help="accept a .weights file holding fewer convs than the cfg (the "
@@ -167,6 +170,15 @@ def run(args) -> int:
                                                 header=loaded.header):
             warn(console, warning)
         written.append(f"pruned{suffix}")
+    if args.export == "onnx":
+        from darkslim.onnx_deploy import export_pruned
+
+        with console.status("exporting pruned.onnx, timing it under onnxruntime..."):
+            checks["onnx"] = export_pruned(
+                out, (graph, loaded.variables), (result.graph, result.variables),
+                bn_eps=frontends.RUNTIME_BN_EPS if loaded.format == "torch" or
+                args.bn_eps is None else args.bn_eps, repeats=args.latency_repeats)
+        written.append("pruned.onnx")
     reports.write_json(out / "report.json", passes.dump_reports(str(pipe), result.reports))
     reports.write_json(out / "checks.json", checks)
     written += ["report.json", "checks.json"]
@@ -177,6 +189,10 @@ def run(args) -> int:
     print_reports(console, result.reports, checks)
     console.print(f"ran {pipe}; wrote {', '.join(written)} to {out}/ in "
                   f"{time.perf_counter() - t0:.1f} s", highlight=False)
+    if "onnx" in checks:
+        from darkslim.onnx_deploy import onnx_summary
+
+        console.print(onnx_summary(checks["onnx"]), highlight=False)
     return 0
 
 

@@ -1,0 +1,14 @@
+"""ONNX export: a backend of the IR, one emit rule per layer kind.
+
+`export_onnx(graph, variables, ExportOptions(...))` returns an ``onnx.ModelProto``;
+`export.runtimes` runs one with onnxruntime or OpenVINO and times it. ``onnx``,
+``onnxruntime`` and ``openvino`` are imported only when used, so ``import export``
+stays light.
+"""
+
+from export.builder import OnnxBuilder
+from export.driver import ExportError, ExportOptions, check_exportable, export_onnx
+from export.onnx_rules import RULES
+
+__all__ = ["ExportError", "ExportOptions", "OnnxBuilder", "RULES", "check_exportable",
+           "export_onnx"]

@@ -1,0 +1,171 @@
+"""`export_onnx`: an ONNX model out of ``(graph, variables)``, one node group per layer.
+
+The driver is an interpreter like the runtime's: it walks the layers in order, keeps
+each layer's output tensor name in an environment keyed by layer index (``-1`` is the
+image) and dispatches each layer through `export.onnx_rules.RULES`. Then it names
+the outputs:
+
+- ``head_0``, ``head_1``, ...: the raw NCHW map feeding each ``[yolo]`` (what
+  ``darkslim run`` writes), or ``output`` (the last layer) without detection layers;
+- ``detections`` ``(N, boxes, 5 + classes)`` with ``decode``: cx, cy, w, h in input
+  pixels, objectness, class scores, exactly as `runtime.decode_yolo`;
+- ``selected_indices`` ``(K, 3)`` with ``nms``: ONNX ``NonMaxSuppression`` over the
+  decoded boxes, per class, with score = objectness × class score; each row is
+  (image, class, box index into ``detections``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import ir
+import passes
+from export.builder import OnnxBuilder, live_nodes, tensor_type
+from export.onnx_rules import RULES
+
+
+class ExportError(ir.CfgError):
+    """A network that cannot be written as ONNX, naming the cfg line:
+
+    ``model.cfg:42: [sam] (layer 12): no ONNX emit rule for this layer kind``
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportOptions:
+    """What `export_onnx` writes.
+
+    Attributes:
+        opset: default-domain opset (17; 13 and later work).
+        decode: add the ``detections`` output.
+        nms: add ``selected_indices`` (implies ``decode``).
+        dynamic_batch: a symbolic batch axis ``N`` instead of ``batch``.
+        batch: the fixed batch size when not dynamic.
+        fold_bn: fold BatchNorm into the convs (`passes.FoldBatchNorm`).
+        bn_eps: the BatchNorm epsilon of the weights (Darknet: 1e-5).
+        iou_threshold, score_threshold, max_per_class: the NMS settings.
+        metadata: ``(key, value)`` pairs for the model's ``metadata_props``.
+    """
+
+    opset: int = 17
+    decode: bool = False
+    nms: bool = False
+    dynamic_batch: bool = False
+    batch: int = 1
+    fold_bn: bool = True
+    bn_eps: float = 1e-5
+    iou_threshold: float = 0.45
+    score_threshold: float = 0.25
+    max_per_class: int = 100
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+def _to_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def check_exportable(graph: ir.Graph) -> None:
+    """Raise `ExportError` for the first layer without an emit rule."""
+    for index, layer in enumerate(graph.layers):
+        if type(layer) not in RULES:
+            raise ExportError(f"(layer {index}): no ONNX emit rule for this layer kind "
+                              f"(exportable: {', '.join(sorted(c.kind for c in RULES))})",
+                              path=layer.path or graph.path, line=layer.line,
+                              section=layer.kind)
+
+
+def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptions()):
+    """The network as an ``onnx.ModelProto`` that passes ``onnx.checker`` (full check).
+
+    Args:
+        graph: the network, exported at its ``[net]`` width and height.
+        variables: ``{"params", "batch_stats"}`` in the project layout (numpy or JAX).
+        options: `ExportOptions`.
+
+    Raises:
+        ExportError: a layer kind without an emit rule (names its cfg line).
+    """
+    import onnx
+    import onnx.helper as oh
+    import onnx.numpy_helper
+
+    check_exportable(graph)
+    shapes = ir.verify(graph)
+    source_cfg = ir.write_cfg(graph)
+    variables = _to_numpy(variables)
+    if options.fold_bn:
+        graph, variables = passes.FoldBatchNorm(eps=options.bn_eps)(graph, variables)
+    decode = options.decode or options.nms
+    b = OnnxBuilder(variables=variables, opset=options.opset, bn_eps=options.bn_eps,
+                    decode=decode, input_hw=(graph.height, graph.width))
+    image = ir.input_shape(graph)
+    b.set_shape("images", image)
+    env: dict[int, str] = {-1: "images"}
+    for index, layer in enumerate(graph.layers):
+        b.begin(index, layer.kind)
+        inputs = [env[j] for j in ir.layer_inputs(graph, index)]
+        env[index] = RULES[type(layer)](b, index, layer, inputs)
+        b.set_shape(env[index], shapes[index])
+
+    batch = "N" if options.dynamic_batch else options.batch
+    outputs: list[tuple[str, str, list]] = []  # (output name, tensor, shape)
+    yolos = graph.yolo_indices()
+    for k, y in enumerate(yolos):
+        outputs.append((f"head_{k}", env[y - 1], [batch, *shapes[y - 1]]))
+    if not yolos:
+        outputs.append(("output", env[len(graph.layers) - 1], [batch, *shapes[-1]]))
+    if decode and yolos:
+        b.begin(len(graph.layers), "detections")
+        det = b.detections[0] if len(b.detections) == 1 else b.node(
+            "Concat", b.detections, axis=1)
+        fields = 5 + graph.layers[yolos[0]].classes
+        boxes = sum(len(graph.layers[y].mask) * shapes[y].h * shapes[y].w for y in yolos)
+        outputs.append(("detections", det, [batch, boxes, fields]))
+        if options.nms:
+            outputs.append(("selected_indices", _emit_nms(b, det, fields, options),
+                            ["K", 3]))
+
+    nodes = b.nodes()
+    for name, tensor, _ in outputs:
+        nodes.append(oh.make_node("Identity", [tensor], [name], name=f"outputs/{name}"))
+    nodes = live_nodes(nodes, [name for name, _, _ in outputs])
+    used = {i for node in nodes for i in node.input}
+    initializers = [onnx.numpy_helper.from_array(a, name)
+                    for name, a in b.initializers().items() if name in used]
+    float32 = tensor_type(np.float32)
+    graph_proto = oh.make_graph(
+        nodes, name=graph.path.rsplit("/", 1)[-1] or "darknet",
+        inputs=[oh.make_tensor_value_info("images", float32, [batch, *image])],
+        outputs=[oh.make_tensor_value_info(
+            name, tensor_type(np.int64) if name == "selected_indices" else float32, shape)
+            for name, _, shape in outputs],
+        initializer=initializers)
+    opsets = [oh.make_opsetid("", options.opset)]
+    model = oh.make_model(graph_proto, opset_imports=opsets, producer_name="darkslim",
+                          ir_version=oh.find_min_ir_version_for(opsets),
+                          doc_string="Darknet network exported by darkslim: input "
+                          "`images` NCHW float32 in [0, 1]; outputs " +
+                          ", ".join(name for name, _, _ in outputs))
+    meta = {"darkslim.bn_folded": str(options.fold_bn).lower(),
+            "darkslim.cfg": source_cfg, **dict(options.metadata)}
+    oh.set_model_props(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _emit_nms(b: OnnxBuilder, det: str, fields: int, options: ExportOptions) -> str:
+    """ONNX NonMaxSuppression over ``det`` with centre-form boxes, scores per class."""
+    boxes = b.slice(det, 0, 4, axis=2)
+    objectness = b.slice(det, 4, 5, axis=2)
+    scores = objectness if fields == 5 else b.node(
+        "Mul", [objectness, b.slice(det, 5, fields, axis=2)])
+    scores = b.node("Transpose", [scores], perm=[0, 2, 1])  # (N, classes, boxes)
+    return b.node("NonMaxSuppression",
+                  [boxes, scores, b.ints([options.max_per_class], "max_per_class"),
+                   b.const([options.iou_threshold], name="iou_threshold"),
+                   b.const([options.score_threshold], name="score_threshold")],
+                  center_point_box=1)
