@@ -461,12 +461,18 @@ def test_run_command_writes_nchw_heads_and_detections(tmp_path, tiny):
                  str(tmp_path / "x.npy"), "--out", str(out)]) == 0
     want_heads, want_det = run_reference(graph, weights, x)
     with np.load(out) as saved:
-        assert sorted(saved.files) == ["detections", "head_0", "head_1"]
+        assert sorted(saved.files) == ["detections", "head_0", "head_1", "output"]
         for k, want in enumerate(want_heads):
             assert saved[f"head_{k}"].shape == want.shape
             assert max_rel_diff(saved[f"head_{k}"], want) <= 1e-4
         assert saved["detections"].shape == want_det.shape
         assert max_rel_diff(saved["detections"][..., 4:], want_det[..., 4:]) <= 1e-4
+        # `output` is the last layer's own map: the second [yolo], NCHW, its
+        # objectness and classes through the logistic, w and h raw.
+        head = want_heads[-1].reshape(x.shape[0], 3, -1, *want_heads[-1].shape[2:])
+        output = saved["output"].reshape(head.shape)
+        assert max_rel_diff(output[:, :, 4:], 1 / (1 + np.exp(-head[:, :, 4:]))) <= 1e-4
+        assert max_rel_diff(output[:, :, 2:4], head[:, :, 2:4]) <= 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "out.npz", "tiny.cfg", "tiny.weights", "x.npy"]  # no temp file left behind
 

@@ -2,9 +2,10 @@
 
 X is a ``.npy`` float32 NCHW array in [0, 1] (used as is) or an image file
 (letterboxed to the cfg's size). OUT.npz holds ``head_0``, ``head_1``, ... (the raw
-maps feeding each ``[yolo]``, NCHW as Darknet and torch lay them out) and
-``detections`` ``(N, boxes, 5 + classes)``: cx, cy, w, h in input pixels, objectness,
-class scores.
+maps feeding each detection layer -- ``[yolo]``, ``[Gaussian_yolo]``, ``[region]`` --
+NCHW as Darknet and torch lay them out), ``detections`` ``(N, boxes, 5 + classes)``:
+cx, cy, w, h in input pixels, objectness, class scores, and always ``output``: the
+last layer's output, NCHW (a classifier's softmax).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def run(args) -> int:
     arrays = {f"head_{k}": np.asarray(h).transpose(0, 3, 1, 2)
               for k, h in enumerate(out.heads)}
     arrays["detections"] = np.asarray(out.detections)
+    arrays["output"] = np.asarray(out.output).transpose(0, 3, 1, 2)
     save_npz(args.out, arrays)
 
     table = Table(title=f"darkslim run {Path(args.cfg).name}", show_edge=False)
