@@ -1,4 +1,5 @@
-"""The YOLOv3 training loss on the raw heads of `runtime.ForwardOut`, pure ``jnp``.
+"""The YOLOv3 training loss on the raw heads of `runtime.ForwardOut`, pure ``jnp``; with
+``[yolo] new_coords=1`` the scaled-YOLOv4 formulation Darknet implements (below).
 
 Per ``[yolo]`` head (``(N, H, W, A * (5 + C))``, anchor-major channels as Darknet):
 
@@ -67,6 +68,12 @@ class LossParts(NamedTuple):
     cls: jax.Array
 
 
+def _bce_prob(probs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Binary cross-entropy of probabilities (a ``new_coords=1`` head is post-logistic)."""
+    p = jnp.clip(probs, 1e-7, 1 - 1e-7)
+    return -(targets * jnp.log(p) + (1 - targets) * jnp.log1p(-p))
+
+
 def _bce(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
@@ -115,11 +122,20 @@ def _head_loss(head: jax.Array, layer: ir.Yolo, targets: jax.Array,
     ignore = (config.ignore_thresh if config.ignore_thresh is not None
               else float(layer.option("ignore_thresh", "0.7")))
 
-    # Decoded predictions in grid units (x, y, w, h).
+    # Decoded predictions in grid units (x, y, w, h). With new_coords=1 (scaled YOLOv4,
+    # YOLOv7) the conv before the head ends in a logistic: x, y, w, h, objectness and
+    # classes arrive as probabilities, w = (2·tw)²·anchor (get_yolo_box), and the
+    # cross-entropies take probabilities.
     gx = jnp.arange(w, dtype=jnp.float32)[None, None, :, None]
     gy = jnp.arange(h, dtype=jnp.float32)[None, :, None, None]
-    xy = jax.nn.sigmoid(p[..., :2]) * s - (s - 1) / 2
-    pwh = jnp.minimum(jnp.exp(p[..., 2:4]), 1e3) * anchors
+    if layer.new_coords:
+        xy = p[..., :2] * s - (s - 1) / 2
+        pwh = (2 * p[..., 2:4]) ** 2 * anchors
+        bce = _bce_prob
+    else:
+        xy = jax.nn.sigmoid(p[..., :2]) * s - (s - 1) / 2
+        pwh = jnp.minimum(jnp.exp(p[..., 2:4]), 1e3) * anchors
+        bce = _bce
     boxes = jnp.stack([xy[..., 0] + gx, xy[..., 1] + gy, pwh[..., 0], pwh[..., 1]], -1)
 
     valid = targets[..., 0] >= 0                                     # (N, M)
@@ -146,13 +162,16 @@ def _head_loss(head: jax.Array, layer: ir.Yolo, targets: jax.Array,
         box_loss = ((1 - box_iou_xywh(pbox, tbox, giou=True)) * pos_f).sum() / n_pos
     else:
         txy = tbox[..., :2] - jnp.stack([gi, gj], -1).astype(jnp.float32)
-        twh = jnp.log(jnp.maximum(tbox[..., 2:4], 1e-9) / anchors[a])
+        if layer.new_coords:  # delta_yolo_box: tw = sqrt(w / (4 anchor))
+            twh = jnp.sqrt(jnp.maximum(tbox[..., 2:4], 0.0) / (4 * anchors[a]))
+        else:
+            twh = jnp.log(jnp.maximum(tbox[..., 2:4], 1e-9) / anchors[a])
         scale = 2 - targets[..., 3] * targets[..., 4]
         err = ((xy[b, gj, gi, a] - txy) ** 2).sum(-1) + ((picked[..., 2:4] - twh) ** 2).sum(-1)
         box_loss = (scale * err * pos_f).sum() / n_pos
 
     onehot = jax.nn.one_hot(tcls, classes, dtype=jnp.float32)
-    cls_loss = ((_bce(picked[..., 5:], onehot).mean(-1)) * pos_f).sum() / n_pos
+    cls_loss = ((bce(picked[..., 5:], onehot).mean(-1)) * pos_f).sum() / n_pos
 
     # Objectness: positives at their cells; negatives that already overlap a target
     # by more than ignore_thresh are left out (Darknet's ignore_thresh).
@@ -161,7 +180,7 @@ def _head_loss(head: jax.Array, layer: ir.Yolo, targets: jax.Array,
                            tbox[:, None, None, None, :, :])          # (N, H, W, A, M)
     overlap = jnp.where(valid[:, None, None, None, :], overlap, 0.0).max(-1)
     weight = jnp.where((tobj > 0) | (overlap <= ignore), 1.0, 0.0)
-    obj_loss = (_bce(p[..., 4], tobj) * weight).mean()
+    obj_loss = (bce(p[..., 4], tobj) * weight).mean()
     return box_loss, obj_loss, cls_loss
 
 
@@ -180,6 +199,12 @@ def yolo_loss(graph: ir.Graph, heads: tuple[jax.Array, ...], targets: jax.Array,
     Returns:
         `LossParts` (scalars), total = box + obj + cls.
     """
+    for i in graph.head_indices():
+        layer = graph.layers[i]
+        if not isinstance(layer, ir.Yolo):
+            raise ir.CfgError(f"(layer {i}) the training loss covers [yolo] heads "
+                              f"(new_coords=0 or 1), not [{layer.kind}]", path=layer.path
+                              or graph.path, line=layer.line, section=layer.kind)
     yolos = graph.yolo_indices()
     if len(heads) != len(yolos):
         raise ValueError(f"{graph.path}: {len(heads)} heads for {len(yolos)} [yolo] layers")

@@ -3,6 +3,8 @@ runtime.train) on a tiny synthetic set."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -109,6 +111,46 @@ def test_perfect_predictions_have_near_zero_loss(tiny, box):
                             for h, i in zip(heads, tiny.graph.yolo_indices())], 1)
     found = boxes[0][boxes[0][:, 4] > 0.5][:, :4] / 64
     assert sorted(found.round(4).tolist()) == sorted(TARGETS[0, :2, 1:].round(4).tolist())
+
+
+def _new_coords(graph):
+    return graph.replace_layers({i: dataclasses.replace(graph.layers[i], new_coords=True)
+                                 for i in graph.yolo_indices()})
+
+
+@pytest.mark.parametrize("box", ["giou", "xywh"])
+def test_new_coords_perfect_predictions_have_near_zero_loss(tiny, box):
+    """new_coords=1 heads carry probabilities: x, y as offsets, w = (2 tw)² anchor."""
+    graph = _new_coords(tiny.graph)
+    heads = []
+    for raw, index in zip(_perfect_heads(tiny.graph, TARGETS, 64), graph.yolo_indices()):
+        layer = graph.layers[index]
+        n, h, w, c = raw.shape
+        p = np.asarray(raw).reshape(n, h, w, len(layer.mask), -1).copy()
+        logits = p.copy()
+        p = 1 / (1 + np.exp(-logits))                        # x, y, obj, classes
+        anchors = np.asarray(layer.anchors)[list(layer.mask)]
+        p[..., 2:4] = np.sqrt(np.exp(logits[..., 2:4])) / 2  # (2 tw)² = exp(tw_old)
+        heads.append(jnp.asarray(p.reshape(n, h, w, c)))
+        assert anchors.shape[0] == len(layer.mask)
+    parts = jax.jit(yolo_loss, static_argnums=(0, 3, 4))(
+        graph, tuple(heads), TARGETS, (64, 64), LossConfig(box=box))
+    assert float(parts.box) < 1e-4 and float(parts.cls) < 1e-3 and float(parts.obj) < 1e-3
+    boxes = np.concatenate([np.asarray(decode_yolo(h, graph.layers[i], (64, 64)))
+                            for h, i in zip(heads, graph.yolo_indices())], 1)
+    found = boxes[0][boxes[0][:, 4] > 0.5][:, :4] / 64
+    assert sorted(found.round(4).tolist()) == sorted(TARGETS[0, :2, 1:].round(4).tolist())
+    # ... while reading them as logits (new_coords=0) is far off.
+    off = yolo_loss(tiny.graph, tuple(heads), TARGETS, (64, 64), LossConfig(box=box))
+    assert float(off.total) > 10 * float(parts.total) + 1
+
+
+def test_loss_refuses_heads_it_does_not_cover():
+    graph = ir.parse_cfg("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=7\n"
+                         "[region]\nanchors=1,1\nclasses=2\nnum=1\n")
+    with pytest.raises(ir.CfgError, match=r"<text>:6: \[region\] \(layer 1\) the training "
+                       r"loss covers \[yolo\] heads"):
+        yolo_loss(graph, (jnp.zeros((1, 1, 1, 7)),), np.full((1, 1, 5), -1, np.float32))
 
 
 def test_each_target_trains_one_cell_of_the_head_holding_its_best_anchor(tiny):
