@@ -75,9 +75,10 @@ def random_targets(graph: ir.Graph, batch: int, per_image: int = 8, seed: int = 
     return targets
 
 
-def forward_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: int = 5,
-                   warmup: int = 1, device=None, seed: int = 0) -> Timing:
-    """Inference latency of `runtime.forward` (running BN statistics) at ``batch``."""
+def prepare_forward(graph: ir.Graph, variables: Any, batch: int, *, device=None,
+                    seed: int = 0) -> tuple[Callable[[], Any], float]:
+    """A zero-argument run of the compiled inference forward (`runtime.forward`,
+    running BN statistics) at ``batch``, and its compile seconds."""
     import jax
 
     import runtime
@@ -88,15 +89,17 @@ def forward_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: int 
     start = time.perf_counter()
     compiled = runtime.forward.lower(graph, params, x).compile()
     compile_s = time.perf_counter() - start
-    return _time_runs(lambda: jax.block_until_ready(compiled(params, x)), repeats, warmup,
-                      compile_s)
+    return (lambda: jax.block_until_ready(compiled(params, x))), compile_s
 
 
-def train_step_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: int = 5,
-                      warmup: int = 1, sparsity: float = 1e-3, learning_rate: float = 1e-3,
-                      device=None, seed: int = 0) -> Timing:
-    """One training step at ``batch``: forward in train mode, YOLOv3 loss, backward,
-    ``optax.chain(sparsity(s), SGD)``; the step the CLI's ``train`` runs."""
+def prepare_train_step(graph: ir.Graph, variables: Any, batch: int, *,
+                       sparsity: float = 1e-3, learning_rate: float = 1e-3,
+                       optimizer: str = "sgd", device=None, seed: int = 0
+                       ) -> tuple[Callable[[], Any], float]:
+    """A zero-argument run of one training step at ``batch`` (the step `fit` runs:
+    forward in train mode, YOLOv3 loss, backward, ``optax.chain(sparsity(s),
+    optimizer)``; ``sparsity=0`` leaves the penalty out), and its compile seconds.
+    Each run continues from the state the previous one left."""
     import jax
     import optax
 
@@ -106,8 +109,9 @@ def train_step_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: i
 
     device = device or jax.devices()[0]
     variables = jax.device_put(variables, device)
-    tx = optax.chain(sparsity_tx(graph, variables["params"], sparsity),
-                     make_optimizer("sgd", learning_rate))
+    tx = make_optimizer(optimizer, learning_rate)
+    if sparsity:
+        tx = optax.chain(sparsity_tx(graph, variables["params"], sparsity), tx)
     step = make_train_step(graph, tx, prunable=analyze_prunability(graph).prunable)
     images = jax.device_put(random_images(graph, batch, seed), device)
     targets = jax.device_put(random_targets(graph, batch, seed=seed), device)
@@ -121,6 +125,22 @@ def train_step_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: i
         box[0], metrics = compiled(box[0], images, targets)
         jax.block_until_ready(metrics)
 
+    return run, compile_s
+
+
+def forward_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: int = 5,
+                   warmup: int = 1, device=None, seed: int = 0) -> Timing:
+    """Inference latency of `runtime.forward` at ``batch`` (`prepare_forward`)."""
+    run, compile_s = prepare_forward(graph, variables, batch, device=device, seed=seed)
+    return _time_runs(run, repeats, warmup, compile_s)
+
+
+def train_step_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: int = 5,
+                      warmup: int = 1, sparsity: float = 1e-3, device=None, seed: int = 0
+                      ) -> Timing:
+    """One SGD training step with the sparsity penalty (`prepare_train_step`)."""
+    run, compile_s = prepare_train_step(graph, variables, batch, sparsity=sparsity,
+                                        device=device, seed=seed)
     return _time_runs(run, repeats, warmup, compile_s)
 
 
@@ -205,5 +225,5 @@ def bench(graph: ir.Graph, variables: Any, batches: tuple[int, ...] = (1, 8), *,
 
 
 __all__ = ["ENGINES", "EngineUnavailable", "Timing", "bench", "device_facts",
-           "engine_timing", "forward_timing", "random_images", "random_targets",
-           "train_step_timing"]
+           "engine_timing", "forward_timing", "prepare_forward", "prepare_train_step",
+           "random_images", "random_targets", "train_step_timing"]

@@ -21,6 +21,7 @@ import frontends
 import ir
 import passes
 from darkslim import report as reports
+from darkslim.check import measure_prune_diffs
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     # demo net's compact form runs ~15% faster than with the same FLOPs in odd counts.
     result = passes.prune(graph, sparse, passes.PruneConfig(
         percent=percent, mode=config.mode, round_to=config.round_to))
-    diffs = reports.measure_prune_diffs(graph, result)
+    diffs = measure_prune_diffs(graph, result)
     prune_report = reports.prune_report(graph, result, diffs)
     compact_graph, compact_vars = result.compact
     lap("prune")

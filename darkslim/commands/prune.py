@@ -102,8 +102,10 @@ def run(args) -> int:
         result = passes.prune(*program, config)
         diffs = None
         if args.check:
+            from darkslim.check import measure_prune_diffs
+
             with console.status("checking keep-size vs compact on a random input..."):
-                diffs = reports.measure_prune_diffs(program[0], result)
+                diffs = measure_prune_diffs(program[0], result)
         channel_report = reports.prune_report(program[0], result, diffs)
         if args.data:
             with console.status("evaluating mAP@0.5 of the four networks..."):
@@ -194,9 +196,13 @@ def summary_lines(report: dict) -> list[str]:
              f"(percent {report['safe_percent']:.3f})"]
     if report["max_abs_diff_keepsize_vs_compact"] is not None:
         lines.append(
+            f"check at {'x'.join(map(str, report['check_size']))}: "
             f"max |keep-size − compact| {report['max_abs_diff_keepsize_vs_compact']:.2e}; "
             f"max |γ-zeroed − compact| {report['max_abs_diff_gamma_zeroed_vs_compact']:.2e}"
-            " (the border effect of folding into k×k convs)")
+            " (the border effect of folding into k×k convs; by ring from the edge of the "
+            "finest head: " + ", ".join(
+                f"{v:.1e}" for v in report["border_effect"][-1]["max_abs_diff_by_ring"])
+            + ")")
     return lines
 
 
