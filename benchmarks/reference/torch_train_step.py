@@ -97,7 +97,7 @@ class TorchTrainStep:
             for gamma in self.gammas:
                 gamma.grad.add_(self.sparsity * torch.sign(gamma))
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def as_rows(targets) -> torch.Tensor:
