@@ -17,13 +17,13 @@ def test_bench_writes_forward_and_train_figures_per_batch(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", str(SYNTH_CFG), "--size", "64", "--batch", "1", "2", "--train",
                  "--repeats", "2", "--warmup", "0", "--engine", "onnxruntime",
-                 "--json", str(out)]) == 0
+                 "--precision", "highest", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["forward_ms"]) == set(result["train_step_ms"]) == {"1", "2"}
     assert all(v > 0 for v in result["forward_ms"].values())
     assert set(result["gflops_per_s"]) == set(result["compile_s"]) == {"forward", "train_step"}
     assert result["size"] == [64, 64]
-    assert result["device"] and result["jax_version"]
+    assert result["device"] and result["jax_version"] and result["matmul_precision"]
     assert len(result["runs_ms"]["forward"]["2"]) == 2
     assert "unavailable" in result["engines"]["onnxruntime"]
 

@@ -44,6 +44,10 @@ def add_parser(sub) -> None:
                    help="untimed runs after compiling")
     p.add_argument("--device", metavar="PLATFORM",
                    help="cpu, gpu, ... (default: JAX's default device)")
+    p.add_argument("--precision", choices=("default", "high", "highest"),
+                   help="jax_default_matmul_precision for convs and matmuls: on NVIDIA "
+                   "GPUs 'default' lets XLA use TF32 for float32; 'highest' keeps full "
+                   "float32 (what the 1e-4 parity checks assume). No effect on the CPU")
     p.add_argument("--engine", action="append", default=[], metavar="NAME",
                    help="also time another engine beside the runtime (onnxruntime)")
     p.add_argument("--bn-eps", type=float, default=None, metavar="E",
@@ -71,6 +75,8 @@ def run(args) -> int:
 
     import jax
 
+    if args.precision:
+        jax.config.update("jax_default_matmul_precision", args.precision)
     device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
     if args.weights:
         import frontends
@@ -84,6 +90,7 @@ def run(args) -> int:
         result = measure.bench(graph, variables, tuple(args.batch), train=args.train,
                                engines=tuple(args.engine), repeats=args.repeats,
                                warmup=args.warmup, sparsity=args.sparsity, device=device)
+    result["matmul_precision"] = str(jax.config.jax_default_matmul_precision or "default")
     console.print(render_table(result))
     for name, facts in result["engines"].items():
         if "unavailable" in facts:
