@@ -43,15 +43,26 @@ def median_seconds(fn, repeats: int, warmup: int) -> tuple[float, float]:
 
     CPU seconds are less skewed than wall time when other processes share the cores.
     """
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+    (wall, cpu, _), = alternate([fn], repeats, warmup)
+    return wall, cpu
+
+
+def alternate(fns, repeats: int, warmup: int) -> list[tuple[float, float, float]]:
+    """Run ``fns`` in alternation (a b, then b a, ...) so other processes' load falls on
+    all alike; per fn the median wall seconds, median CPU seconds and fastest run."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for i in range(repeats):
+        for k in (order if i % 2 == 0 else order[::-1]):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fns[k]()
+            wall[k].append(time.perf_counter() - start)
+            cpu[k].append(time.process_time() - start_cpu)
+    return [(statistics.median(w), statistics.median(c), min(w)) for w, c in zip(wall, cpu)]
 
 
 def bench_flax(graph, variables, batch: int, repeats: int, warmup: int):
@@ -66,7 +77,7 @@ def bench_flax(graph, variables, batch: int, repeats: int, warmup: int):
 
     def run():
         jax.block_until_ready(compiled(variables, x))
-    return traced - start, done - traced, median_seconds(run, repeats, warmup)
+    return traced - start, done - traced, run
 
 
 def bench_matmul(repeats: int) -> float:
@@ -77,7 +88,7 @@ def bench_matmul(repeats: int) -> float:
     return 2 * n ** 3 / seconds / 1e9, cpu
 
 
-def bench_torch(graph, batch: int, repeats: int, warmup: int):
+def bench_torch(graph, batch: int):
     try:
         import torch
 
@@ -90,7 +101,7 @@ def bench_torch(graph, batch: int, repeats: int, warmup: int):
     def run():
         with torch.inference_mode():
             model(x)
-    return median_seconds(run, repeats, warmup), torch.get_num_threads()
+    return run, torch.get_num_threads()
 
 
 def main(argv=None) -> int:
@@ -102,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args(argv)
-    console = Console(width=max(110, Console().width))
+    console = Console(width=max(150, Console().width))
 
     load_before = os.getloadavg()[0]
     graph = at_size(ir.parse_cfg(args.cfg), args.size)
@@ -115,31 +126,36 @@ def main(argv=None) -> int:
                   f"{jax.devices()[0].platform.upper()}, {os.cpu_count()} cores, "
                   f"jax {jax.__version__}")
     for column in ("engine", "batch", "trace s", "compile s", "latency ms (median)",
-                   "ms / image", "GFLOP/s", "CPU s / run"):
+                   "fastest ms", "ms / image", "GFLOP/s", "CPU s / run", "× torch"):
         table.add_column(column, justify="left" if column == "engine" else "right")
-    for batch in args.batches:
-        trace_s, compile_s, (latency, cpu) = bench_flax(graph, variables, batch,
-                                                        args.repeats, args.warmup)
-        table.add_row("darkslim", str(batch), f"{trace_s:.2f}", f"{compile_s:.2f}",
-                      f"{latency * 1e3:.0f}", f"{latency * 1e3 / batch:.0f}",
-                      f"{gflops * batch / latency:.1f}", f"{cpu:.2f}")
-    if not args.no_torch:
-        for batch in args.batches:
-            result = bench_torch(graph, batch, args.repeats, args.warmup)
-            if result is None:
-                break
-            (latency, cpu), threads = result
-            table.add_row(f"torch eager ×{threads}", str(batch), "-",
-                          "-", f"{latency * 1e3:.0f}", f"{latency * 1e3 / batch:.0f}",
-                          f"{gflops * batch / latency:.1f}", f"{cpu:.2f}")
+    for batch in args.batches:  # per batch: darkslim and torch alternate
+        trace_s, compile_s, run = bench_flax(graph, variables, batch, args.repeats,
+                                             args.warmup)
+        fns, torch_run = [run], None
+        if not args.no_torch:
+            torch_run = bench_torch(graph, batch)
+            if torch_run is not None:
+                fns.append(torch_run[0])
+        results = alternate(fns, args.repeats, args.warmup)
+        ref = results[1][0] if len(results) > 1 else None
+        names = ["darkslim"] + ([f"torch eager ×{torch_run[1]}"] if len(results) > 1 else [])
+        for k, (name, (latency, cpu, fastest)) in enumerate(zip(names, results)):
+            table.add_row(name, str(batch), f"{trace_s:.2f}" if k == 0 else "-",
+                          f"{compile_s:.2f}" if k == 0 else "-", f"{latency * 1e3:.0f}",
+                          f"{fastest * 1e3:.0f}", f"{latency * 1e3 / batch:.0f}",
+                          f"{gflops * batch / latency:.1f}", f"{cpu:.2f}",
+                          f"{ref / latency:.2f}×" if ref else "",
+                          end_section=k == len(results) - 1)
     matmul_gflops, matmul_cpu = bench_matmul(args.repeats)
-    table.add_row("XLA matmul 2048²", "-", "-", "-", "-", "-", f"{matmul_gflops:.1f}",
-                  f"{matmul_cpu:.3f}")
+    table.add_row("XLA matmul 2048²", "-", "-", "-", "-", "-", "-", f"{matmul_gflops:.1f}",
+                  f"{matmul_cpu:.3f}", "")
     console.print(table)
     console.print(f"darkslim = runtime.forward (Flax/XLA, NHWC); references measured in "
                   f"this run: torch eager on tests/torch_reference.py's Darknet, and a "
                   f"float32 matmul (attainable GFLOP/s). Latency: median of "
-                  f"{args.repeats} runs after {args.warmup} warm-up runs. "
+                  f"{args.repeats} runs after {args.warmup} warm-up runs, darkslim and "
+                  "torch alternating; × torch = torch's median / this one (above 1: "
+                  "faster). "
                   f"init_variables: {init_s:.2f} s. Load average before/after: "
                   f"{load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
                   "(other processes skew CPU timings).", highlight=False)

@@ -17,7 +17,8 @@ Then, median of ``--repeats``:
 
 Columns: median wall seconds, CPU seconds (user + system; less sensitive than wall to
 other processes on the machine), peak memory, and ratios to the torch reference.
-Then ``darkslim prune`` with its check (three yolov3 forwards, compiled) runs once.
+``darkslim prune`` with its check (three forwards at a small size, numpy:
+`darkslim.check`) runs interleaved with them, as a whole process too.
 Peak RSS is read by ``/usr/bin/time -f %M``: a child's own ``ru_maxrss`` from
 ``wait4`` counts the forking parent's RSS too (it is inherited at fork), so it would
 count this script's 250+ MB against every child.
@@ -33,7 +34,6 @@ import gc
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -57,7 +57,10 @@ from darkslim.testing import random_variables  # noqa: E402
 
 SHARED_CFG = ROOT.parent / "shared" / "cfg"
 DEFAULT_CFG = SHARED_CFG / "yolov3.cfg"
-DARKSLIM = ROOT / ".venv" / "bin" / "darkslim"
+# The installed entry point; without a .venv here, the same CLI through `python -m`.
+DARKSLIM = ([str(ROOT / ".venv" / "bin" / "darkslim")]
+            if (ROOT / ".venv" / "bin" / "darkslim").exists()
+            else [sys.executable, "-m", "darkslim.cli"])
 REFERENCE = ROOT / "benchmarks" / "reference" / "seed_prune_torch.py"
 TIME = "/usr/bin/time"
 MB = 1e6
@@ -197,7 +200,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sparsity", type=float, default=0.6)
     parser.add_argument("--no-check-run", dest="check_run", action="store_false",
-                        help="skip the one run of `darkslim prune` with its check")
+                        help="skip the runs of `darkslim prune` with its check")
     args = parser.parse_args()
     if not Path(TIME).exists():
         raise SystemExit(f"{TIME} not found: it measures each child's peak RSS")
@@ -222,10 +225,12 @@ def main() -> None:
 
         # Whole processes, interleaved so both see the same background load.
         common = [str(cfg), str(weights), "--percent", str(args.percent)]
-        ours_cmd = [str(DARKSLIM), "prune", *common, "--no-check", "--out", str(d / "ours")]
+        ours_cmd = [*DARKSLIM, "prune", *common, "--no-check", "--out", str(d / "ours")]
+        checked_cmd = [*DARKSLIM, "prune", *common, "--out", str(d / "checked")]
         seed_cmd = [sys.executable, str(REFERENCE), *common, "--out", str(d / "seed")]
         children = {
             "ours": ours_cmd, "seed": seed_cmd,
+            **({"checked": checked_cmd} if args.check_run else {}),
             "imports": [sys.executable, "-c",
                         "import darkslim.cli, darkslim.commands.prune"],
             "mpl": [sys.executable, "-c", "from matplotlib.figure import Figure; "
@@ -257,12 +262,8 @@ def main() -> None:
         assert (d / "inproc" / "pruned.weights").read_bytes() == \
             (d / "ours" / "pruned.weights").read_bytes(), "in-process != CLI output"
 
-        check = None
-        if args.check_run:
-            shutil.rmtree(d / "ours")
-            check = run_child([c for c in ours_cmd if c != "--no-check"])
-            checked = json.loads((d / "ours" / "checks.json").read_text())[
-                "slim_channels"][0]
+        checked = (json.loads((d / "checked" / "checks.json").read_text())["slim_channels"][0]
+                   if args.check_run else None)
     load_end = loadavg()
 
     def med(pairs, k):
@@ -295,15 +296,14 @@ def main() -> None:
     for key, name in (("imports", "  python -c 'import darkslim.commands.prune'"),
                       ("mpl", "  python -c 'import matplotlib Figure, Agg'"),
                       ("ours", "darkslim prune --no-check (whole process)"),
+                      ("checked", "darkslim prune, with its check (whole process)"),
                       ("torch", "  python -c 'import torch'"),
                       ("seed", "seed-style torch (whole process)")):
+        if key not in whole:
+            continue
         wall, cpu, rss = (med(whole[key], k) for k in range(3))
         table.add_row(name, f"{wall:.3f}", ratio(wall, seed_wall), f"{cpu:.3f}",
                       f"{rss:.0f}", ratio(rss, seed_rss))
-    if check is not None:
-        table.add_row("darkslim prune with check (1 run)", f"{check[0]:.3f}",
-                      ratio(check[0], seed_wall), f"{check[1]:.3f}", f"{check[2]:.0f}",
-                      ratio(check[2], seed_rss), end_section=True)
     console.print(f"{started}; {machine()}")
     console.print(f"load average (1/5/15 min) at start {load_start}, at end {load_end} "
                   "(other processes share this machine)")
@@ -311,16 +311,24 @@ def main() -> None:
     console.print("ᵗ in-process peak: memory traced by tracemalloc (Python + numpy) "
                   "while that pass ran, above the baseline before parsing; "
                   "whole-process peak: resident set (/usr/bin/time %M)")
-    if check is not None:
+    if checked is not None:
         keep = checked["max_abs_diff_keepsize_vs_compact"]
         zeroed = checked["max_abs_diff_gamma_zeroed_vs_compact"]
-        console.print(f"check run: max |keep-size − compact| {keep:.2e}, "
-                      f"max |γ-zeroed − compact| {zeroed:.2e}")
+        rings = "; ".join(
+            f"head {h['layer']} ({h['grid'][0]}x{h['grid'][1]}): "
+            + ", ".join(f"{v:.2e}" for v in h["max_abs_diff_by_ring"])
+            for h in checked["border_effect"])
+        console.print(f"check run at {checked['check_size'][0]} px: max |keep-size − "
+                      f"compact| {keep:.2e}, max |γ-zeroed − compact| {zeroed:.2e}; "
+                      f"by ring from the edge: {rings}")
     console.print(f"same job: prunable layers, threshold, filters per conv equal; compact "
                   f"weights max |darkslim − torch| = {max_diff:.2e}")
     console.print("every whole-process run (wall s / peak MB): darkslim "
                   + ", ".join(f"{w:.2f}/{m:.0f}" for w, _, m in whole["ours"])
-                  + "; torch " + ", ".join(f"{w:.2f}/{m:.0f}" for w, _, m in whole["seed"]))
+                  + "; torch " + ", ".join(f"{w:.2f}/{m:.0f}" for w, _, m in whole["seed"])
+                  + ("; with check " + ", ".join(f"{w:.2f}/{m:.0f}"
+                                                 for w, _, m in whole["checked"])
+                     if "checked" in whole else ""))
     phases = Table(title="seed-style torch reference, by phase (median)")
     phases.add_column("phase")
     phases.add_column("s", justify="right")

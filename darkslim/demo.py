@@ -21,6 +21,7 @@ import frontends
 import ir
 import passes
 from darkslim import report as reports
+from darkslim.check import measure_prune_diffs
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     # demo net's compact form runs ~15% faster than with the same FLOPs in odd counts.
     result = passes.prune(graph, sparse, passes.SlimChannels(
         percent=percent, mode=config.mode, round_to=config.round_to))
-    diffs = reports.measure_prune_diffs(graph, result)
+    diffs = measure_prune_diffs(graph, result)
     compact_graph, compact_vars = result.compact
     lap("prune")
 

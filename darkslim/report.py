@@ -19,35 +19,6 @@ from frontends import atomic_path
 from passes import tree
 
 
-def _max_abs_diff(prog_a, prog_b, x, bn_eps: float) -> float:
-    import runtime
-
-    a = runtime.forward(*prog_a, x, bn_eps=bn_eps)
-    b = runtime.forward(*prog_b, x, bn_eps=bn_eps)
-    return max(float(np.abs(np.asarray(ha) - np.asarray(hb)).max())
-               for ha, hb in zip(a.heads, b.heads))
-
-
-def measure_prune_diffs(graph: ir.Graph, result: passes.PruneResult, *, seed: int = 0,
-                        bn_eps: float = 1e-5) -> dict[str, float]:
-    """Max abs head differences on a seeded random input at the cfg's size.
-
-    ``keepsize_vs_compact`` must be float32 rounding; ``gamma_zeroed_vs_compact`` is
-    the border effect of folding into k×k consumers (see `passes.fold`).
-    """
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.random((1, graph.height, graph.width, graph.channels),
-                               dtype=np.float32))
-    return {
-        "max_abs_diff_keepsize_vs_compact":
-            _max_abs_diff(result.keep_size, result.compact, x, bn_eps),
-        "max_abs_diff_gamma_zeroed_vs_compact":
-            _max_abs_diff(result.gamma_zeroed, result.compact, x, bn_eps),
-    }
-
-
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
     write_text(path, json.dumps(data, indent=2) + "\n")

@@ -9,6 +9,9 @@ import pytest
 
 # Tests compile many small XLA programs; the optimiser's time is not worth it there.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# The parity tolerances (1e-4 and tighter) assume float32 arithmetic; on NVIDIA GPUs
+# XLA would otherwise run float32 convs and matmuls in TF32. No effect on the CPU.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 # The Darknet cfgs the tests use, copied byte for byte into the repository with their
 # sources in tests/cfg/SOURCES.md, so a fresh clone tests everything without ../shared.

@@ -91,14 +91,17 @@ def test_commands_in_the_docs_exist(doc):
     """Every ``darkslim COMMAND --flag`` a document shows is a flag of that command."""
     from darkslim.cli import build_parser
 
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
+    def subparser(command: str):
+        # build_parser(command) imports only that command's module, as the CLI does.
+        return build_parser(command)._subparsers._group_actions[0].choices[command]
+
+    commands = build_parser()._subparsers._group_actions[0].choices
     code = "\n".join(re.findall(r"^```(?:bash|text)?\n(.*?)^```", (ROOT / doc).read_text(),
                                 re.S | re.M))
     lines = re.findall(r"^(?:\S*/)?darkslim (\w+)\s+(.*)$", code, re.M)
     assert lines or doc != "README.md"
     for command, rest in lines:
         assert command in commands, command
-        known = {s for a in commands[command]._actions for s in a.option_strings}
+        known = {s for a in subparser(command)._actions for s in a.option_strings}
         for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
             assert flag in known, f"{doc}: darkslim {command} {flag}"

@@ -211,8 +211,10 @@ def run_checks(args, console, pipe: passes.Pipeline, result: passes.PipelineResu
         entry: dict = {"pass": k, "max_abs_diff_keepsize_vs_compact": None,
                        "max_abs_diff_gamma_zeroed_vs_compact": None}
         if args.check:
-            with console.status("checking keep-size vs compact on a random input..."):
-                entry.update(reports.measure_prune_diffs(pruned.original[0], pruned))
+            from darkslim.check import measure_prune_diffs
+
+            with console.status("checking keep-size vs compact on a small random input..."):
+                entry.update(measure_prune_diffs(pruned.original[0], pruned))
         if args.data:
             with console.status("evaluating mAP@0.5 of the four networks..."):
                 entry["map50"] = evaluate_three_ways(args.data, pruned.original, pruned)
@@ -278,9 +280,13 @@ def summary_lines(report: passes.SlimReport, check: dict) -> list[str]:
              f"{t.safe_value:.4g} (percent {t.safe_percent:.3f})"]
     if check["max_abs_diff_keepsize_vs_compact"] is not None:
         lines.append(
+            f"check at {'x'.join(map(str, check['check_size']))}: "
             f"max |keep-size − compact| {check['max_abs_diff_keepsize_vs_compact']:.2e}; "
             f"max |γ-zeroed − compact| {check['max_abs_diff_gamma_zeroed_vs_compact']:.2e}"
-            " (the border effect of folding into k×k convs)")
+            " (the border effect of folding into k×k convs" + (
+                "; by ring from the edge of the finest head: " + ", ".join(
+                    f"{v:.1e}" for v in check["border_effect"][-1]["max_abs_diff_by_ring"])
+                if check.get("border_effect") else "") + ")")
     if "map50" in check:
         lines.append("mAP@0.5: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}"
                                              for k, v in check["map50"].items()))
