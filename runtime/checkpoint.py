@@ -58,6 +58,15 @@ class Checkpointer:
                                                enable_async_checkpointing=asynchronous)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
+    @staticmethod
+    def find_latest(directory: str | os.PathLike) -> int | None:
+        """The newest complete checkpoint's epoch in ``directory`` without opening a
+        manager (Orbax renames a step's folder to its number once complete)."""
+        folder = Path(directory)
+        steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] \
+            if folder.is_dir() else []
+        return max(steps, default=None)
+
     def latest_epoch(self) -> int | None:
         """The newest complete checkpoint's epoch count, or None."""
         return self._manager.latest_step()
