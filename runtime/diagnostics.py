@@ -31,7 +31,7 @@ def prunable_abs_gammas(variables: dict, analysis: passes.Prunability) -> np.nda
 def gamma_histogram(gammas: np.ndarray) -> list[int]:
     """Counts of ``gammas`` in `HIST_EDGES` bins (below the first edge counts in the
     first bin, above the last in the last)."""
-    clipped = np.clip(gammas, HIST_EDGES[0], HIST_EDGES[-1])
+    clipped = np.clip(np.asarray(gammas, np.float64), HIST_EDGES[0], HIST_EDGES[-1])
     counts, _ = np.histogram(clipped, bins=np.asarray(HIST_EDGES))
     return [int(c) for c in counts]
 

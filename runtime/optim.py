@@ -77,7 +77,7 @@ def build_optimizer(graph: ir.Graph, params: dict, config: TrainConfig,
     if config.sparsity_schedule == "auto":
         sparse = auto_sparsity(graph, params, config.sparsity, config.target_prune,
                                mode=config.mode, period=steps_per_epoch,
-                               total_steps=total_steps)
+                               total_steps=total_steps, reach=config.sparsity_fraction)
     else:
         sparse = sparsity(graph, params, config.sparsity, config.sparsity_schedule,
                           mode=config.mode, total_steps=total_steps,

@@ -58,7 +58,8 @@ class TrainConfig:
     ``sparsity_schedule`` one of `runtime.sparsity.SPARSITY_SCHEDULES`, switching at
     ``sparsity_fraction`` of the run, or ``auto``: s is the starting strength of a
     controller that steers it until ``target_prune`` of the prunable |γ| are below
-    1e-2 (`runtime.sparsity.bn_l1_auto`); ``mode`` chooses the penalised γ
+    1e-2, aiming to get there by ``sparsity_fraction`` of the run
+    (`runtime.sparsity.bn_l1_auto`); ``mode`` chooses the penalised γ
     (``regular``/``shortcut``, as the prune pass). ``precise_bn`` batches of
     un-augmented training images re-estimate the BatchNorm statistics at the end of
     each epoch (`recalibrate_bn`; 0 keeps Darknet's running averages).

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import ir
 from darkslim.commands.synth import synth_cfg_path
 from darkslim.testing import programs
-from frontends import CheckpointError, load_variables
+from frontends import load_variables
 from passes import analyze_prunability
 from runtime import init_variables
 from runtime.data import NO_AUGMENT, load_dataset
@@ -30,8 +30,10 @@ from runtime.loss import LossConfig, yolo_loss
 from runtime.model import decode_yolo
 from runtime.sparsity import bn_l1, gamma_mask, init_gammas, sparsity, sparsity_schedule
 from runtime.synth import write_synth
-from runtime.train import (CHECKPOINT, TrainConfig, fit, init_head_biases, init_train_state,
-                           load_checkpoint, make_optimizer, recalibrate_bn)
+from darkslim.trainlog import RunWriter
+from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
+from runtime.train import (TrainConfig, build_optimizer, fit, init_head_biases,
+                           init_train_state, make_optimizer, recalibrate_bn)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,15 +245,18 @@ def runs(tiny, tmp_path_factory):
     epoch then resumed (one compile per setting, shared by the two sparse runs)."""
     out = tmp_path_factory.mktemp("runs")
     start = init_gammas(init_head_biases(tiny.graph, init_variables(tiny.graph, 0)))
-    plain = fit(tiny.graph, start, tiny.train, _config(), out_dir=out / "plain")
+
+    def run(name, config, **options):
+        return fit(tiny.graph, start, tiny.train, config, out_dir=out / name,
+                   on_epoch=RunWriter(tiny.graph, out / name), **options)
+
+    plain = run("plain", _config())
     sparse_config = _config(sparsity=0.2)
-    sparse = fit(tiny.graph, start, tiny.train, sparse_config, out_dir=out / "sparse")
+    sparse = run("sparse", sparse_config)
     steps = len(tiny.train) // 8
-    fit(tiny.graph, start, tiny.train, sparse_config, out_dir=out / "resumed",
-        max_steps=steps)
+    run("resumed", sparse_config, max_steps=steps + 1)  # dies one step into epoch 2
     interrupted = json.loads((out / "resumed" / "history.json").read_text())
-    resumed = fit(tiny.graph, start, tiny.train, sparse_config, out_dir=out / "resumed",
-                  resume=True)
+    resumed = run("resumed", sparse_config, resume=True)
     return SimpleNamespace(out=out, start=start, plain=plain, sparse=sparse,
                            interrupted=interrupted, resumed=resumed)
 
@@ -286,8 +291,14 @@ def test_resume_continues_with_the_same_losses(runs):
 
 def test_run_writes_weights_checkpoint_and_history(tiny, runs):
     folder = runs.out / "sparse"
-    for name in ("best.weights", "last.weights", CHECKPOINT, "history.json"):
+    for name in ("best.weights", "last.weights", "history.json", "metrics.jsonl",
+                 "sparsity.png"):
         assert (folder / name).exists(), name
+    # Orbax keeps the newest two epochs' checkpoints, each complete (renamed) on disk.
+    assert Checkpointer.find_latest(folder / CHECKPOINTS) == 12
+    assert sorted(p.name for p in (folder / CHECKPOINTS).iterdir()) == ["11", "12"]
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 13))
     last = load_variables(tiny.graph, folder / "last.weights").variables
     for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(runs.sparse.variables)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -295,10 +306,81 @@ def test_run_writes_weights_checkpoint_and_history(tiny, runs):
 
 def test_checkpoint_of_another_network_is_refused(tiny, runs):
     other = ir.narrow(tiny.graph, 2)
-    tx = make_optimizer("adam", 1e-3)
-    template = init_train_state(init_variables(other), tx)
-    with pytest.raises(CheckpointError, match=CHECKPOINT):
-        load_checkpoint(runs.out / "plain" / CHECKPOINT, template)
+    params = init_variables(other)["params"]
+    for tx in (make_optimizer("sgd", 1e-3),  # another optimiser: other state tree
+               build_optimizer(other, params, _config(), 4, 4)[0]):  # other shapes
+        template = init_train_state(init_variables(other), tx)
+        with Checkpointer(runs.out / "plain" / CHECKPOINTS) as checkpoints, \
+                pytest.raises(TrainStateError, match=f"(?s){CHECKPOINTS}/12: .*expected .*same"):
+            checkpoints.restore(template)
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    with Checkpointer(tmp_path / CHECKPOINTS) as checkpoints, \
+            pytest.raises(TrainStateError, match="no complete checkpoint"):
+        checkpoints.restore({"a": np.zeros(2)})
+
+
+def test_sparsity_metrics_agree_with_prune_on_the_saved_weights(tiny, runs, tmp_path):
+    """metrics.jsonl's last row against `darkslim prune` run on last.weights (the same
+    epoch): the safe ratio, and the params and BFLOPs a prune there leaves."""
+    from darkslim.cli import main
+
+    folder = runs.out / "sparse"
+    row = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+    weights = load_variables(tiny.graph, folder / "last.weights").variables
+    gammas = _prunable_gammas(tiny.graph, weights)
+    assert row["gamma_below_1e-2"] == pytest.approx(float((gammas < 1e-2).mean()))
+    assert row["gamma_below_1e-3"] == pytest.approx(float((gammas < 1e-3).mean()))
+    assert row["gamma_q50"] == pytest.approx(float(np.median(gammas)), rel=1e-6)
+    assert sum(row["gamma_hist"]) == len(gammas)
+    assert 0 < row["safe_prune_ratio"] < 1
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tiny.cfg), str(folder / "last.weights"), "--percent",
+                 repr(row["safe_prune_ratio"]), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["safe_percent"] == pytest.approx(row["safe_prune_ratio"])
+    assert report["params_after"] == row["params_at_safe"] < row["params"]
+    assert report["bflops_after"] == pytest.approx(row["bflops_at_safe"])
+    assert report["params_before"] == row["params"]
+
+
+def test_auto_sparsity_reaches_its_target_and_then_holds_s(tiny, tmp_path):
+    config = _config(epochs=10, sparsity=0.05, sparsity_schedule="auto", target_prune=0.5,
+                     precise_bn=1)
+    start = init_gammas(init_head_biases(tiny.graph, init_variables(tiny.graph, 0)))
+    result = fit(tiny.graph, start, tiny.train, config)
+    history = result.history
+    s = [row["s"] for row in history]
+    reached = next(i for i, row in enumerate(history) if row["gamma_below_1e-2"] >= 0.5)
+    assert history[-1]["safe_prune_ratio"] >= 0.5, history[-1]
+    assert max(s) > s[0]  # it had to push: 0.05 alone is too weak here
+    # After the epoch it got there, s stays put (one more adjustment may be in flight
+    # within the epoch it reached the target).
+    assert len(set(s[reached + 1:])) <= 1, s
+
+
+def test_auto_controller_steps_toward_the_target_path_then_latches():
+    from runtime.sparsity import bn_l1_auto
+
+    tx = bn_l1_auto(0.1, target=0.5, period=2, total_steps=8, reach=0.5, gain=2.0,
+                    max_factor=2.0)
+    grads = {"g": jnp.zeros(4)}
+    state = tx.init(None)
+    behind = {"g": jnp.array([0.5, 0.5, 0.5, 0.5])}     # share below 1e-2: 0
+    ahead = {"g": jnp.array([0.0, 0.0, 0.0, 0.5])}      # share 0.75 >= target
+    rates = []
+    for params in (behind, behind, behind, behind, ahead, ahead, behind, behind):
+        _, state = tx.update(grads, state, params)
+        rates.append(float(state.rate))
+    # steps 0-1: no check yet; step 2: path 0.5·2/4 = 0.25 above a share of 0: s grows
+    # ×e^(2·0.25); step 4: share 0.75 >= 0.5: latched; step 6 (share 0 again): held.
+    assert rates[:2] == pytest.approx([0.1, 0.1])
+    assert rates[2] == pytest.approx(0.1 * np.exp(0.5), rel=1e-5)
+    assert rates[4] == pytest.approx(rates[3]) and bool(state.reached)
+    assert rates[-1] == pytest.approx(rates[3])
+    with pytest.raises(ValueError, match="target=1.5"):
+        bn_l1_auto(0.1, target=1.5, period=1, total_steps=1)
 
 
 def test_recalibrate_bn_uses_the_batch_statistics(tiny):
@@ -373,8 +455,9 @@ def test_train_and_eval_commands(tiny, tmp_path):
     out = tmp_path / "run"
     assert main(["train", str(tiny.data), str(tiny.cfg), "--epochs", "1", "--batch", "8",
                  "--sparsity", "0.01", "--out", str(out), "--quiet"]) == 0
-    for name in ("best.weights", "last.weights", "checkpoint.msgpack", "history.json",
-                 "summary.json", "gamma/epoch_000.png", "gamma/epoch_001.png"):
+    for name in ("best.weights", "last.weights", "checkpoints/1", "history.json",
+                 "metrics.jsonl", "sparsity.png", "summary.json", "gamma/epoch_000.png",
+                 "gamma/epoch_001.png"):
         assert (out / name).exists(), name
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and 0 <= history[0]["map50"] <= 1

@@ -46,7 +46,8 @@ def add_parser(sub) -> None:
                    help="sparsity schedule: constant s; global: s*0.01 after --switch of "
                    "the run; local: after --switch the largest 15%% of γ get s*0.01")
     p.add_argument("--switch", type=float, default=0.5, metavar="F",
-                   help="fraction of the run after which global/local decay starts (0.5)")
+                   help="fraction of the run after which global/local decay starts; with "
+                   "--sparsity auto, by which the target should be reached (0.5)")
     p.add_argument("--mode", choices=("regular", "shortcut"), default="regular",
                    help="which γ are penalised: those `darkslim prune --mode` would prune")
     p.add_argument("--gamma-init", type=float, default=None, metavar="G",
