@@ -40,6 +40,13 @@ def _abstract(tree, mesh: Mesh | None):
         tree)
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """``{path: shape}`` of the array leaves of a state dict (or its Orbax metadata)."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
 class Checkpointer:
     """The checkpoints of one run folder, ``directory`` (``out/checkpoints``), one per
     epoch, the newest ``keep`` kept.
@@ -56,7 +63,10 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=asynchronous)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
 
     @staticmethod
     def find_latest(directory: str | os.PathLike) -> int | None:
@@ -93,23 +103,30 @@ class Checkpointer:
             raise TrainStateError(f"{self.directory}: no complete checkpoint to resume "
                                   "from: expected a folder written by `darkslim train`")
         ocp, target = self._ocp, _abstract(flax.serialization.to_state_dict(template), mesh)
+        # Compare with what is on disk before reading anything: a refused restore must
+        # not leave Orbax's readers half-way.
         try:
-            restored = self._manager.restore(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-            state = flax.serialization.from_state_dict(template, restored["state"])
+            found = self._manager.item_metadata(epoch)["state"]
         except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
+            raise TrainStateError(f"{self.directory}/{epoch}: unreadable checkpoint "
+                                  f"metadata: {str(exc)[:300]}") from exc
+        want, have = _shapes(target), _shapes(getattr(found, "tree", found))
+        if want.keys() != have.keys():
+            missing = sorted(want.keys() - have.keys())[:3]
+            extra = sorted(have.keys() - want.keys())[:3]
             raise TrainStateError(
-                f"{self.directory}/{epoch}: cannot restore the training state: "
-                f"{str(exc)[:400]} (expected a checkpoint of this cfg with the same "
-                "optimiser and sparsity options)") from exc
-        mismatched = [(np.shape(a), np.shape(b)) for a, b in
-                      zip(jax.tree.leaves(template), jax.tree.leaves(state))
-                      if np.shape(a) != np.shape(b)]
-        if mismatched:
-            raise TrainStateError(f"{self.directory}/{epoch}: array shapes differ from "
-                                  f"this cfg's (found {mismatched[0][1]}, expected "
-                                  f"{mismatched[0][0]}): expected a checkpoint of the "
-                                  "same network")
+                f"{self.directory}/{epoch}: the saved training state has another "
+                f"structure (missing {missing}, unexpected {extra}): expected a "
+                "checkpoint of this cfg with the same optimiser and sparsity options")
+        wrong = [(k, have[k], want[k]) for k in want if have[k] != want[k]]
+        if wrong:
+            key, found_shape, expected = wrong[0]
+            raise TrainStateError(f"{self.directory}/{epoch}: {key} has shape "
+                                  f"{found_shape}, expected {expected}: expected a "
+                                  "checkpoint of the same network")
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        state = flax.serialization.from_state_dict(template, restored["state"])
         return state, dict(restored["meta"])
 
     def wait(self) -> None:
