@@ -37,7 +37,7 @@ class DemoConfig:
     sparsity: float = 2e-2      # s, or with schedule "auto" the controller's start
     schedule: str = "auto"
     target_prune: float = 0.55  # auto: steer s until this share of |γ| is below 1e-2
-    reach: float = 0.7          # auto: ... by this fraction of the sparse epochs
+    reach: float = 0.5          # auto: ... by this fraction of the sparse epochs
     finetune_epochs: int = 10
     finetune_lr: float = 1e-3
     percent: float | None = None

@@ -125,7 +125,9 @@ def bn_l1_auto(s: float, target: float, period: int, total_steps: int, *,
     path ``target · min(1, count / (reach · total_steps))``: behind the path s grows,
     ahead of it s shrinks, by ``exp(gain · (path − share))`` clipped to
     ``[1/max_factor, max_factor]`` per period and to ``[s_min, s_max]`` (default
-    ``s/100 .. 100·s``). Once ``share >= target`` it holds s for the rest of the run,
+    ``s .. 100·s``: never below the start, because the share answers s late and a
+    penalty relaxed while ahead leaves it stalled short of the target). Once
+    ``share >= target`` it holds s for the rest of the run,
     so the network can recover its accuracy at a steady penalty. The state (s, the
     latch, the last share) is an optax state, so it is checkpointed with the
     optimiser's.
@@ -142,7 +144,7 @@ def bn_l1_auto(s: float, target: float, period: int, total_steps: int, *,
         raise ValueError(f"target={target}: expected a share in (0, 1)")
     if period < 1 or total_steps < 1:
         raise ValueError(f"period={period}, total_steps={total_steps}: expected >= 1")
-    low = s / 100 if s_min is None else s_min
+    low = s if s_min is None else s_min
     high = s * 100 if s_max is None else s_max
     horizon = max(1.0, reach * total_steps)
 

@@ -379,8 +379,35 @@ def test_auto_controller_steps_toward_the_target_path_then_latches():
     assert rates[2] == pytest.approx(0.1 * np.exp(0.5), rel=1e-5)
     assert rates[4] == pytest.approx(rates[3]) and bool(state.reached)
     assert rates[-1] == pytest.approx(rates[3])
+    # Ahead of the path s shrinks, but never below where it started.
+    ahead_tx = bn_l1_auto(0.1, target=0.9, period=1, total_steps=10, reach=1.0)
+    state = ahead_tx.init(None)
+    for params in (behind, behind, behind):  # grows at counts 1 and 2
+        _, state = ahead_tx.update(grads, state, params)
+    grown = float(state.rate)
+    _, state = ahead_tx.update(grads, state, ahead)  # share 0.75 > path 0.27: shrinks
+    assert 0.1 < float(state.rate) < grown and not bool(state.reached)
+    _, state = ahead_tx.update(grads, state, ahead)  # would shrink below the start
+    assert float(state.rate) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="target=1.5"):
         bn_l1_auto(0.1, target=1.5, period=1, total_steps=1)
+
+
+@pytest.mark.slow
+def test_auto_sparsity_reaches_half_on_the_demo_data(tmp_path):
+    """The demo's data, network and 30 epochs: --sparsity auto --target-prune 0.5
+    reaches a safe prune ratio and a share of |γ| below 1e-2 of at least 0.5."""
+    from darkslim.demo import DemoConfig, template_cfg
+
+    demo = DemoConfig()
+    data = write_synth(tmp_path / "data", train=demo.train, valid=demo.valid,
+                       size=demo.size, seed=demo.seed, cfg=template_cfg())
+    graph = ir.parse_cfg(data.cfg)
+    start = init_gammas(init_head_biases(graph, init_variables(graph, demo.seed)))
+    config = TrainConfig(epochs=demo.epochs, batch_size=demo.batch, lr=demo.lr,
+                         sparsity=demo.sparsity, sparsity_schedule="auto", target_prune=0.5)
+    last = fit(graph, start, load_dataset(data.data, "train"), config).history[-1]
+    assert last["safe_prune_ratio"] >= 0.5 and last["gamma_below_1e-2"] >= 0.5, last
 
 
 def test_recalibrate_bn_uses_the_batch_statistics(tiny):
