@@ -34,6 +34,7 @@ def plot_sparsity(history, path: str | os.PathLike, title: str = "sparse trainin
     params and BFLOPs a prune at the safe ratio leaves (share of the unpruned net), and
     the |γ| histogram of every epoch as a heat map (epochs across, log |γ| up)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
 
     from runtime.diagnostics import HIST_EDGES
@@ -72,12 +73,14 @@ def plot_sparsity(history, path: str | os.PathLike, title: str = "sparse trainin
         shares_map = counts / np.maximum(counts.sum(0, keepdims=True), 1)
         edges = np.asarray(HIST_EDGES)
         x = np.arange(len(rows) + 1) + 0.5
-        mesh = heat.pcolormesh(x, edges, shares_map, cmap="magma", shading="flat")
+        # A power norm: the few channels left behind by the collapse stay visible.
+        mesh = heat.pcolormesh(x, edges, shares_map, cmap="magma", shading="flat",
+                               norm=PowerNorm(0.4, vmin=0.0, vmax=1.0))
         heat.set_yscale("log")
         fig.colorbar(mesh, ax=heat, label="share of channels")
     heat.set_xlabel("epoch")
     heat.set_ylabel("|γ|")
-    heat.set_title("|γ| histogram per epoch")
+    heat.set_title("|γ| histogram per epoch (the lowest row: below 1e-4)")
     fig.suptitle(title)
     _atomic_figure(fig, path)
 
