@@ -35,8 +35,10 @@ class DemoConfig:
     epochs: int = 30
     batch: int = 16
     lr: float = 3e-3
-    sparsity: float = 2e-2
-    schedule: str = "constant"
+    sparsity: float = 2e-2      # s, or with schedule "auto" the controller's start
+    schedule: str = "auto"
+    target_prune: float = 0.55  # auto: steer s until this share of |γ| is below 1e-2
+    reach: float = 0.5          # auto: ... by this fraction of the sparse epochs
     finetune_epochs: int = 10
     finetune_lr: float = 1e-3
     percent: float | None = None
@@ -71,6 +73,7 @@ class DemoResult:
     out: Path
     files: tuple[str, ...]
     seconds: dict
+    sparse_history: tuple[dict, ...] = ()
 
     @property
     def table(self) -> list[dict]:
@@ -96,13 +99,22 @@ def choose_percent(graph: ir.Graph, variables, analysis: passes.Prunability,
     return float(min(below_safe, max(floor, share)))
 
 
+def _chain(*callbacks):
+    """One ``on_epoch`` calling each of ``callbacks`` that is not None."""
+    def call(info) -> None:
+        for callback in callbacks:
+            if callback is not None:
+                callback(info)
+    return call
+
+
 def run_demo(config: DemoConfig, out: str | Path, *,
              on_stage: Callable[[str], None] = lambda s: None,
              on_step: Callable[[Any], None] | None = None,
              on_epoch: Callable[[Any], None] | None = None) -> DemoResult:
-    """Run the loop and write ``out/``: data/, sparse/, finetune/, pruned.cfg,
-    pruned.weights (the fine-tuned compact network), report.md, report.json,
-    gamma_before.png, gamma_after.png, channels.png."""
+    """Run the loop and write ``out/``: data/, sparse/ (with metrics.jsonl and
+    sparsity.png), finetune/, pruned.cfg, pruned.weights (the fine-tuned compact
+    network), report.md, report.json, gamma_before.png, gamma_after.png, channels.png."""
     import time
 
     from darkslim.latency import measure_latency
@@ -112,6 +124,7 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     from runtime.synth import write_synth
     from runtime.sparsity import init_gammas
     from runtime.train import TrainConfig, fit, init_head_biases
+    from darkslim.trainlog import RunWriter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +142,8 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     if config.narrow > 1:
         template = ir.narrow(template, config.narrow, min_filters=4)
     data = write_synth(out / "data", train=config.train, valid=config.valid,
-                       size=config.size, seed=config.seed, cfg=template)
+                       size=config.size, seed=config.seed, cfg=template,
+                       write=frontends.write_atomic)
     graph = ir.parse_cfg(data.cfg)
     train_set = load_dataset(data.data, "train")
     valid_set = load_dataset(data.data, "valid")
@@ -141,9 +155,13 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     gamma_before = reports.prunable_gammas(variables, analysis)
     train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch, lr=config.lr,
                                sparsity=config.sparsity, sparsity_schedule=config.schedule,
-                               mode=config.mode, seed=config.seed)
-    sparse = fit(graph, variables, train_set, train_config, out_dir=out / "sparse",
-                 on_step=on_step, on_epoch=on_epoch).variables
+                               target_prune=config.target_prune,
+                               sparsity_fraction=config.reach, mode=config.mode,
+                               seed=config.seed)
+    sparse_run = fit(graph, variables, train_set, train_config, out_dir=out / "sparse",
+                 on_step=on_step, on_epoch=_chain(RunWriter(
+                     graph, out / "sparse", title="demo: sparse training"), on_epoch))
+    sparse = sparse_run.variables
     gamma_after = reports.prunable_gammas(sparse, analysis)
     lap("sparse training")
 
@@ -163,7 +181,8 @@ def run_demo(config: DemoConfig, out: str | Path, *,
                                           lr=config.finetune_lr, sparsity=0.0,
                                           warmup_epochs=0.0)
     tuned = fit(compact_graph, compact_vars, train_set, finetune_config,
-                out_dir=out / "finetune", on_step=on_step, on_epoch=on_epoch).variables
+                out_dir=out / "finetune", on_step=on_step, on_epoch=_chain(RunWriter(
+                    compact_graph, out / "finetune", plots=False), on_epoch)).variables
     lap("fine-tune")
 
     on_stage("evaluating")
@@ -197,10 +216,14 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     reports.plot_channels_kept(result.report, out / "channels.png")
     demo = DemoResult(stages=stages, prune=result.report, checks=diffs, out=out,
                       files=("pruned.cfg", "pruned.weights", "report.md", "report.json",
-                             "gamma_before.png", "gamma_after.png", "channels.png"),
-                      seconds=seconds)
+                             "gamma_before.png", "gamma_after.png", "channels.png",
+                             "sparse/metrics.jsonl", "sparse/sparsity.png"),
+                      seconds=seconds,
+                      sparse_history=tuple({k: v for k, v in row.items() if k != "gamma_hist"}
+                                           for row in sparse_run.history))
     reports.write_json(out / "report.json", {
         "config": dataclasses.asdict(config), "stages": demo.table,
+        "sparse_s": [row["s"] for row in demo.sparse_history],
         "prune": passes.report_to_json(result.report), "checks": diffs,
         "seconds": seconds})
     reports.write_text(out / "report.md", markdown_report(demo, config))
@@ -217,6 +240,16 @@ def markdown_table(stages: tuple[Stage, ...]) -> str:
     return "\n".join(lines)
 
 
+def _sparsity_text(demo: DemoResult, config: DemoConfig) -> str:
+    if config.schedule != "auto":
+        return f"s = {config.sparsity:g} ({config.schedule})"
+    s = [round(row["s"], 4) for row in demo.sparse_history]
+    return (f"s steered automatically from {config.sparsity:g} toward "
+            f"{config.target_prune:.0%} of |γ| below 1e-2 by {config.reach:.0%} of the "
+            f"run (s per epoch: {', '.join(f'{v:g}' for v in s)}; sparse/metrics.jsonl, "
+            "sparse/sparsity.png)")
+
+
 def markdown_report(demo: DemoResult, config: DemoConfig) -> str:
     r, t = demo.prune, demo.prune.threshold
     kept = "\n".join(f"| {i} | {k} | {total} |" for i, k, total in r.channels)
@@ -224,10 +257,10 @@ def markdown_report(demo: DemoResult, config: DemoConfig) -> str:
     return f"""# darkslim demo
 
 Synthetic dataset: {config.train} train / {config.valid} valid images at {config.size} px
-(seed {config.seed}). Sparse training {config.epochs} epochs with s = {config.sparsity:g}
-({config.schedule}); pruned with `{r.text}` (percent {t.percent:.2f}, threshold
-{t.value:.4g}, channel counts rounded up to multiples of {r.round_to}; highest safe
-threshold {t.safe_value:.4g} = percent {t.safe_percent:.3f}); fine-tuned
+(seed {config.seed}). Sparse training {config.epochs} epochs, {_sparsity_text(demo, config)};
+pruned with `{r.text}` (percent {t.percent:.2f}, threshold {t.value:.4g}, channel counts
+rounded up to multiples of {r.round_to}; highest safe threshold {t.safe_value:.4g} =
+percent {t.safe_percent:.3f}); fine-tuned
 {config.finetune_epochs} epochs.
 
 {markdown_table(demo.stages)}

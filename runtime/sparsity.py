@@ -10,7 +10,11 @@ it chains in front of any optimiser::
 
 The schedules the field uses are transforms too, their only state a step count in the
 optax state: ``constant`` s, ``global`` decay (s × 0.01 after a fraction of the run) and
-``local`` decay (after that fraction, the largest 15% of |γ| get 100× less penalty).
+``local`` decay (after that fraction, the largest 15% of |γ| get 100× less penalty);
+``auto`` (`bn_l1_auto`) is a controller that steers s between epochs until a target
+share of the penalised γ has collapsed, then holds it. Every state carries ``rate``,
+the s of the last step, so ``optax.tree_utils.tree_get(opt_state, "rate")`` reads it
+whatever the schedule (`current_rate`).
 """
 
 from __future__ import annotations
@@ -24,11 +28,16 @@ import optax
 import ir
 from passes import analyze_prunability
 
-SPARSITY_SCHEDULES = ("constant", "global", "local")
+SPARSITY_SCHEDULES = ("constant", "global", "local", "auto")
 
 
 class BnL1State(NamedTuple):
     count: jax.Array  # steps taken; the schedules read it
+    rate: jax.Array   # the s applied at the last step (for logs)
+
+
+def _init_state() -> BnL1State:
+    return BnL1State(count=jnp.zeros((), jnp.int32), rate=jnp.zeros((), jnp.float32))
 
 
 def _as_schedule(s: float | optax.Schedule) -> optax.Schedule:
@@ -51,15 +60,15 @@ def bn_l1(s: float | optax.Schedule) -> optax.GradientTransformation:
 
     def init(params) -> BnL1State:
         del params
-        return BnL1State(count=jnp.zeros((), jnp.int32))
+        return _init_state()
 
     def update(updates, state: BnL1State, params=None):
         if params is None:
             raise ValueError("bn_l1 needs params: call tx.update(grads, state, params)")
-        rate = schedule(state.count)
+        rate = jnp.asarray(schedule(state.count), jnp.float32)
         updates = jax.tree.map(lambda u, p: u + (rate * jnp.sign(p)).astype(u.dtype),
                                updates, params)
-        return updates, BnL1State(count=optax.safe_increment(state.count))
+        return updates, BnL1State(count=optax.safe_increment(state.count), rate=rate)
 
     return optax.GradientTransformation(init, update)
 
@@ -73,14 +82,15 @@ def bn_l1_local(s: float, start: int, keep: float = 0.15, factor: float = 0.01
 
     def init(params) -> BnL1State:
         del params
-        return BnL1State(count=jnp.zeros((), jnp.int32))
+        return _init_state()
 
     def update(updates, state: BnL1State, params=None):
         if params is None:
             raise ValueError("bn_l1_local needs params: call tx.update(grads, state, params)")
         leaves = jax.tree.leaves(params)
+        rate = jnp.asarray(s, jnp.float32)  # the base s; the top |γ| get s·factor
         if not leaves:
-            return updates, BnL1State(count=optax.safe_increment(state.count))
+            return updates, BnL1State(count=optax.safe_increment(state.count), rate=rate)
         magnitudes = jnp.concatenate([jnp.abs(p).ravel() for p in leaves])
         threshold = jnp.quantile(magnitudes, 1 - keep)
         late = state.count >= start
@@ -90,9 +100,89 @@ def bn_l1_local(s: float, start: int, keep: float = 0.15, factor: float = 0.01
             return u + (rate * jnp.sign(p)).astype(u.dtype)
 
         return (jax.tree.map(one, updates, params),
-                BnL1State(count=optax.safe_increment(state.count)))
+                BnL1State(count=optax.safe_increment(state.count),
+                          rate=jnp.asarray(s, jnp.float32)))
 
     return optax.GradientTransformation(init, update)
+
+
+class AutoSparsityState(NamedTuple):
+    count: jax.Array    # steps taken
+    rate: jax.Array     # the current s
+    reached: jax.Array  # True once the target share collapsed: s is held from then on
+    share: jax.Array    # share of penalised |γ| below the threshold at the last check
+
+
+def bn_l1_auto(s: float, target: float, period: int, total_steps: int, *,
+               threshold: float = 1e-2, reach: float = 0.5, gain: float = 2.0,
+               max_factor: float = 1.5, s_min: float | None = None,
+               s_max: float | None = None) -> optax.GradientTransformation:
+    """`bn_l1` whose s steers itself: a controller of the penalty strength.
+
+    Every ``period`` steps (one epoch in `fit`, so "between epochs") it measures
+    ``share``, the fraction of the |γ| it sees (wrap it in ``optax.masked`` with
+    `gamma_mask`: the prunable γ) below ``threshold``, and compares it with the target
+    path ``target · min(1, count / (reach · total_steps))``: behind the path s grows,
+    ahead of it s shrinks, by ``exp(gain · (path − share))`` clipped to
+    ``[1/max_factor, max_factor]`` per period and to ``[s_min, s_max]`` (default
+    ``s .. 100·s``: never below the start, because the share answers s late and a
+    penalty relaxed while ahead leaves it stalled short of the target). Once
+    ``share >= target`` it holds s for the rest of the run,
+    so the network can recover its accuracy at a steady penalty. The state (s, the
+    latch, the last share) is an optax state, so it is checkpointed with the
+    optimiser's.
+
+    Args:
+        s: the starting penalty.
+        target: the share of prunable |γ| to drive below ``threshold`` (the prune
+            ratio wanted, ``--target-prune``).
+        period: steps between two adjustments.
+        total_steps: the run's length (the target path reaches ``target`` at
+            ``reach`` of it).
+    """
+    if not 0 < target < 1:
+        raise ValueError(f"target={target}: expected a share in (0, 1)")
+    if period < 1 or total_steps < 1:
+        raise ValueError(f"period={period}, total_steps={total_steps}: expected >= 1")
+    low = s if s_min is None else s_min
+    high = s * 100 if s_max is None else s_max
+    horizon = max(1.0, reach * total_steps)
+
+    def init(params) -> AutoSparsityState:
+        del params
+        return AutoSparsityState(count=jnp.zeros((), jnp.int32),
+                                 rate=jnp.asarray(s, jnp.float32),
+                                 reached=jnp.zeros((), bool),
+                                 share=jnp.zeros((), jnp.float32))
+
+    def update(updates, state: AutoSparsityState, params=None):
+        if params is None:
+            raise ValueError("bn_l1_auto needs params: call tx.update(grads, state, params)")
+        leaves = jax.tree.leaves(params)
+        rate, reached, share = state.rate, state.reached, state.share
+        if leaves:
+            check = (state.count > 0) & (state.count % period == 0)
+            magnitudes = jnp.concatenate([jnp.abs(p).ravel() for p in leaves])
+            measured = (magnitudes < threshold).mean().astype(jnp.float32)
+            path = target * jnp.minimum(1.0, state.count / horizon)
+            factor = jnp.clip(jnp.exp(gain * (path - measured)), 1 / max_factor, max_factor)
+            steered = jnp.clip(rate * factor, low, high).astype(jnp.float32)
+            now_reached = reached | (check & (measured >= target))
+            rate = jnp.where(check & ~now_reached, steered, rate)
+            share = jnp.where(check, measured, share)
+            reached = now_reached
+        updates = jax.tree.map(lambda u, p: u + (rate * jnp.sign(p)).astype(u.dtype),
+                               updates, params)
+        return updates, AutoSparsityState(count=optax.safe_increment(state.count),
+                                          rate=rate, reached=reached, share=share)
+
+    return optax.GradientTransformation(init, update)
+
+
+def current_rate(opt_state) -> jax.Array:
+    """The s the sparsity transform inside ``opt_state`` applied last (0 without one)."""
+    found = optax.tree_utils.tree_get(opt_state, "rate")
+    return jnp.zeros((), jnp.float32) if found is None else found
 
 
 def sparsity_schedule(s: float, schedule: str = "constant", total_steps: int = 1,
@@ -113,6 +203,8 @@ def sparsity_schedule(s: float, schedule: str = "constant", total_steps: int = 1
         return bn_l1(optax.piecewise_constant_schedule(s, {start: factor}))
     if schedule == "local":
         return bn_l1_local(s, start, keep, factor)
+    if schedule == "auto":
+        raise ValueError("schedule='auto' needs a target: use auto_sparsity or bn_l1_auto")
     raise ValueError(f"schedule={schedule!r}: expected one of {SPARSITY_SCHEDULES}")
 
 
@@ -135,6 +227,15 @@ def sparsity(graph: ir.Graph, params: dict, s: float, schedule: str = "constant"
              ignore: tuple[int, ...] = ()) -> optax.GradientTransformation:
     """``optax.masked(sparsity_schedule(...), gamma_mask(graph, params, mode))``."""
     return optax.masked(sparsity_schedule(s, schedule, total_steps, fraction),
+                        gamma_mask(graph, params, mode, ignore))
+
+
+def auto_sparsity(graph: ir.Graph, params: dict, s: float, target: float, *,
+                  mode: str = "regular", period: int, total_steps: int,
+                  ignore: tuple[int, ...] = (), **options) -> optax.GradientTransformation:
+    """``optax.masked(bn_l1_auto(...), gamma_mask(graph, params, mode))``: the
+    controller over exactly the γ the prune pass ranks."""
+    return optax.masked(bn_l1_auto(s, target, period, total_steps, **options),
                         gamma_mask(graph, params, mode, ignore))
 
 

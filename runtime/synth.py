@@ -14,6 +14,7 @@ the set can be moved, and Darknet run from ``OUT`` reads it too)::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,6 @@ import cv2
 import numpy as np
 
 import ir
-from frontends import write_atomic
 
 SHAPES = ("circle", "square", "triangle")
 _SPLITS = {"train": 0, "valid": 1}
@@ -209,13 +209,18 @@ def _format_labels(labels: np.ndarray) -> str:
 
 def write_synth(out_dir: str | os.PathLike, *, train: int = 512, valid: int = 128,
                 size: int = 128, seed: int = 0, cfg: ir.Graph | None = None,
-                spec: SynthSpec | None = None) -> SynthDataset:
+                spec: SynthSpec | None = None,
+                write: Callable[[Path, bytes], None] | None = None) -> SynthDataset:
     """Write a synthetic Darknet dataset (and, given a template ``cfg``, a
     ``model.cfg`` adapted to it with k-means anchors from the training boxes).
+
+    ``write(path, data)`` writes each file (the app passes `frontends.write_atomic`;
+    the runtime imports no frontend), default `Path.write_bytes`.
 
     Returns:
         The `SynthDataset` paths. Existing files of the same names are replaced.
     """
+    write_atomic = write if write is not None else Path.write_bytes
     spec = dataclasses.replace(spec or SynthSpec(), size=size)
     root = Path(out_dir)
     all_wh = []

@@ -1,5 +1,7 @@
-"""Loss, sparse training with optax, checkpoints and data parallelism (runtime.loss,
-runtime.train) on a tiny synthetic set."""
+"""Loss, sparse training with optax, checkpoints, sparsity diagnostics and data
+parallelism (runtime.loss, runtime.train) on a tiny synthetic set. The sparsity
+transforms themselves are tests/test_sparsity.py; several processes,
+tests/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -16,25 +18,24 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import ir
+import passes
 from ir import layer_key
 from darkslim.commands.synth import synth_cfg_path
-from darkslim.testing import programs
-from frontends import CheckpointError, load_variables
+from frontends import load_variables
 from passes import analyze_prunability
 from runtime import init_variables
 from runtime.data import NO_AUGMENT, load_dataset
 from runtime.loss import LossConfig, yolo_loss
 from runtime.model import decode_yolo
-from runtime.sparsity import bn_l1, gamma_mask, init_gammas, sparsity, sparsity_schedule
+from runtime.sparsity import gamma_mask, init_gammas
 from runtime.synth import write_synth
-from runtime.train import (CHECKPOINT, TrainConfig, fit, init_head_biases, init_train_state,
-                           load_checkpoint, make_optimizer, recalibrate_bn)
+from darkslim.trainlog import RunWriter
+from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
+from runtime.train import (TrainConfig, build_optimizer, fit, init_head_biases,
+                           init_train_state, make_optimizer, recalibrate_bn)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,53 +198,6 @@ def test_loss_rejects_a_bad_box_kind():
 
 # -------------------------------------------------------------------------- sparsity
 
-def test_bn_l1_masked_matches_a_hand_computed_update():
-    params = {"layer_0": {"bn": {"scale": jnp.array([0.5, -0.2, 0.0])},
-                          "conv": {"kernel": jnp.array([1.0, -1.0])}},
-              "layer_1": {"bn": {"scale": jnp.array([0.3, -0.4])}}}
-    mask = {"layer_0": {"bn": {"scale": True}, "conv": {"kernel": False}},
-            "layer_1": {"bn": {"scale": False}}}
-    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
-    s, lr, momentum = 0.01, 0.5, 0.9
-    tx = optax.chain(optax.masked(bn_l1(s), mask), optax.sgd(lr, momentum=momentum))
-    state = tx.init(params)
-    updates, state = tx.update(grads, state, params)
-    new = optax.apply_updates(params, updates)
-    # γ - lr * (g + s * sign(γ)); sign(0) = 0; other leaves plain SGD.
-    assert np.allclose(new["layer_0"]["bn"]["scale"],
-                       [0.5 - 0.5 * 0.11, -0.2 - 0.5 * 0.09, 0.0 - 0.5 * 0.1])
-    assert np.allclose(new["layer_0"]["conv"]["kernel"], [1.0 - 0.05, -1.0 - 0.05])
-    assert np.allclose(new["layer_1"]["bn"]["scale"], [0.3 - 0.05, -0.4 - 0.05])
-    # Second step: momentum buffer m = 0.9 m + g', update -lr m.
-    updates2, _ = tx.update(grads, state, new)
-    m1 = 0.1 + 0.01 * np.sign([0.5, -0.2, 0.0])
-    m2 = 0.9 * m1 + 0.1 + 0.01 * np.sign(np.asarray(new["layer_0"]["bn"]["scale"]))
-    assert np.allclose(updates2["layer_0"]["bn"]["scale"], -lr * m2)
-
-
-@settings(max_examples=15, deadline=None)
-@given(programs(max_blocks=5, sparsity=0.3), st.sampled_from(["regular", "shortcut"]),
-       st.floats(1e-4, 1e-1), st.integers(0, 2**16))
-def test_masked_bn_l1_changes_only_the_prunable_gammas(program, mode, s, seed):
-    graph, variables = program
-    params = jax.tree.map(jnp.asarray, variables["params"])
-    rng = np.random.default_rng(seed)
-    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
-    tx = sparsity(graph, params, s, "constant", mode=mode)
-    updates, _ = tx.update(grads, tx.init(params), params)
-    prunable = set(analyze_prunability(graph, mode).prunable)
-    for key, layer in params.items():
-        index = int(key.removeprefix("layer_"))
-        for part, leaves in layer.items():
-            for name, value in leaves.items():
-                got = np.asarray(updates[key][part][name])
-                want = np.asarray(grads[key][part][name])
-                if index in prunable and (part, name) == ("bn", "scale"):
-                    want = want + np.float32(s) * np.sign(np.asarray(value))
-                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7,
-                                           err_msg=f"{key}/{part}/{name}")
-
-
 def test_gamma_mask_marks_the_bn_scales_of_prunable_convs(tiny):
     params = init_variables(tiny.graph)["params"]
     mask = gamma_mask(tiny.graph, params)
@@ -251,31 +205,6 @@ def test_gamma_mask_marks_the_bn_scales_of_prunable_convs(tiny):
                     if v.get("bn", {}).get("scale"))
     assert marked == list(analyze_prunability(tiny.graph).prunable) and marked
     assert not any(v["conv"]["kernel"] for v in mask.values())
-
-
-def _rates(transform, gammas, steps):
-    """The penalty rate the transform applies to each γ at each step (zero grads)."""
-    params = {"g": jnp.asarray(gammas)}
-    state = transform.init(params)
-    rates = []
-    for _ in range(steps):
-        updates, state = transform.update({"g": jnp.zeros_like(params["g"])}, state, params)
-        rates.append(np.asarray(updates["g"]) * np.sign(gammas))
-    return np.asarray(rates)
-
-
-def test_sparsity_schedules():
-    gammas = np.linspace(0.05, 1.0, 20).astype(np.float32)
-    constant = _rates(sparsity_schedule(0.1, "constant", 10), gammas, 10)
-    assert np.allclose(constant, 0.1)
-    late = _rates(sparsity_schedule(0.1, "global", 10, fraction=0.5), gammas, 10)
-    assert np.allclose(late[:5], 0.1) and np.allclose(late[5:], 0.001)
-    local = _rates(sparsity_schedule(0.1, "local", 10, fraction=0.5), gammas, 10)
-    assert np.allclose(local[:5], 0.1)
-    # after the switch the largest 15% (3 of 20) get 100x less
-    assert np.allclose(local[5:, -3:], 0.001) and np.allclose(local[5:, :-3], 0.1)
-    with pytest.raises(ValueError, match="schedule='linear'"):
-        sparsity_schedule(0.1, "linear")
 
 
 # ---------------------------------------------------------------------------- training
@@ -286,15 +215,18 @@ def runs(tiny, tmp_path_factory):
     epoch then resumed (one compile per setting, shared by the two sparse runs)."""
     out = tmp_path_factory.mktemp("runs")
     start = init_gammas(init_head_biases(tiny.graph, init_variables(tiny.graph, 0)))
-    plain = fit(tiny.graph, start, tiny.train, _config(), out_dir=out / "plain")
+
+    def run(name, config, **options):
+        return fit(tiny.graph, start, tiny.train, config, out_dir=out / name,
+                   on_epoch=RunWriter(tiny.graph, out / name), **options)
+
+    plain = run("plain", _config())
     sparse_config = _config(sparsity=0.2)
-    sparse = fit(tiny.graph, start, tiny.train, sparse_config, out_dir=out / "sparse")
+    sparse = run("sparse", sparse_config)
     steps = len(tiny.train) // 8
-    fit(tiny.graph, start, tiny.train, sparse_config, out_dir=out / "resumed",
-        max_steps=steps)
+    run("resumed", sparse_config, max_steps=steps + 1)  # dies one step into epoch 2
     interrupted = json.loads((out / "resumed" / "history.json").read_text())
-    resumed = fit(tiny.graph, start, tiny.train, sparse_config, out_dir=out / "resumed",
-                  resume=True)
+    resumed = run("resumed", sparse_config, resume=True)
     return SimpleNamespace(out=out, start=start, plain=plain, sparse=sparse,
                            interrupted=interrupted, resumed=resumed)
 
@@ -329,8 +261,14 @@ def test_resume_continues_with_the_same_losses(runs):
 
 def test_run_writes_weights_checkpoint_and_history(tiny, runs):
     folder = runs.out / "sparse"
-    for name in ("best.weights", "last.weights", CHECKPOINT, "history.json"):
+    for name in ("best.weights", "last.weights", "history.json", "metrics.jsonl",
+                 "sparsity.png"):
         assert (folder / name).exists(), name
+    # Orbax keeps the newest two epochs' checkpoints, each complete (renamed) on disk.
+    assert Checkpointer.find_latest(folder / CHECKPOINTS) == 12
+    assert sorted(p.name for p in (folder / CHECKPOINTS).iterdir()) == ["11", "12"]
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 13))
     last = load_variables(tiny.graph, folder / "last.weights").variables
     for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(runs.sparse.variables)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -338,10 +276,75 @@ def test_run_writes_weights_checkpoint_and_history(tiny, runs):
 
 def test_checkpoint_of_another_network_is_refused(tiny, runs):
     other = ir.narrow(tiny.graph, 2)
-    tx = make_optimizer("adam", 1e-3)
-    template = init_train_state(init_variables(other), tx)
-    with pytest.raises(CheckpointError, match=CHECKPOINT):
-        load_checkpoint(runs.out / "plain" / CHECKPOINT, template)
+    params = init_variables(other)["params"]
+    for tx in (make_optimizer("sgd", 1e-3),  # another optimiser: other state tree
+               build_optimizer(other, params, _config(), 4, 4)[0]):  # other shapes
+        template = init_train_state(init_variables(other), tx)
+        with Checkpointer(runs.out / "plain" / CHECKPOINTS) as checkpoints, \
+                pytest.raises(TrainStateError, match=f"(?s){CHECKPOINTS}/12: .*expected .*same"):
+            checkpoints.restore(template)
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    with Checkpointer(tmp_path / CHECKPOINTS) as checkpoints, \
+            pytest.raises(TrainStateError, match="no complete checkpoint"):
+        checkpoints.restore({"a": np.zeros(2)})
+
+
+def test_sparsity_metrics_agree_with_prune_on_the_saved_weights(tiny, runs, tmp_path):
+    """metrics.jsonl's last row against `darkslim prune` run on last.weights (the same
+    epoch): the safe ratio, and the params and BFLOPs a prune there leaves."""
+    from darkslim.cli import main
+
+    folder = runs.out / "sparse"
+    row = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+    weights = load_variables(tiny.graph, folder / "last.weights").variables
+    gammas = _prunable_gammas(tiny.graph, weights)
+    assert row["gamma_below_1e-2"] == pytest.approx(float((gammas < 1e-2).mean()))
+    assert row["gamma_below_1e-3"] == pytest.approx(float((gammas < 1e-3).mean()))
+    assert row["gamma_q50"] == pytest.approx(float(np.median(gammas)), rel=1e-6)
+    assert sum(row["gamma_hist"]) == len(gammas)
+    assert 0 < row["safe_prune_ratio"] < 1
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tiny.cfg), str(folder / "last.weights"), "--percent",
+                 repr(row["safe_prune_ratio"]), "--out", str(out)]) == 0
+    _, (report,) = passes.load_reports(json.loads((out / "report.json").read_text()))
+    assert report.threshold.safe_percent == pytest.approx(row["safe_prune_ratio"])
+    assert report.after.params == row["params_at_safe"] < row["params"]
+    assert report.after.bflops == pytest.approx(row["bflops_at_safe"])
+    assert report.before.params == row["params"]
+
+
+def test_auto_sparsity_reaches_its_target_and_then_holds_s(tiny, tmp_path):
+    config = _config(epochs=10, sparsity=0.05, sparsity_schedule="auto", target_prune=0.5,
+                     precise_bn=1)
+    start = init_gammas(init_head_biases(tiny.graph, init_variables(tiny.graph, 0)))
+    result = fit(tiny.graph, start, tiny.train, config)
+    history = result.history
+    s = [row["s"] for row in history]
+    reached = next(i for i, row in enumerate(history) if row["gamma_below_1e-2"] >= 0.5)
+    assert history[-1]["safe_prune_ratio"] >= 0.5, history[-1]
+    assert max(s) > s[0]  # it had to push: 0.05 alone is too weak here
+    # After the epoch it got there, s stays put (one more adjustment may be in flight
+    # within the epoch it reached the target).
+    assert len(set(s[reached + 1:])) <= 1, s
+
+
+@pytest.mark.slow
+def test_auto_sparsity_reaches_half_on_the_demo_data(tmp_path):
+    """The demo's data, network and 30 epochs: --sparsity auto --target-prune 0.5
+    reaches a safe prune ratio and a share of |γ| below 1e-2 of at least 0.5."""
+    from darkslim.demo import DemoConfig, template_cfg
+
+    demo = DemoConfig()
+    data = write_synth(tmp_path / "data", train=demo.train, valid=demo.valid,
+                       size=demo.size, seed=demo.seed, cfg=template_cfg())
+    graph = ir.parse_cfg(data.cfg)
+    start = init_gammas(init_head_biases(graph, init_variables(graph, demo.seed)))
+    config = TrainConfig(epochs=demo.epochs, batch_size=demo.batch, lr=demo.lr,
+                         sparsity=demo.sparsity, sparsity_schedule="auto", target_prune=0.5)
+    last = fit(graph, start, load_dataset(data.data, "train"), config).history[-1]
+    assert last["safe_prune_ratio"] >= 0.5 and last["gamma_below_1e-2"] >= 0.5, last
 
 
 def test_recalibrate_bn_uses_the_batch_statistics(tiny):
@@ -416,8 +419,9 @@ def test_train_and_eval_commands(tiny, tmp_path):
     out = tmp_path / "run"
     assert main(["train", str(tiny.data), str(tiny.cfg), "--epochs", "1", "--batch", "8",
                  "--sparsity", "0.01", "--out", str(out), "--quiet"]) == 0
-    for name in ("best.weights", "last.weights", "checkpoint.msgpack", "history.json",
-                 "summary.json", "gamma/epoch_000.png", "gamma/epoch_001.png"):
+    for name in ("best.weights", "last.weights", "checkpoints/1", "history.json",
+                 "metrics.jsonl", "sparsity.png", "summary.json", "gamma/epoch_000.png",
+                 "gamma/epoch_001.png"):
         assert (out / name).exists(), name
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and 0 <= history[0]["map50"] <= 1

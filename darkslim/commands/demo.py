@@ -49,8 +49,8 @@ def run(args) -> int:
         progress.update(task, total=info.steps_per_epoch, completed=info.step
                         - info.epoch * info.steps_per_epoch,
                         description=f"epoch {info.epoch + 1}",
-                        stats=f"loss {m['loss']:.3f} |γ| {m['gamma_mean']:.3f} "
-                              f"<.01 {m['gamma_small']:.0%}")
+                        stats=f"loss {m['loss']:.3f} s {m['s']:.3g} |γ| "
+                              f"{m['gamma_mean']:.3f} <.01 {m['gamma_small']:.0%}")
 
     with progress:
         demo = run_demo(config, args.out, on_stage=on_stage, on_step=on_step)

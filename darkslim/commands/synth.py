@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     import ir
+    from frontends import write_atomic
     from runtime.synth import write_synth
 
     if args.train < 1 or args.valid < 1 or args.size < 32 or args.size % 32:
@@ -39,7 +40,7 @@ def run(args) -> int:
                          "multiple of 32")
     template = ir.parse_cfg(Path(args.cfg) if args.cfg else synth_cfg_path())
     out = write_synth(args.out_dir, train=args.train, valid=args.valid, size=args.size,
-                      seed=args.seed, cfg=template)
+                      seed=args.seed, cfg=template, write=write_atomic)
     console = Console()
     console.print(f"wrote {args.train} train + {args.valid} valid images "
                   f"({args.size}x{args.size}) to {out.root}")

@@ -17,8 +17,10 @@ def add_parser(sub) -> None:
         "scales γ of the prunable convs get an L1 penalty (network slimming), so "
         "`darkslim prune` can remove their channels. Fine-tuning a pruned network is "
         "the same command on the pruned cfg and weights. Writes DIR/best.weights, "
-        "DIR/last.weights, DIR/checkpoint.msgpack (for --resume), DIR/history.json and "
-        "a γ histogram per epoch (DIR/gamma/).")
+        "DIR/last.weights, DIR/checkpoints/ (Orbax, for --resume), DIR/history.json, "
+        "DIR/metrics.jsonl (one JSON object per epoch), DIR/sparsity.png and a γ "
+        "histogram per epoch (DIR/gamma/). Runs unchanged on several processes or "
+        "machines (jax.distributed): under SLURM or Open MPI, or with --coordinator.")
     p.add_argument("data", metavar="DATA.data")
     p.add_argument("cfg", metavar="MODEL.cfg")
     p.add_argument("--weights", help="start from these weights (.weights/.pt/.msgpack); "
@@ -32,13 +34,20 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lr-schedule", choices=("cosine", "step", "constant"), default="cosine")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--sparsity", "-s", type=float, default=0.0, metavar="S",
-                   help="L1 penalty s on the prunable γ (0: off; the field uses 1e-4..1e-2)")
+    p.add_argument("--sparsity", "-s", default="0", metavar="S",
+                   help="L1 penalty s on the prunable γ (0: off; the field uses 1e-4..1e-2), "
+                   "or 'auto': steer s between epochs until --target-prune of the prunable "
+                   "|γ| are below 1e-2, then hold it (start: --s-init)")
+    p.add_argument("--target-prune", type=float, default=0.5, metavar="P",
+                   help="with --sparsity auto: the share of prunable γ to drive below 1e-2")
+    p.add_argument("--s-init", type=float, default=0.01, metavar="S",
+                   help="with --sparsity auto: the starting s (0.01)")
     p.add_argument("--schedule", choices=("constant", "global", "local"), default="constant",
                    help="sparsity schedule: constant s; global: s*0.01 after --switch of "
                    "the run; local: after --switch the largest 15%% of γ get s*0.01")
     p.add_argument("--switch", type=float, default=0.5, metavar="F",
-                   help="fraction of the run after which global/local decay starts (0.5)")
+                   help="fraction of the run after which global/local decay starts; with "
+                   "--sparsity auto, by which the target should be reached (0.5)")
     p.add_argument("--mode", choices=("regular", "shortcut"), default="regular",
                    help="which γ are penalised: those `darkslim prune --mode` would prune")
     p.add_argument("--gamma-init", type=float, default=None, metavar="G",
@@ -49,7 +58,15 @@ def add_parser(sub) -> None:
                    help="re-estimate BatchNorm statistics on N batches each epoch (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
-                   help="continue from DIR/checkpoint.msgpack")
+                   help="continue from the latest checkpoint in DIR/checkpoints (any "
+                   "number of processes)")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-process: process 0's address (or JAX_COORDINATOR_ADDRESS); "
+                   "not needed under SLURM or Open MPI")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="multi-process: the number of processes (or JAX_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, metavar="I",
+                   help="multi-process: this process's id, 0..N-1 (or JAX_PROCESS_ID)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad images/labels (counted) instead of stopping")
     p.add_argument("--no-eval", action="store_true", help="skip the per-epoch mAP")
@@ -57,20 +74,57 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _sparsity(args) -> tuple[float, str]:
+    """(s, schedule) from ``--sparsity``: a number, or ``auto`` (s starts at --s-init)."""
+    if str(args.sparsity).lower() == "auto":
+        if not 0 < args.target_prune < 1:
+            raise ValueError(f"--target-prune {args.target_prune}: expected a share in (0, 1)")
+        return args.s_init, "auto"
+    try:
+        return float(args.sparsity), args.schedule
+    except ValueError:
+        raise ValueError(f"--sparsity {args.sparsity}: expected a number or 'auto'") from None
+
+
+def _epoch_line(info, epochs: int) -> str:
+    m = info.metrics
+    line = (f"epoch {info.epoch:3d}/{epochs}  loss {m.get('loss', float('nan')):.3f} "
+            f"(box {m.get('box', 0):.3f} obj {m.get('obj', 0):.3f} cls {m.get('cls', 0):.3f})"
+            f"  s {m.get('s', 0):.3g}")
+    if "safe_prune_ratio" in m:
+        line += (f"  |γ| q50 {m['gamma_q50']:.3g} <1e-2 {m['gamma_below_1e-2']:.1%} "
+                 f"<1e-3 {m['gamma_below_1e-3']:.1%}  safe prune {m['safe_prune_ratio']:.1%}"
+                 f" → {m['params_at_safe']:,} params {m['bflops_at_safe']:.3f} BFLOPs")
+    if "map50" in m:
+        line += f"  mAP@0.5 {m['map50']:.3f}" + ("  (best)" if info.best else "")
+    return line
+
+
 def run(args) -> int:
     import jax
 
+    from runtime.parallel import initialize_distributed
+
+    # Before anything touches a device: join the other processes, if there are any.
+    cluster = initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+
     import ir
-    from darkslim.report import plot_gamma_histogram, prunable_gammas
-    from frontends import load_variables, write_atomic
+    from darkslim.report import plot_gamma_histogram
     from passes import analyze_prunability
+    from darkslim.trainlog import RunWriter
+    from frontends import load_variables, write_atomic
     from runtime import init_variables
     from runtime.data import NO_AUGMENT, Augment, load_dataset, read_data_config
+    from runtime.diagnostics import prunable_abs_gammas
+    from runtime.parallel import data_mesh
     from runtime.sparsity import init_gammas
-    from runtime.train import TrainConfig, check_classes, data_mesh, fit, init_head_biases
+    from runtime.train import (CHECKPOINTS, Checkpointer, TrainConfig, check_classes, fit,
+                               init_head_biases)
 
-    console = Console(stderr=True)
+    primary = cluster.process_index == 0
+    console = Console(stderr=True, quiet=not primary)
     out = Path(args.out)
+    s, schedule = _sparsity(args)
     graph = ir.parse_cfg(Path(args.cfg))
     ir.verify(graph)
     config_data = read_data_config(args.data)
@@ -92,9 +146,9 @@ def run(args) -> int:
     else:
         variables = init_head_biases(graph, init_variables(graph, args.seed))
     gamma_init = args.gamma_init
-    if gamma_init is None and args.sparsity > 0 and not args.weights:
+    if gamma_init is None and s > 0 and not args.weights:
         gamma_init = 0.5
-    resuming = args.resume and (out / "checkpoint.msgpack").exists()
+    resuming = args.resume and Checkpointer.find_latest(out / CHECKPOINTS) is not None
     if gamma_init is not None and not resuming:
         variables = init_gammas(variables, gamma_init)
 
@@ -102,29 +156,38 @@ def run(args) -> int:
         epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer,
         momentum=args.momentum, weight_decay=args.weight_decay,
         lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
-        sparsity=args.sparsity, sparsity_schedule=args.schedule,
+        sparsity=s, sparsity_schedule=schedule, target_prune=args.target_prune,
         sparsity_fraction=args.switch, mode=args.mode, seed=args.seed,
         augment=NO_AUGMENT if args.no_augment else Augment(), precise_bn=args.precise_bn)
-    mesh = data_mesh() if jax.local_device_count() > 1 else None
-    devices = jax.local_device_count()
+    devices = jax.device_count()
+    mesh = data_mesh() if devices > 1 else None
+    steps_per_epoch = max(1, len(train_set) // args.batch)
+    left_out = len(train_set) - steps_per_epoch * args.batch
+    sparse_text = ""
+    if s > 0:
+        sparse_text = (f", sparsity auto → {args.target_prune:.0%} below 1e-2 from s {s:g}"
+                       if schedule == "auto" else f", sparsity {s:g} {schedule}")
+        sparse_text += f" ({args.mode})"
     console.print(f"training {Path(args.cfg).name} on {len(train_set)} images "
                   f"({graph.width}x{graph.height}, batch {args.batch}, {args.epochs} epochs, "
-                  f"{args.optimizer} lr {args.lr:g}"
-                  + (f", sparsity {args.sparsity:g} {args.schedule} ({args.mode})"
-                     if args.sparsity > 0 else "")
-                  + (f", {devices} devices" if devices > 1 else "") + ")", highlight=False)
+                  f"{args.optimizer} lr {args.lr:g}" + sparse_text
+                  + (f", {devices} devices" if devices > 1 else "")
+                  + (f" in {cluster.process_count} processes ({cluster.source})"
+                     if cluster.process_count > 1 else "") + ")"
+                  + (f"; {left_out} images past the last full batch sit out each epoch "
+                     "(a different set every epoch)" if left_out else ""), highlight=False)
 
-    out.mkdir(parents=True, exist_ok=True)
     gamma_dir = out / "gamma"
-    gamma_dir.mkdir(parents=True, exist_ok=True)
     analysis = analyze_prunability(graph, args.mode)
-    plot_gamma_histogram({"start": prunable_gammas(variables, analysis)},
-                         gamma_dir / "epoch_000.png", title="|γ| at the start")
+    writer = RunWriter(graph, out, title=f"{Path(args.cfg).name}: sparse training")
+    if primary:
+        gamma_dir.mkdir(parents=True, exist_ok=True)
+        plot_gamma_histogram({"start": prunable_abs_gammas(variables, analysis)},
+                             gamma_dir / "epoch_000.png", title="|γ| at the start")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console, disable=args.quiet,
-                        transient=False)
-    steps_per_epoch = max(1, len(train_set) // args.batch)
+                        TimeRemainingColumn(), console=console,
+                        disable=args.quiet or not primary, transient=False)
     task = progress.add_task("train", total=steps_per_epoch * args.epochs, stats="")
 
     def on_step(info) -> None:
@@ -132,28 +195,26 @@ def run(args) -> int:
         progress.update(task, completed=info.step,
                         description=f"epoch {info.epoch + 1}/{args.epochs}",
                         stats=(f"loss {m['loss']:.3f} box {m['box']:.3f} obj {m['obj']:.3f} "
-                               f"cls {m['cls']:.3f} lr {info.lr:.1e} |γ| "
+                               f"cls {m['cls']:.3f} lr {info.lr:.1e} s {m['s']:.2g} |γ| "
                                f"{m['gamma_mean']:.3f} <.01 {m['gamma_small']:.0%}"))
 
     def on_epoch(info) -> None:
-        m = info.metrics
-        plot_gamma_histogram({f"epoch {info.epoch}": prunable_gammas(info.variables,
-                                                                      analysis)},
-                             gamma_dir / f"epoch_{info.epoch:03d}.png",
-                             title=f"|γ| after epoch {info.epoch}")
-        line = (f"epoch {info.epoch:3d}  loss {m.get('loss', float('nan')):.3f}  "
-                f"|γ| {m.get('gamma_mean', 0):.3f}  <0.01 {m.get('gamma_small', 0):.1%}")
-        if "map50" in m:
-            line += f"  mAP@0.5 {m['map50']:.3f}" + ("  (best)" if info.best else "")
-        progress.console.print(line, highlight=False)
+        writer(info)
+        if primary:
+            plot_gamma_histogram({f"epoch {info.epoch}": prunable_abs_gammas(
+                info.variables, analysis)}, gamma_dir / f"epoch_{info.epoch:03d}.png",
+                title=f"|γ| after epoch {info.epoch}")
+        progress.console.print(_epoch_line(info, args.epochs), highlight=False)
 
     with progress:
         result = fit(graph, variables, train_set, config, valid_set=valid_set, out_dir=out,
                      resume=args.resume, mesh=mesh, on_step=on_step, on_epoch=on_epoch)
-    summary = {"history": list(result.history), "best_map50": result.best_map,
-               "out": str(out)}
-    console.print(f"wrote {out / 'best.weights'} and {out / 'last.weights'}"
-                  + (f" (best mAP@0.5 {result.best_map:.3f})" if result.best_map is not None
-                     else ""), highlight=False)
-    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    if primary:
+        summary = {"history": list(result.history), "best_map50": result.best_map,
+                   "out": str(out), "processes": cluster.process_count, "devices": devices}
+        console.print(f"wrote {out / 'best.weights'}, {out / 'last.weights'}, "
+                      f"{out / 'metrics.jsonl'} and {out / 'sparsity.png'}"
+                      + (f" (best mAP@0.5 {result.best_map:.3f})"
+                         if result.best_map is not None else ""), highlight=False)
+        write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return 0

@@ -1,0 +1,87 @@
+"""Optimisers for `runtime.train.fit`: the learning-rate schedule, SGD/Adam with weight
+decay on the kernels, and the sparsity transform chained in front (`build_optimizer`)::
+
+    tx = optax.chain(sparsity(graph, params, s=1e-2), make_optimizer("adam", 3e-3))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import optax
+
+import ir
+from runtime.sparsity import auto_sparsity, sparsity
+
+if TYPE_CHECKING:  # pragma: no cover
+    from runtime.train import TrainConfig
+
+
+def kernel_mask(params: dict) -> dict:
+    """True at conv kernels (weight decay applies to them only, as in ultralytics)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def lr_schedule(lr: float, total_steps: int, *, warmup_steps: int = 0,
+                kind: str = "cosine", steps: tuple[float, ...] = (0.8, 0.9),
+                scales: float = 0.1, final: float = 0.01) -> optax.Schedule:
+    """Linear warm-up to ``lr``, then ``cosine`` (to ``lr·final``), ``step`` (×
+    ``scales`` at each fraction in ``steps`` of the run, Darknet's ``policy=steps``)
+    or ``constant``."""
+    rest = max(1, total_steps - warmup_steps)
+    if kind == "cosine":
+        main = optax.cosine_decay_schedule(lr, rest, alpha=final)
+    elif kind == "step":
+        main = optax.piecewise_constant_schedule(
+            lr, {max(1, int(f * total_steps) - warmup_steps): scales for f in steps})
+    elif kind == "constant":
+        main = optax.constant_schedule(lr)
+    else:
+        raise ValueError(f"kind={kind!r}: expected 'cosine', 'step' or 'constant'")
+    if warmup_steps <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(lr * 0.01, lr, warmup_steps), main],
+                                [warmup_steps])
+
+
+def make_optimizer(kind: str = "sgd", learning_rate: float | optax.Schedule = 1e-3, *,
+                   momentum: float = 0.9, weight_decay: float = 5e-4,
+                   decay_mask: Any = None) -> optax.GradientTransformation:
+    """SGD with (Nesterov-free) momentum and L2 weight decay, Darknet style, or Adam
+    with decoupled weight decay. ``decay_mask`` limits the decay (e.g. `kernel_mask`)."""
+    if kind == "sgd":
+        return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask),
+                           optax.sgd(learning_rate, momentum=momentum))
+    if kind == "adam":
+        return optax.adamw(learning_rate, b1=momentum, weight_decay=weight_decay,
+                           mask=decay_mask)
+    raise ValueError(f"optimizer={kind!r}: expected 'sgd' or 'adam'")
+
+
+
+def build_optimizer(graph: ir.Graph, params: dict, config: TrainConfig,
+                    total_steps: int, steps_per_epoch: int
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The transform `fit` trains with: sparsity (if any; ``auto`` is the controller
+    `runtime.sparsity.auto_sparsity` steering s toward ``config.target_prune``) chained
+    before the optimiser."""
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    schedule = lr_schedule(config.lr, total_steps, warmup_steps=min(warmup, total_steps // 2),
+                           kind=config.lr_schedule)
+    base = make_optimizer(config.optimizer, schedule, momentum=config.momentum,
+                          weight_decay=config.weight_decay, decay_mask=kernel_mask(params))
+    if config.sparsity <= 0:
+        return base, schedule
+    if config.sparsity_schedule == "auto":
+        sparse = auto_sparsity(graph, params, config.sparsity, config.target_prune,
+                               mode=config.mode, period=steps_per_epoch,
+                               total_steps=total_steps, reach=config.sparsity_fraction)
+    else:
+        sparse = sparsity(graph, params, config.sparsity, config.sparsity_schedule,
+                          mode=config.mode, total_steps=total_steps,
+                          fraction=config.sparsity_fraction)
+    return optax.chain(sparse, base), schedule
+
+
