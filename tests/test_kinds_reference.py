@@ -183,3 +183,23 @@ def test_every_activation_matches_the_c_reference(activation):
         "normalize_channels_softmax", "normalize_channels_softmax_maxval"} else "linear"
     text = CONV_ACTIVATION.format(act=activation, short=short, array=array)
     check_against_reference(ir.parse_cfg(text), seed=7)
+
+
+@pytest.mark.parametrize("kind,activation", [
+    ("shortcut", "hard_mish"), ("shortcut", "normalize_channels"), ("sam", "mish"),
+    ("scale_channels", "swish"), ("connected", "normalize_channels_softmax")])
+def test_activations_darknet_zeroes_are_refused(kind, activation):
+    """Darknet's forward for these kinds has no case for the activation and outputs 0:
+    darkslim refuses to run them, naming the line, and blocks pruning through them."""
+    body = {"shortcut": "from=-2", "sam": "from=-2", "scale_channels": "from=-2\nscale_wh=1",
+            "connected": "output=4"}[kind]
+    scale = ("[convolutional]\nbatch_normalize=1\nsize=1\nactivation=logistic\nfilters="
+             + ("1\n" if kind == "scale_channels" else "4\n"))
+    graph = ir.parse_cfg("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\n"
+                         "batch_normalize=1\nfilters=4\nsize=1\nactivation=leaky\n"
+                         f"{scale}[{kind}]\n{body}\nactivation={activation}\n")
+    assert activation in ir.unsupported_reason(graph.layers[2])
+    with pytest.raises(runtime.UnsupportedLayerError, match=rf"\[{kind}\] \(layer 2\)"):
+        runtime.check_supported(graph)
+    import passes
+    assert "does not execute" in passes.analyze_prunability(graph).reason(1)
