@@ -203,3 +203,16 @@ def test_activations_darknet_zeroes_are_refused(kind, activation):
         runtime.check_supported(graph)
     import passes
     assert "does not execute" in passes.analyze_prunability(graph).reason(1)
+
+
+@pytest.mark.parametrize("activation", ["normalize_channels", "normalize_channels_softmax",
+                                        "normalize_channels_softmax_maxval"])
+def test_normalize_channels_eps_is_darknets(activation):
+    """activations.c starts each sum at eps = 0.0001: with small exponentials (inputs
+    around -10) the outputs are far from summing to 1."""
+    from ir.activations import activate_xp
+    from tests.reference_numpy import activate
+    x = np.random.default_rng(0).normal(-10, 1, (2, 5, 3, 4))
+    want = activate(x, activation, "convolutional")
+    got = activate_xp(np, ir.Activation(activation), x.transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-9, atol=1e-12)
