@@ -57,7 +57,8 @@ def _shape(layer: Shortcut, ins: tuple[Shape, ...]) -> Shape:
 
 def _channels(layer: Shortcut, ctx: FlowContext) -> Flow:
     if layer.activation.across_channels:
-        return ctx.blocked(f"shortcut] with activation={layer.activation.value} [")
+        return ctx.blocked("shortcut", f"activation={layer.activation.value} "
+                           "normalises across channels")
     return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
 
 
