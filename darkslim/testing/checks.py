@@ -41,6 +41,8 @@ def _describe_layer(layer: ir.Layer, index: int) -> str:
         bits = [f"conv {layer.filters} {layer.size}x{layer.size}/{layer.stride}"]
         if layer.groups > 1:
             bits.append(f"groups={layer.groups}")
+        if layer.dilation > 1:
+            bits.append(f"dilation={layer.dilation}")
         bits.append("bn" if layer.batch_normalize else "bias")
         bits.append(layer.activation.value)
         return " ".join(bits)
@@ -54,8 +56,10 @@ def _describe_layer(layer: ir.Layer, index: int) -> str:
     if isinstance(layer, Upsample):
         return f"upsample x{layer.stride}"
     if isinstance(layer, Yolo):
-        return f"yolo mask={rel(layer.mask)} classes={layer.classes}"
-    return f"[{layer.kind}]"
+        return f"yolo mask={rel(layer.mask)} classes={layer.classes}" + (
+            " new_coords" if layer.new_coords else "")
+    details = ir.spec_of(layer).describe(layer)  # each kind's own row
+    return f"{layer.kind} {details}".rstrip()
 
 
 def describe_graph(graph: Graph) -> str:
