@@ -148,3 +148,33 @@ def test_keep_size_equals_compact_through_the_new_couplings(program, mode, data)
     assert_verifies(compact[0])
     assert_equivalent(keep, compact, random_inputs(graph, seed=4, batch=2), rtol=1e-4,
                       forward=reference_forward)
+
+
+def test_the_generated_graphs_reach_the_new_pruning_paths():
+    """The graphs the properties above draw do prune through what issue 11 opened:
+    group-balanced [route] groups, [sam] and [scale_channels] couplings, BN [connected]
+    units and [connected] after a global [avgpool] (its input rows sliced)."""
+    seen: set[str] = set()
+
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(graphs(max_blocks=6))
+    def record(graph):
+        analysis = passes.analyze_prunability(graph, "shortcut")
+        prunable = set(analysis.prunable)
+        if analysis.balanced:
+            seen.add("balanced")
+        for i, layer in enumerate(graph.layers):
+            reads = set(ir.layer_inputs(graph, i)) & prunable
+            if isinstance(layer, (ir.Sam, ir.ScaleChannels)) and reads:
+                seen.add(type(layer).__name__)
+            if isinstance(layer, ir.Connected):
+                if i in prunable:
+                    seen.add("connected unit")
+                if isinstance(graph.layers[i - 1], ir.AvgPool) and any(
+                        seg.space in prunable
+                        for seg in passes.channel_segments(graph)[i - 1]):
+                    seen.add("connected after avgpool")
+
+    record()
+    assert seen == {"balanced", "Sam", "ScaleChannels", "connected unit",
+                    "connected after avgpool"}, seen
