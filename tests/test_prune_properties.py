@@ -76,6 +76,10 @@ def test_coupled_units_share_one_mask(program, data):
         for unit in analysis.units:
             assert all(np.array_equal(chosen[m], chosen[unit[0]]) for m in unit)
             assert chosen[unit[0]].any()  # never emptied
+        for unit, groups in analysis.balanced:  # [route] groups=: same count per slice
+            for mask in (chosen[unit[0]], by_layer[unit[0]]):
+                kept = mask.reshape(groups, -1).sum(axis=1)
+                assert (kept == kept[0]).all(), (unit, groups, mask)
 
 
 @settings(max_examples=25)
