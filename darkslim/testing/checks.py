@@ -1,5 +1,7 @@
 """Invariant checks for graphs, weights and passes, failing with a readable diff.
 
+(Over 400 lines: the checks share their diff and report helpers, kept in one module.)
+
 Every check raises `AssertionError` (so pytest and hypothesis report it as a
 failed property, and hypothesis shrinks it) with a message that says *what* differs
 and *where*: the layer, the head, the variable path, the pixel, the byte offset.
