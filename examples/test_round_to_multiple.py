@@ -2,6 +2,7 @@
 
 from hypothesis import assume, given, strategies as st
 
+import ir
 import passes
 from darkslim import testing as dt
 from examples.round_to_multiple import RoundToMultiple
@@ -20,8 +21,9 @@ def test_round_to_multiple(data, multiple):
     compact = dt.assert_pass_is_pure(pass_, (graph, variables))
     dt.assert_verifies(compact[0])
     rounded = pass_.rounded(variables)
+    before, after = ir.verify(graph), ir.verify(compact[0])
     for unit in analysis.units:  # rounded up, keeping every channel the masks kept
-        kept, full = compact[0].layers[unit[0]].filters, graph.layers[unit[0]].filters
+        kept, full = after[unit[0]].c, before[unit[0]].c
         assert kept % multiple == 0 or kept == full
         assert (rounded.get(unit[0]) >= masks.get(unit[0])).all()
     keep_size = passes.FoldPrunedBias(rounded)(graph, variables)

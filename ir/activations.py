@@ -76,10 +76,11 @@ def _normalize_channels(xp, x):
 
 def _normalize_channels_softmax(xp, x, use_max: bool = False):
     # activate_array_normalize_channels_softmax: exp(x - max) / sum, max = 0 unless
-    # the _maxval variant; eps 1e-11 in the denominator.
+    # the _maxval variant; eps 0.0001 in the denominator (`float sum = eps;`), so the
+    # outputs do not sum to 1.
     shift = x.max(axis=-1, keepdims=True) if use_max else 0.0
     e = xp.exp(x - shift)
-    return e / (1e-11 + e.sum(axis=-1, keepdims=True))
+    return e / (1e-4 + e.sum(axis=-1, keepdims=True))
 
 
 ACTIVATIONS: dict[Activation, Callable[[Any, Any], Any]] = {

@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ir import Conv, Graph
+from ir import Graph
 from passes import tree
 from passes.arrays import namespace
 
 
 @dataclass(frozen=True, slots=True)
 class FoldBatchNorm:
-    """Every ``batch_normalize=1`` conv becomes a plain conv with a bias.
+    """Every ``batch_normalize=1`` conv (or ``[connected]``) gets its BN folded into its
+    kernel and a bias.
 
     Args:
         eps: the BatchNorm epsilon the weights were trained with (Darknet: 1e-5).
@@ -32,7 +33,7 @@ class FoldBatchNorm:
 
     def __call__(self, graph: Graph, variables):
         folded = [i for i, layer in enumerate(graph.layers)
-                  if isinstance(layer, Conv) and layer.batch_normalize]
+                  if getattr(layer, "batch_normalize", False)]  # [convolutional], [connected]
         if not folded:
             return graph, variables
         params = dict(variables["params"])
@@ -40,14 +41,16 @@ class FoldBatchNorm:
         layers = list(graph.layers)
         for i in folded:
             key = tree.layer_key(i)
-            kernel = tree.get(variables, i, tree.KERNEL)
+            part = "conv" if "conv" in params[key] else "dense"  # the kernel's owner
+            kernel = params[key][part]["kernel"]
             xp = namespace(kernel)
             scale = tree.get(variables, i, tree.GAMMA) / xp.sqrt(
                 tree.get(variables, i, tree.VAR) + self.eps)
             bias = tree.get(variables, i, tree.BETA) - tree.get(variables, i, tree.MEAN) * scale
+            # The output axis is last in both layouts: HWIO conv, (in, out) dense.
             params[key] = {**{k: v for k, v in params[key].items() if k != "bn"},
-                           "conv": {"kernel": kernel * scale.astype(kernel.dtype),
-                                    "bias": bias.astype(kernel.dtype)}}
+                           part: {"kernel": kernel * scale.astype(kernel.dtype),
+                                  "bias": bias.astype(kernel.dtype)}}
             stats.pop(key, None)
             layers[i] = dataclasses.replace(graph.layers[i], batch_normalize=False)
         new = {**variables, "params": params}

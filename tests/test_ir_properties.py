@@ -17,9 +17,12 @@ from darkslim.testing import (assert_roundtrip_cfg, assert_verifies, describe_gr
 def test_generated_graphs_verify_and_run(graph):
     shapes = assert_verifies(graph)
     runtime.check_supported(graph)
-    for i in graph.yolo_indices():  # the head conv has the filters its [yolo] reads
-        yolo = graph.layers[i]
-        assert shapes[i - 1].c == len(yolo.mask) * (yolo.classes + 5)
+    per_anchor = {ir.Yolo: 5, ir.Region: 5, ir.GaussianYolo: 9}
+    for i in graph.head_indices():  # the head conv has the filters its head reads
+        head = graph.layers[i]
+        assert shapes[i - 1].c == len(head.mask) * (head.classes + per_anchor[type(head)])
+    if isinstance(graph.layers[-1], ir.Cost):  # a classifier: ... softmax, cost
+        assert isinstance(graph.layers[-2], ir.Softmax) and not graph.head_indices()
 
 
 @given(graphs())
@@ -28,13 +31,26 @@ def test_write_then_parse_is_the_identity(graph):
     assert hash(ir.parse_cfg(ir.write_cfg(graph))) == hash(graph)
 
 
-@given(graphs(max_blocks=4, kinds=("conv", "route"), sizes=(8, 16), heads=(0, 0)))
+@given(graphs(max_blocks=4, kinds=("conv", "route"), sizes=(8, 16), heads=(0, 0),
+              styles=("detector",)))
 def test_knobs_are_respected(graph):
     assert_verifies(graph)
-    assert not graph.yolo_indices()
+    assert not graph.head_indices()
     allowed = {ir.Conv, ir.Route}
     assert {type(layer) for layer in graph.layers} <= allowed
     assert graph.height in (8, 16) and graph.width in (8, 16)
+
+
+@given(graphs(max_blocks=3, kinds=("conv",), head_kinds=("region",), heads=(2, 2),
+              styles=("detector",)))
+def test_head_kinds_are_respected(graph):
+    assert [type(graph.layers[i]) for i in graph.head_indices()] == [ir.Region] * 2
+
+
+@given(graphs(max_blocks=3, styles=("classifier",)))
+def test_classifiers_end_with_connected_softmax_cost(graph):
+    assert not graph.head_indices()
+    assert [type(l) for l in graph.layers[-3:]] == [ir.Connected, ir.Softmax, ir.Cost]
 
 
 def test_a_large_sample_covers_every_kind_the_runtime_executes():
@@ -52,8 +68,11 @@ def test_a_large_sample_covers_every_kind_the_runtime_executes():
     constructs = {
         "route:groups", "route:inputs=1", "route:inputs=2", "route:inputs=3",
         "route:inputs=4", "maxpool:2/1", "maxpool:2/2", "maxpool:5/1", "maxpool:9/1",
-        "maxpool:13/1", "conv:no-bn", "conv:grouped", "conv:depthwise", "conv:stride2",
-        "conv:3x3", "shortcut:chained", "yolo:heads=1", "yolo:heads=2",
+        "maxpool:13/1", "maxpool:depth", "conv:no-bn", "conv:grouped", "conv:depthwise",
+        "conv:stride2", "conv:3x3", "conv:dilated", "shortcut:chained", "yolo:heads=0",
+        "yolo:heads=1", "yolo:heads=2", "yolo:new_coords", "scale_channels:se",
+        "scale_channels:wh", "reorg:reverse", "connected:bn", "connected:no-bn",
+        "connected:global", "connected:spatial",
     }
     missing = (layer_kinds | activations | constructs) - seen
     assert not missing, f"300 generated graphs never contained {sorted(missing)}"

@@ -31,9 +31,10 @@ def test_keep_size_equals_compact(program, mode, data):
     keep = passes.FoldPrunedBias(channel_masks)(graph, variables)
     compact = passes.pipeline(passes.FoldPrunedBias(channel_masks),
                               passes.SliceChannels(channel_masks))(graph, variables)
-    assert_verifies(compact[0])
-    for i in graph.conv_indices():
-        assert compact[0].layers[i].filters >= 1
+    assert_verifies(keep[0])
+    shapes = assert_verifies(compact[0])
+    for i in analysis.prunable:  # a conv's filters, a [connected]'s outputs
+        assert shapes[i].c == int(channel_masks.get(i).sum()) >= 1
     assert_equivalent(keep, compact, random_inputs(graph, seed=1, batch=2), rtol=1e-4,
                       forward=reference_forward)
 
@@ -80,8 +81,14 @@ def test_coupled_units_share_one_mask(program, data):
         assert chosen[unit[0]].any()  # never emptied
     # The drawn masks, sliced: the convs of a unit keep the same channel count.
     compact, _ = passes.SliceChannels(channel_masks)(graph, variables)
+    shapes = ir.verify(compact)
     for unit in analysis.units:
-        assert len({compact.layers[i].filters for i in unit}) == 1
+        assert len({shapes[i].c for i in unit}) == 1
+    by_layer = channel_masks.as_dict()
+    for unit, groups in analysis.balanced:  # [route] groups=: same count per slice
+        for mask in (chosen[unit[0]], by_layer[unit[0]]):
+            kept = mask.reshape(groups, -1).sum(axis=1)
+            assert (kept == kept[0]).all(), (unit, groups, mask)
 
 
 def shortcut_members(graph: ir.Graph) -> list[set[int]]:
@@ -110,8 +117,9 @@ def shortcut_members(graph: ir.Graph) -> list[set[int]]:
 def test_all_keep_masks_are_the_identity(program, mode):
     graph, variables = program
     analysis = passes.analyze_prunability(graph, mode)
+    shapes = ir.verify(graph)
     keep_all = passes.ChannelMasks.from_arrays(
-        {i: np.ones(graph.layers[i].filters, bool) for i in analysis.prunable}, graph)
+        {i: np.ones(shapes[i].c, bool) for i in analysis.prunable}, graph)
     for pass_ in (passes.FoldPrunedBias(keep_all), passes.SliceChannels(keep_all),
                   passes.ZeroPrunedGamma(keep_all)):
         assert_identity_when_noop(pass_, program)
@@ -127,6 +135,7 @@ def test_passes_are_pure_and_compose(program, mode, data):
     assert_pass_is_pure(cut, program)
     g1, v1 = passes.pipeline(fold, cut)(graph, variables)
     g2, v2 = cut(*fold(graph, variables))
+    assert_verifies(g1)
     assert g1 == g2
     assert ir.write_cfg(g1) == ir.write_cfg(g2)
     flat1 = {k: np.asarray(x) for k, x in _flat(v1)}
@@ -141,3 +150,65 @@ def _flat(tree, prefix=()):
             yield from _flat(v, prefix + (k,))
     else:
         yield prefix, tree
+
+
+@settings(max_examples=25)
+@given(programs(max_blocks=6, styles=("classifier",)), MODES, st.data())
+def test_keep_size_equals_compact_on_classifiers(program, mode, data):
+    """Classifiers: [connected] after a global [avgpool] loses the input rows of
+    dropped channels; a BN [connected] is pruned by its own γ; the softmax agrees."""
+    graph, variables = program
+    analysis, channel_masks = analysis_and_masks(data, graph, mode)
+    keep = passes.FoldPrunedBias(channel_masks)(graph, variables)
+    compact = passes.pipeline(passes.FoldPrunedBias(channel_masks),
+                              passes.SliceChannels(channel_masks))(graph, variables)
+    assert_verifies(compact[0])
+    assert_equivalent(keep, compact, random_inputs(graph, seed=3, batch=2), rtol=1e-4,
+                      forward=reference_forward)
+
+
+@settings(max_examples=25)
+@given(programs(max_blocks=6, kinds=("conv", "route_groups", "residual", "sam", "se",
+                                      "dropout", "local_avgpool", "dilated"),
+                head_kinds=("new_coords", "gaussian", "region")), MODES, st.data())
+def test_keep_size_equals_compact_through_the_new_couplings(program, mode, data):
+    """Denser in what issue 11 made prunable: [route] groups (balanced masks),
+    [sam] and [scale_channels] (coupled), pass-through kinds, the new heads."""
+    graph, variables = program
+    analysis, channel_masks = analysis_and_masks(data, graph, mode)
+    keep = passes.FoldPrunedBias(channel_masks)(graph, variables)
+    compact = passes.pipeline(passes.FoldPrunedBias(channel_masks),
+                              passes.SliceChannels(channel_masks))(graph, variables)
+    assert_verifies(compact[0])
+    assert_equivalent(keep, compact, random_inputs(graph, seed=4, batch=2), rtol=1e-4,
+                      forward=reference_forward)
+
+
+def test_the_generated_graphs_reach_the_new_pruning_paths():
+    """The graphs the properties above draw do prune through what issue 11 opened:
+    group-balanced [route] groups, [sam] and [scale_channels] couplings, BN [connected]
+    units and [connected] after a global [avgpool] (its input rows sliced)."""
+    seen: set[str] = set()
+
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(graphs(max_blocks=6))
+    def record(graph):
+        analysis = passes.analyze_prunability(graph, "shortcut")
+        prunable = set(analysis.prunable)
+        if analysis.balanced:
+            seen.add("balanced")
+        for i, layer in enumerate(graph.layers):
+            reads = set(ir.layer_inputs(graph, i)) & prunable
+            if isinstance(layer, (ir.Sam, ir.ScaleChannels)) and reads:
+                seen.add(type(layer).__name__)
+            if isinstance(layer, ir.Connected):
+                if i in prunable:
+                    seen.add("connected unit")
+                if isinstance(graph.layers[i - 1], ir.AvgPool) and any(
+                        seg.space in prunable
+                        for seg in passes.channel_segments(graph)[i - 1]):
+                    seen.add("connected after avgpool")
+
+    record()
+    assert seen == {"balanced", "Sam", "ScaleChannels", "connected unit",
+                    "connected after avgpool"}, seen

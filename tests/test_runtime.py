@@ -291,7 +291,7 @@ def _normalize_channels_softmax(x, use_max=False):
     for pixel in np.ndindex(*x.shape[:-1]):
         v = x[pixel]
         e = np.exp(v - (v.max() if use_max else 0))
-        out[pixel] = e / (1e-11 + e.sum())
+        out[pixel] = e / (1e-4 + e.sum())  # activations.c: `float sum = eps;` (0.0001)
     return out
 
 

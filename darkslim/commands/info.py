@@ -22,29 +22,23 @@ def add_parser(sub) -> None:
 
 
 def _describe(layer: ir.Layer) -> str:
-    if isinstance(layer, ir.Conv):
-        text = f"{layer.filters} {layer.size}x{layer.size}/{layer.stride}"
-        if layer.groups > 1:
-            text += f" g{layer.groups}"
-        return text + (" bn " if layer.batch_normalize else " ") + layer.activation.value
-    if isinstance(layer, (ir.Shortcut, ir.Route)):
-        text = ",".join(map(str, layer.inputs))
-        if isinstance(layer, ir.Route) and layer.groups > 1:
-            text += f" g{layer.group_id}/{layer.groups}"
-        return text
-    if isinstance(layer, ir.MaxPool):
-        return f"{layer.size}x{layer.size}/{layer.stride}"
-    if isinstance(layer, ir.Upsample):
-        return f"x{layer.stride}"
-    if isinstance(layer, ir.Yolo):
-        return f"mask {','.join(map(str, layer.mask))}, {layer.classes} classes"
-    return ""
+    return ir.spec_of(layer).describe(layer)  # each kind's row (`ir.kinds`)
 
 
-_SHORT = (("feeds [yolo]", "feeds yolo"), ("no BatchNorm", "no BN"),
-          ("regular mode keeps", "shortcut group"), ("coupled with", "coupled"),
+#: (text in the full reason, the table's words), the first match wins: the specific
+#: reasons the kinds' channel rules (`ir.kinds`) and the analysis give, then the
+#: catch-alls.
+_SHORT = (("feeds [yolo]", "feeds yolo"), ("feeds [Gaussian_yolo]", "feeds Gaussian_yolo"),
+          ("feeds [region]", "feeds region"), ("no BatchNorm", "no BN"),
+          ("regular mode keeps", "coupled group"),
+          ("which darkslim does not execute", "unsupported layer"),
+          ("normalises across channels", "across-channel op"),
+          ("maxpool_depth", "maxpool_depth"), ("read by [reorg3d]", "reorg3d"),
+          ("read by [reorg]", "reorg"), ("scaled per pixel", "per-pixel scale"),
+          ("by [sam]", "partial sam"), ("by [scale_channels]", "partial scale_channels"),
+          ("by [shortcut]", "partial shortcut"), ("coupled with", "coupled"),
           ("ignored", "ignored"), ("read by", "unknown reader"),
-          ("grouped conv", "grouped conv"), ("sliced by", "route groups"),
+          ("grouped conv", "grouped conv"), ("sliced", "route groups"),
           ("added by", "partial shortcut"))
 
 
@@ -54,7 +48,11 @@ def short_reason(reason: str) -> str:
 
 
 _KIND = {"convolutional": "conv", "shortcut": "shortcut", "route": "route",
-         "upsample": "upsample", "maxpool": "maxpool", "yolo": "yolo"}
+         "upsample": "upsample", "maxpool": "maxpool", "yolo": "yolo",
+         "Gaussian_yolo": "gauss_yolo", "region": "region", "sam": "sam",
+         "scale_channels": "scale_ch", "reorg3d": "reorg3d", "reorg": "reorg",
+         "avgpool": "avgpool", "local_avgpool": "local_avg", "dropout": "dropout",
+         "softmax": "softmax", "connected": "connected", "cost": "cost", "crop": "crop"}
 
 
 def run(args) -> int:
@@ -72,7 +70,7 @@ def run(args) -> int:
     image = ir.input_shape(graph)
     for i, (layer, shape, cost) in enumerate(zip(graph.layers, shapes, costs)):
         source = shapes[i - 1] if i else image
-        if isinstance(layer, ir.Conv):
+        if isinstance(layer, (ir.Conv, ir.Connected)):  # layers with channels of their own
             reason = analysis.reason(i)
             prunable = ("[green]yes[/]" if reason is None
                         else f"[dim]no: {short_reason(reason)}[/]")
@@ -84,11 +82,13 @@ def run(args) -> int:
                       "x".join(map(str, (shape.c, shape.h, shape.w))),
                       f"{cost.params:,}" if cost.params else "",
                       f"{cost.flops / 1e9:.3f}" if cost.flops else "", prunable)
+    owners = sum(isinstance(layer, (ir.Conv, ir.Connected)) for layer in graph.layers)
+    what = "convs" if owners == len(graph.conv_indices()) else "convs/connected"
     total_params = sum(c.params for c in costs)
     total_flops = sum(c.flops for c in costs) / 1e9
     table.add_section()
     table.add_row("", "total", "", "", "", "", f"{total_params:,}", f"{total_flops:.2f}",
-                  f"{len(analysis.prunable)} of {len(graph.conv_indices())} convs")
+                  f"{len(analysis.prunable)} of {owners} {what}")
     console.print(table)
     console.print(f"[bold]{total_params:,}[/] params, [bold]{total_flops:.2f}[/] BFLOPs "
                   f"at {graph.width}x{graph.height}, {len(graph.layers)} layers")

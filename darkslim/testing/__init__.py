@@ -19,13 +19,13 @@ from darkslim.testing.checks import (Program, assert_equivalent, assert_identity
                                      describe_graph, tree_diff)
 from darkslim.testing.profiles import ENV_VAR, PROFILES, load_profile
 from darkslim.testing.reference import reference_forward
-from darkslim.testing.strategies import (BLOCK_KINDS, graph_features, graphs, inputs,
+from darkslim.testing.strategies import (BLOCK_KINDS, CLASSIC_KINDS, HEAD_KINDS, STYLES, graph_features, graphs, inputs,
                                          mask_units, masks, programs, random_inputs,
                                          random_variables, variables)
 
 __all__ = [
     # strategies
-    "BLOCK_KINDS", "graphs", "variables", "programs", "inputs", "masks",
+    "BLOCK_KINDS", "CLASSIC_KINDS", "HEAD_KINDS", "STYLES", "graphs", "variables", "programs", "inputs", "masks",
     "random_variables", "random_inputs", "mask_units", "graph_features",
     # checks
     "Program", "assert_verifies", "assert_equivalent", "assert_roundtrip_cfg",

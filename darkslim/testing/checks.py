@@ -1,5 +1,7 @@
 """Invariant checks for graphs, weights and passes, failing with a readable diff.
 
+(Over 400 lines: the checks share their diff and report helpers, kept in one module.)
+
 Every check raises `AssertionError` (so pytest and hypothesis report it as a
 failed property, and hypothesis shrinks it) with a message that says *what* differs
 and *where*: the layer, the head, the variable path, the pixel, the byte offset.
@@ -41,6 +43,8 @@ def _describe_layer(layer: ir.Layer, index: int) -> str:
         bits = [f"conv {layer.filters} {layer.size}x{layer.size}/{layer.stride}"]
         if layer.groups > 1:
             bits.append(f"groups={layer.groups}")
+        if layer.dilation > 1:
+            bits.append(f"dilation={layer.dilation}")
         bits.append("bn" if layer.batch_normalize else "bias")
         bits.append(layer.activation.value)
         return " ".join(bits)
@@ -54,8 +58,10 @@ def _describe_layer(layer: ir.Layer, index: int) -> str:
     if isinstance(layer, Upsample):
         return f"upsample x{layer.stride}"
     if isinstance(layer, Yolo):
-        return f"yolo mask={rel(layer.mask)} classes={layer.classes}"
-    return f"[{layer.kind}]"
+        return f"yolo mask={rel(layer.mask)} classes={layer.classes}" + (
+            " new_coords" if layer.new_coords else "")
+    details = ir.spec_of(layer).describe(layer)  # each kind's own row
+    return f"{layer.kind} {details}".rstrip()
 
 
 def describe_graph(graph: Graph) -> str:
@@ -365,11 +371,28 @@ def _report(what: str, a, b, bad, diff, tol, names: tuple[str, ...],
     return "\n".join(lines)
 
 
+def _compare_output(out_a, out_b, has_heads: bool, rtol, atol, border: int) -> list[str]:
+    """The last layer's output (a classifier's softmax). A detector's last layer may
+    be a pruned conv after its heads, of another width: then the heads are what count."""
+    if out_a.output is None or out_b.output is None:
+        return []
+    oa = np.asarray(out_a.output, np.float64)
+    ob = np.asarray(out_b.output, np.float64)
+    if oa.shape != ob.shape:
+        return [] if has_heads else [f"output: shape {oa.shape} (a) != {ob.shape} (b)"]
+    region = np.broadcast_to(_interior(ob.shape[1:3], border)[None, :, :, None], ob.shape)
+    bad, diff, tol = _compare(oa, ob, region, rtol, atol)
+    if not bad.any():
+        return []
+    return [_report(f"output (last layer), shape {ob.shape}", oa, ob, bad, diff, tol,
+                    ("n", "y", "x", "c"), None)]
+
+
 def assert_equivalent(prog_a: Program, prog_b: Program, x, *, rtol: float = 1e-4,
                       atol: float | None = None, border: int = 0,
                       forward: Forward | tuple[Forward, Forward] | None = None,
                       bn_eps: float = 1e-5) -> None:
-    """Two programs compute the same heads and detections on ``x``.
+    """Two programs compute the same heads, detections and output on ``x``.
 
     Args:
         prog_a, prog_b: ``(graph, variables)`` pairs with the same heads (count and
@@ -379,8 +402,8 @@ def assert_equivalent(prog_a: Program, prog_b: Program, x, *, rtol: float = 1e-4
         atol: absolute tolerance; default ``rtol * max(1, max |b|)`` per output
             channel, so "equal to float32 rounding" scales with each channel.
         border: ignore a ring of this many cells at the edge of each head's map
-            (and the detections of those cells): bias folding is exact only away
-            from the zero-padded border of k x k convs.
+            and of the output (and the detections of those cells): bias folding is
+            exact only away from the zero-padded border of k x k convs.
         forward: ``forward(graph, variables, x, bn_eps=...) -> ForwardOut``;
             default `runtime.forward` (jit, compiles once per graph). Pass
             `darkslim.testing.reference_forward` to skip compilation, e.g. in a
@@ -397,18 +420,19 @@ def assert_equivalent(prog_a: Program, prog_b: Program, x, *, rtol: float = 1e-4
     out_b = forward_b(prog_b[0], prog_b[1], x, bn_eps=bn_eps)
     if len(out_a.heads) != len(out_b.heads):
         raise AssertionError(f"a has {len(out_a.heads)} heads, b has {len(out_b.heads)}")
-    yolos = prog_b[0].yolo_indices()
+    heads_at = prog_b[0].head_indices()
     problems, det_keep = [], []
     for k, (ha, hb) in enumerate(zip(out_a.heads, out_b.heads)):
         ha = np.asarray(ha, np.float64)
         hb = np.asarray(hb, np.float64)
-        label = f"head {k} (feeding [yolo] layer {yolos[k]})"
+        head = prog_b[0].layers[heads_at[k]]
+        label = f"head {k} (feeding [{head.kind}] layer {heads_at[k]})"
         if ha.shape != hb.shape:
             raise AssertionError(f"{label}: shape {ha.shape} (a) != {hb.shape} (b)")
         n, h, w, c = hb.shape
         cells = _interior((h, w), border)
         ring = ~_interior((h, w), 1)
-        anchors = len(prog_b[0].layers[yolos[k]].mask)
+        anchors = len(head.mask)
         det_keep.append(np.broadcast_to(cells, (anchors, h, w)).reshape(-1))
         region = np.broadcast_to(cells[None, :, :, None], hb.shape)
         bad, diff, tol = _compare(ha, hb, region, rtol, atol)
@@ -427,6 +451,7 @@ def assert_equivalent(prog_a: Program, prog_b: Program, x, *, rtol: float = 1e-4
         if bad.any():
             problems.append(_report("detections", da, db, bad, diff, tol,
                                     ("n", "box", "column"), None))
+    problems += _compare_output(out_a, out_b, bool(out_b.heads), rtol, atol, border)
     if problems:
         border_note = f" (outside a {border}-cell border)" if border else ""
         raise AssertionError(f"programs differ{border_note}:\n" + "\n".join(problems))

@@ -109,10 +109,11 @@ class FlowContext:
     def all_inputs(self) -> Segments:
         return tuple(seg for segs in self.in_segments for seg in segs)
 
-    def blocked(self, why: str) -> Flow:
-        """Fail closed: every input channel kept, the output opaque."""
-        return Flow(self.opaque(), block=((self.all_inputs(), f"read by [{why}] "
-                                           f"{self.where}"),))
+    def blocked(self, kind: str, why: str = "") -> Flow:
+        """Fail closed: every input channel kept, the output opaque. The reason reads
+        ``read by [kind] layer i (cfg line n): why``."""
+        reason = f"read by [{kind}] {self.where}" + (f": {why}" if why else "")
+        return Flow(self.opaque(), block=((self.all_inputs(), reason),))
 
 
 def pass_through(layer, ctx: FlowContext) -> Flow:

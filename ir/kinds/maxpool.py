@@ -90,7 +90,7 @@ def _shape(layer: MaxPool, ins: tuple[Shape, ...]) -> Shape:
 
 def _channels(layer: MaxPool, ctx: FlowContext) -> Flow:
     if layer.depth:
-        return ctx.blocked("maxpool] maxpool_depth=1 (a max across channels) [")
+        return ctx.blocked("maxpool", "maxpool_depth=1 takes a max across channels")
     return Flow(ctx.in_segments[0])
 
 

@@ -115,7 +115,7 @@ def _forward(layer, tools, inputs):
 
 
 def _channels(layer, ctx: FlowContext) -> Flow:
-    return ctx.blocked(f"{layer.kind}] (moves channels across positions) [")
+    return ctx.blocked(layer.kind, "moves channels across positions")
 
 
 def _spec(cls, section: str) -> KindSpec:

@@ -3,7 +3,9 @@
 Darknet (``forward_shortcut_layer``, ``shortcut_multilayer_cpu``): the output keeps the
 previous layer's channel count; where another input has fewer channels only the common
 ones add, where it has more, its extra channels are dropped. Then the activation.
-Weighted shortcuts (``weights_type``) are not supported.
+Weighted shortcuts (``weights_type``) are not supported. The forward has special cases
+for swish and mish only; hard_mish and the normalize_channels family fall into
+``activate()``, which returns 0 for them, so darkslim refuses them here.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _shape(layer: Shortcut, ins: tuple[Shape, ...]) -> Shape:
 
 def _channels(layer: Shortcut, ctx: FlowContext) -> Flow:
     if layer.activation.across_channels:
-        return ctx.blocked(f"shortcut] with activation={layer.activation.value} [")
+        return ctx.blocked("shortcut", f"activation={layer.activation.value} "
+                           "normalises across channels")
     return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
 
 
@@ -64,6 +67,19 @@ def _dropped(layer: Shortcut, ctx: DropContext):
         return ctx.zeros()
     # Coupled inputs drop the same channels, each emitting its constant there.
     return activate_xp(ctx.xp, layer.activation, sum(ctx.consts))
+
+
+#: Activations forward_shortcut_layer does not handle: CPU Darknet outputs 0 after them.
+_NOT_IN_SHORTCUT = frozenset({Activation.HARD_MISH, Activation.NORMALIZE_CHANNELS,
+                              Activation.NORMALIZE_CHANNELS_SOFTMAX,
+                              Activation.NORMALIZE_CHANNELS_SOFTMAX_MAXVAL})
+
+
+def _refuse(layer: Shortcut) -> str | None:
+    if layer.activation in _NOT_IN_SHORTCUT:
+        return (f"activation={layer.activation.value} (Darknet's [shortcut] has no such "
+                "case and outputs 0)")
+    return None
 
 
 def _forward(layer: Shortcut, tools, inputs):
@@ -84,4 +100,4 @@ SPEC = KindSpec(
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
     cost=no_cost, variables=no_variables, channels=_channels, dropped=_dropped,
     fold=no_fold, slice=no_slice, forward=_forward,
-    describe=lambda layer: ",".join(map(str, layer.inputs)))
+    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=_refuse)
