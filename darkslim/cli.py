@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     only = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(only).parse_args(argv)
-    console = Console(stderr=True)
+    # soft_wrap: an error is one logical line the terminal wraps, so a long path is
+    # never split by an inserted newline (and copies back whole)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         return args.func(args) or 0
     except (ValueError, OSError) as exc:
