@@ -189,6 +189,17 @@ def test_every_kind_before_and_after_pruning(name):
         assert {f"layer_{i}_{layer.kind}" for i, layer in enumerate(g.layers)} <= groups
 
 
+@pytest.mark.parametrize("activation", [a.value for a in ir.Activation])
+def test_each_activation_alone(activation):
+    """Each activation as the network's ``output`` (after a conv whose outputs span
+    several units, so stair, plse and lhtan see each of their pieces)."""
+    graph = ir.parse_cfg(NET.format(size=16) + conv(6, 3, "linear", bn=False)
+                         + section("shortcut", **{"from": -1, "activation": activation}))
+    variables = kind_variables(graph, 1)
+    variables["params"]["layer_0"]["conv"]["kernel"] *= 8.0
+    check_parity(graph, variables, batch=2, dynamic_batch=True)
+
+
 PRUNED = ["yolov2-reorg-region", "classifier", "csp-new-coords", "se-scale-channels",
           "dilated-conv"]
 
