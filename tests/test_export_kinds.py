@@ -200,6 +200,24 @@ def test_each_activation_alone(activation):
     check_parity(graph, variables, batch=2, dynamic_batch=True)
 
 
+@pytest.mark.parametrize("name", ["activations", "maxpool-depth", "classifier"])
+def test_opset_13(name):
+    """Reduce* take their axes as an attribute before opset 18 (ReduceSum: 13)."""
+    graph = network(name)
+    check_parity(graph, kind_variables(graph, 2), opset=13)
+
+
+def test_openvino_agrees_on_every_kind(monkeypatch):
+    monkeypatch.setenv("CI", "true")  # OpenVINO's telemetry opt-out (see test_export)
+    pytest.importorskip("openvino")
+    from export.runtimes import run_openvino
+
+    for name in sorted(NETS):
+        graph = network(name)
+        check_parity(graph, kind_variables(graph, 3), batch=2, dynamic_batch=True,
+                     run=run_openvino)
+
+
 PRUNED = ["yolov2-reorg-region", "classifier", "csp-new-coords", "se-scale-channels",
           "dilated-conv"]
 
