@@ -31,7 +31,8 @@ def conv(filters: int, size: int = 3, activation: str = "leaky", bn: bool = True
          **keys) -> str:
     lines = [f"filters={filters}", f"size={size}", f"pad={int(size > 1)}",
              f"activation={activation}", *(f"{k}={v}" for k, v in keys.items())]
-    return "[convolutional]\n" + ("batch_normalize=1\n" if bn else "") + "\n".join(lines) + "\n"
+    head = "[convolutional]\n" + ("batch_normalize=1\n" if bn else "")
+    return head + "\n".join(lines) + "\n"
 
 
 def yolo(classes: int = 2, **keys) -> str:
