@@ -14,13 +14,10 @@ import ir
 
 
 def export_checked(graph: ir.Graph, variables, options=None):
-    """`export.export_onnx` after `runtime.check_supported`: the runtime's check also
-    refuses keys that change a layer's meaning (a dilated conv, a weighted shortcut),
-    which exporting would turn into a silently wrong graph."""
-    import runtime
+    """`export.export_onnx` with default options; the exporter itself refuses layers
+    and keys darkslim does not execute (`ir.unsupported_reason`), naming the cfg line."""
     from export import ExportOptions, export_onnx
 
-    runtime.check_supported(graph)
     return export_onnx(graph, variables, options or ExportOptions())
 
 

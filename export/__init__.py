@@ -1,4 +1,5 @@
-"""ONNX export: a backend of the IR, one emit rule per layer kind.
+"""ONNX export: a backend of the IR, one emit rule per layer kind (``KindSpec.onnx``,
+written beside the kind's other rules in ``ir.kinds``).
 
 `export_onnx(graph, variables, ExportOptions(...))` returns an ``onnx.ModelProto``;
 `export.runtimes` runs one with onnxruntime or OpenVINO and times it. ``onnx``,
@@ -8,7 +9,6 @@ stays light.
 
 from export.builder import OnnxBuilder
 from export.driver import ExportError, ExportOptions, check_exportable, export_onnx
-from export.onnx_rules import RULES
 
-__all__ = ["ExportError", "ExportOptions", "OnnxBuilder", "RULES", "check_exportable",
+__all__ = ["ExportError", "ExportOptions", "OnnxBuilder", "check_exportable",
            "export_onnx"]

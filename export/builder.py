@@ -1,9 +1,9 @@
 """`OnnxBuilder`: the small object the per-kind emit rules write an ONNX graph through.
 
-The rules (`export.onnx_rules`) never import ``onnx``: they call ``b.node``,
+The rules (``KindSpec.onnx`` in ``ir.kinds``) never import ``onnx``: they call ``b.node``,
 ``b.const``, ``b.params``, ``b.shape`` and friends, and this class turns those calls
 into ``onnx.helper`` nodes and ``numpy_helper`` initializers. That keeps each rule a
-plain function of numpy that can live beside its layer kind's other rules.
+plain function of numpy that lives beside its layer kind's other rules.
 
 Names: the driver opens a group per layer with `OnnxBuilder.begin` (``layer_7_convolutional``);
 every node and constant made until the next ``begin`` is named ``layer_7_convolutional/<Op>``
@@ -28,15 +28,20 @@ class OnnxBuilder:
     Attributes:
         opset: the default-domain opset the graph targets.
         bn_eps: epsilon of the ``BatchNormalization`` nodes (unfolded BN only).
-        decode: whether ``[yolo]`` rules add their decoded boxes (`add_detections`).
+        fold_bn: whether the exporter folds BatchNorm (convs arrive folded; a
+            ``[connected]`` rule folds its own).
+        decode: whether detection-layer rules add their decoded boxes
+            (`add_detections`).
         input_hw: the network input's (height, width) in pixels.
         detections: names of the decoded ``(N, boxes, 5 + classes)`` tensors, one per
-            ``[yolo]`` rule that added one, in cfg order.
+            detection-layer rule that added one, in cfg order.
     """
 
     def __init__(self, *, variables: dict, opset: int = 17, bn_eps: float = 1e-5,
-                 decode: bool = False, input_hw: tuple[int, int] = (416, 416)) -> None:
+                 decode: bool = False, input_hw: tuple[int, int] = (416, 416),
+                 fold_bn: bool = True) -> None:
         self.opset = opset
+        self.fold_bn = fold_bn
         self.bn_eps = bn_eps
         self.decode = decode
         self.input_hw = input_hw
@@ -73,14 +78,15 @@ class OnnxBuilder:
     def params(self, index: int) -> dict[str, np.ndarray]:
         """Layer ``index``'s variables as float32 numpy arrays, flat:
 
-        ``kernel`` (HWIO), ``bias`` (convs without BN), and for BN convs ``scale``
-        (γ), ``beta``, ``mean``, ``var``.
+        ``kernel`` (a conv's HWIO, or a dense ``(inputs, outputs)``), ``bias``
+        (without BN), and with BN ``scale`` (γ), ``beta``, ``mean``, ``var``.
         """
         key = f"layer_{index}"
         params = self._variables["params"][key]
-        out = {"kernel": np.asarray(params["conv"]["kernel"], np.float32)}
-        if "bias" in params["conv"]:
-            out["bias"] = np.asarray(params["conv"]["bias"], np.float32)
+        core = params["conv"] if "conv" in params else params["dense"]
+        out = {"kernel": np.asarray(core["kernel"], np.float32)}
+        if "bias" in core:
+            out["bias"] = np.asarray(core["bias"], np.float32)
         if "bn" in params:
             stats = self._variables["batch_stats"][key]["bn"]
             out.update(scale=np.asarray(params["bn"]["scale"], np.float32),
@@ -144,7 +150,7 @@ class OnnxBuilder:
 def live_nodes(nodes: list[Any], outputs: Sequence[str]) -> list[Any]:
     """The nodes the ``outputs`` depend on, in their original (topological) order.
 
-    Rules emit what a layer computes even when nothing reads it (a ``[yolo]`` layer's
+    Rules emit what a layer computes even when nothing reads it (a detection layer's
     own activated map); this drops it, as ``onnx.compose`` would.
     """
     needed = set(outputs)

@@ -2,13 +2,15 @@
 
 The driver is an interpreter like the runtime's: it walks the layers in order, keeps
 each layer's output tensor name in an environment keyed by layer index (``-1`` is the
-image) and dispatches each layer through `export.onnx_rules.RULES`. Then it names
-the outputs:
+image) and dispatches each layer to its kind's emit rule, ``ir.spec_of(layer).onnx``.
+Then it names the outputs, as `runtime.model.collect_outputs` defines them:
 
-- ``head_0``, ``head_1``, ...: the raw NCHW map feeding each ``[yolo]`` (what
-  ``darkslim run`` writes), or ``output`` (the last layer) without detection layers;
+- ``head_0``, ``head_1``, ...: the raw NCHW map feeding each detection layer
+  (``[yolo]``, ``[Gaussian_yolo]``, ``[region]``; what ``darkslim run`` writes), or
+  ``output`` (the last layer) without detection layers;
 - ``detections`` ``(N, boxes, 5 + classes)`` with ``decode``: cx, cy, w, h in input
-  pixels, objectness, class scores, exactly as `runtime.decode_yolo`;
+  pixels, objectness, class scores, exactly as each head kind's ``decode`` rule (heads
+  with fewer classes zero-padded to the widest, as the runtime does);
 - ``selected_indices`` ``(K, 3)`` with ``nms``: ONNX ``NonMaxSuppression`` over the
   decoded boxes, per class, with score = objectness × class score; each row is
   (image, class, box index into ``detections``).
@@ -23,13 +25,12 @@ import numpy as np
 import ir
 import passes
 from export.builder import OnnxBuilder, live_nodes, tensor_type
-from export.onnx_rules import RULES
 
 
 class ExportError(ir.CfgError):
     """A network that cannot be written as ONNX, naming the cfg line:
 
-    ``model.cfg:42: [sam] (layer 12): no ONNX emit rule for this layer kind``
+    ``model.cfg:42: [rnn] (layer 12): no ONNX emit rule for this layer kind``
     """
 
 
@@ -69,13 +70,21 @@ def _to_numpy(tree):
 
 
 def check_exportable(graph: ir.Graph) -> None:
-    """Raise `ExportError` for the first layer without an emit rule."""
+    """Raise `ExportError` for the first layer that cannot be exported: a kind
+    without an emit rule, or a layer (a key of one) darkslim does not execute as
+    Darknet does (`ir.unsupported_reason`: exporting it would be a silently wrong
+    graph)."""
     for index, layer in enumerate(graph.layers):
-        if type(layer) not in RULES:
+        where = dict(path=layer.path or graph.path, line=layer.line, section=layer.kind)
+        reason = ir.unsupported_reason(layer)
+        if reason is not None:
+            what = f" {reason}" if reason else ""
+            raise ExportError(f"(layer {index}){what} not supported: cannot export it",
+                              **where)
+        if ir.spec_of(layer).onnx is None:
+            exportable = sorted(s.name for s in ir.KINDS if s.onnx is not None)
             raise ExportError(f"(layer {index}): no ONNX emit rule for this layer kind "
-                              f"(exportable: {', '.join(sorted(c.kind for c in RULES))})",
-                              path=layer.path or graph.path, line=layer.line,
-                              section=layer.kind)
+                              f"(exportable: {', '.join(exportable)})", **where)
 
 
 def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptions()):
@@ -87,7 +96,8 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
         options: `ExportOptions`.
 
     Raises:
-        ExportError: a layer kind without an emit rule (names its cfg line).
+        ExportError: a layer kind without an emit rule, or a layer darkslim does not
+            execute (names its cfg line).
     """
     import onnx
     import onnx.helper as oh
@@ -101,29 +111,33 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
         graph, variables = passes.FoldBatchNorm(eps=options.bn_eps)(graph, variables)
     decode = options.decode or options.nms
     b = OnnxBuilder(variables=variables, opset=options.opset, bn_eps=options.bn_eps,
-                    decode=decode, input_hw=(graph.height, graph.width))
+                    decode=decode, input_hw=(graph.height, graph.width),
+                    fold_bn=options.fold_bn)
     image = ir.input_shape(graph)
     b.set_shape("images", image)
     env: dict[int, str] = {-1: "images"}
     for index, layer in enumerate(graph.layers):
         b.begin(index, layer.kind)
         inputs = [env[j] for j in ir.layer_inputs(graph, index)]
-        env[index] = RULES[type(layer)](b, index, layer, inputs)
+        env[index] = ir.spec_of(layer).onnx(layer, b, index, inputs)
         b.set_shape(env[index], shapes[index])
 
     batch = "N" if options.dynamic_batch else options.batch
     outputs: list[tuple[str, str, list]] = []  # (output name, tensor, shape)
-    yolos = graph.yolo_indices()
-    for k, y in enumerate(yolos):
+    heads = graph.head_indices()
+    for k, y in enumerate(heads):
         outputs.append((f"head_{k}", env[y - 1], [batch, *shapes[y - 1]]))
-    if not yolos:
+    if not heads:
         outputs.append(("output", env[len(graph.layers) - 1], [batch, *shapes[-1]]))
-    if decode and yolos:
+    if decode and heads:
         b.begin(len(graph.layers), "detections")
-        det = b.detections[0] if len(b.detections) == 1 else b.node(
-            "Concat", b.detections, axis=1)
-        fields = 5 + graph.layers[yolos[0]].classes
-        boxes = sum(len(graph.layers[y].mask) * shapes[y].h * shapes[y].w for y in yolos)
+        widths = [5 + graph.layers[y].classes for y in heads]
+        fields = max(widths)
+        parts = [d if width == fields else b.node(
+            "Pad", [d, b.ints([0, 0, 0, 0, 0, fields - width], "pads")])
+            for d, width in zip(b.detections, widths, strict=True)]
+        det = parts[0] if len(parts) == 1 else b.node("Concat", parts, axis=1)
+        boxes = sum(len(graph.layers[y].mask) * shapes[y].h * shapes[y].w for y in heads)
         outputs.append(("detections", det, [batch, boxes, fields]))
         if options.nms:
             outputs.append(("selected_indices", _emit_nms(b, det, fields, options),

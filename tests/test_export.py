@@ -40,9 +40,11 @@ def rel_diff(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
-def reference(graph, variables, x_nhwc):
+def reference(graph, variables, x_nhwc, *, output: bool = False):
     out = runtime.forward(graph, variables, jnp.asarray(x_nhwc))
     heads = [np.asarray(h).transpose(0, 3, 1, 2) for h in out.heads]
+    if output:
+        return heads, np.asarray(out.detections), np.asarray(out.output).transpose(0, 3, 1, 2)
     return heads, np.asarray(out.detections)
 
 
@@ -53,10 +55,11 @@ def check_parity(graph, variables, *, batch: int = 1, seed: int = 0,
     model = export_onnx(graph, variables, ExportOptions(**options))
     onnx.checker.check_model(model, full_check=True)
     x = random_inputs(graph, seed, batch=batch)
-    heads, detections = reference(graph, variables, x)
+    heads, detections, output = reference(graph, variables, x, output=True)
     out = run(model, x.transpose(0, 3, 1, 2))
     if not heads:
         assert out["output"].shape[0] == batch
+        assert rel_diff(out["output"], output) <= TOL, "output"
     for k, head in enumerate(heads):
         assert rel_diff(out[f"head_{k}"], head) <= TOL, f"head_{k}"
     if options["decode"] and heads:
@@ -222,9 +225,9 @@ def test_nms_selects_what_greedy_nms_selects():
 # -------------------------------------------------------------------------- errors
 
 
-def test_a_kind_without_an_emit_rule_names_its_cfg_line():
-    graph = parse("[convolutional]\nfilters=4\nsize=1\n[reorg]\nstride=2\n")
-    with pytest.raises(ExportError, match=r"<text>:8: \[reorg\] \(layer 1\): no ONNX emit"):
+def test_a_layer_darkslim_does_not_run_names_its_cfg_line():
+    graph = parse("[convolutional]\nfilters=4\nsize=1\n[rnn]\noutput=4\n")
+    with pytest.raises(ExportError, match=r"<text>:8: \[rnn\] \(layer 1\).*cannot export"):
         export_onnx(graph, random_variables(parse("[convolutional]\nfilters=4\nsize=1\n")))
 
 

@@ -93,5 +93,5 @@ def run(args) -> int:
     console.print(f"{args.out}: opset {args.opset}, {len(model.graph.node)} nodes, "
                   f"{len(data) / 1e6:.1f} MB, BatchNorm "
                   f"{'folded' if args.fold_bn else 'kept'}; outputs {outputs} "
-                  f"({time.perf_counter() - t0:.1f} s)", highlight=False)
+                  f"({time.perf_counter() - t0:.1f} s)", highlight=False, soft_wrap=True)
     return 0

@@ -244,9 +244,13 @@ def evaluate_three_ways(data: str, program, result: passes.PruneResult) -> dict:
 
 def print_reports(console, results: tuple[passes.PassReport, ...], checks: dict) -> None:
     slim_checks = iter(checks["slim_channels"])
-    for report in results:
+    last_slim = max((k for k, r in enumerate(results) if isinstance(r, passes.SlimReport)),
+                    default=None)
+    for k, report in enumerate(results):
         if isinstance(report, passes.SlimReport):
-            console.print(render_table(report))
+            # The onnxruntime row (prune --export onnx) times the whole pipeline's result.
+            onnx = checks.get("onnx") if k == last_slim else None
+            console.print(render_table(report, onnx))
             for line in summary_lines(report, next(slim_checks)):
                 console.print(line, highlight=False)
         elif isinstance(report, passes.BlocksReport):
@@ -261,7 +265,7 @@ def _ratio_row(table: Table, name: str, before, after, fmt="{:,}") -> None:
     table.add_row(name, fmt.format(before), fmt.format(after), ratio)
 
 
-def render_table(report: passes.SlimReport) -> Table:
+def render_table(report: passes.SlimReport, onnx: dict | None = None) -> Table:
     table = Table(title=report.text)
     for column, justify in (("", "left"), ("before", "right"), ("after", "right"),
                             ("ratio", "right")):
@@ -271,6 +275,9 @@ def render_table(report: passes.SlimReport) -> Table:
     _ratio_row(table, "conv channels", report.before.channels, report.after.channels)
     _ratio_row(table, "params", report.before.params, report.after.params)
     _ratio_row(table, "BFLOPs", report.before.bflops, report.after.bflops, "{:.3f}")
+    if onnx and onnx.get("onnxruntime_ms_before") is not None:
+        _ratio_row(table, "onnxruntime ms", onnx["onnxruntime_ms_before"],
+                   onnx["onnxruntime_ms_after"], "{:.2f}")
     return table
 
 

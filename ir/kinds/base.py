@@ -245,8 +245,10 @@ class KindSpec:
         describe: ``layer -> str``, the details column of ``darkslim info``.
         decode: for detection layers, ``(layer, xp, head, input_hw) -> boxes``
             ``(N, boxes, 5 + classes)`` from the raw NHWC map it reads; else None.
-        onnx: the ONNX emit rule ``(layer, builder, inputs) -> output name``, or None
-            while the kind has none (export then refuses it, naming the cfg line).
+        onnx: the ONNX emit rule ``(layer, builder, index, inputs) -> output name``
+            over NCHW tensor names (builder calls and numpy only, no ``onnx`` import;
+            shared pieces in `ir.kinds.onnx_ops`), or None while the kind has none
+            (export then refuses it, naming the cfg line).
         refuse: ``layer -> reason`` when a value of a field is outside what darkslim
             executes (``""``: the whole kind), else None.
         weights_file: ``layer -> ((leaf, layout), ...)``: the layer's variables in the
