@@ -37,7 +37,7 @@ def plot_sparsity(history, path: str | os.PathLike, title: str = "sparse trainin
     from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
 
-    from runtime.diagnostics import HIST_EDGES
+    from passes.diagnostics import HIST_EDGES
 
     rows = [r for r in history if "gamma_hist" in r]
     epochs = [r["epoch"] for r in rows]

@@ -10,6 +10,6 @@ from runtime.metrics import (ClassMetrics, EvalResult, coco_map, evaluate,
                              evaluate_detections, nms, postprocess)
 from runtime.sparsity import bn_l1, bn_l1_auto, gamma_mask, sparsity, sparsity_schedule
 from runtime.checkpoint import Checkpointer, TrainStateError
-from runtime.diagnostics import sparsity_metrics
+from passes.diagnostics import sparsity_metrics
 from runtime.parallel import data_mesh, initialize_distributed
 from runtime.train import TrainConfig, TrainResult, fit, make_optimizer, make_train_step

@@ -30,7 +30,7 @@ from passes import analyze_prunability
 from runtime.batches import NO_AUGMENT, Augment, iterate_batches, prefetch
 from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
 from runtime.dataset import Dataset
-from runtime.diagnostics import sparsity_metrics
+from passes.diagnostics import sparsity_metrics
 from runtime.loss import LossConfig
 from runtime.model import init_variables
 from runtime.optim import build_optimizer, kernel_mask, lr_schedule, make_optimizer

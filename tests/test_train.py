@@ -291,9 +291,11 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
         checkpoints.restore({"a": np.zeros(2)})
 
 
-def test_sparsity_metrics_agree_with_prune_on_the_saved_weights(tiny, runs, tmp_path):
-    """metrics.jsonl's last row against `darkslim prune` run on last.weights (the same
-    epoch): the safe ratio, and the params and BFLOPs a prune there leaves."""
+def test_sparsity_metrics_agree_with_prune_on_the_saved_weights(tiny, runs, tmp_path,
+                                                                capsys):
+    """metrics.jsonl's last row against `darkslim info` and `darkslim prune` run on
+    last.weights (the same epoch): the safe ratio, and the params and BFLOPs a prune
+    there leaves."""
     from darkslim.cli import main
 
     folder = runs.out / "sparse"
@@ -305,6 +307,12 @@ def test_sparsity_metrics_agree_with_prune_on_the_saved_weights(tiny, runs, tmp_
     assert row["gamma_q50"] == pytest.approx(float(np.median(gammas)), rel=1e-6)
     assert sum(row["gamma_hist"]) == len(gammas)
     assert 0 < row["safe_prune_ratio"] < 1
+    capsys.readouterr()
+    assert main(["info", str(tiny.cfg), "--weights", str(folder / "last.weights")]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert (f"{row['gamma_below_1e-2']:.1%} below 1e-2, {row['gamma_below_1e-3']:.1%} "
+            f"below 1e-3; highest safe prune ratio {row['safe_prune_ratio']:.4f}, leaving "
+            f"{row['params_at_safe']:,} params") in shown
     out = tmp_path / "pruned"
     assert main(["prune", str(tiny.cfg), str(folder / "last.weights"), "--percent",
                  repr(row["safe_prune_ratio"]), "--out", str(out)]) == 0

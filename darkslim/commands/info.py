@@ -100,4 +100,16 @@ def run(args) -> int:
                       f"{loaded.loaded_convs} of {loaded.total_convs} convs loaded")
         for warning in loaded.warnings:
             warn(console, warning)
+        from passes.diagnostics import sparsity_metrics
+
+        m = sparsity_metrics(graph, loaded.variables, args.mode)
+        if m:
+            quantiles = ", ".join(f"q{k[len('gamma_q'):]} {v:.3g}" for k, v in m.items()
+                                  if k.startswith("gamma_q"))
+            console.print(
+                f"prunable |γ| ({args.mode} mode): {quantiles}; "
+                f"{m['gamma_below_1e-2']:.1%} below 1e-2, {m['gamma_below_1e-3']:.1%} below "
+                f"1e-3; highest safe prune ratio {m['safe_prune_ratio']:.4f}, leaving "
+                f"{m['params_at_safe']:,} params and {m['bflops_at_safe']:.3f} BFLOPs",
+                highlight=False, soft_wrap=True)
     return 0

@@ -115,7 +115,7 @@ def run(args) -> int:
     from frontends import load_variables, write_atomic
     from runtime import init_variables
     from runtime.data import NO_AUGMENT, Augment, load_dataset, read_data_config
-    from runtime.diagnostics import prunable_abs_gammas
+    from passes.diagnostics import prunable_abs_gammas
     from runtime.parallel import data_mesh
     from runtime.sparsity import init_gammas
     from runtime.train import (CHECKPOINTS, Checkpointer, TrainConfig, check_classes, fit,
