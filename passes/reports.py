@@ -16,14 +16,26 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ir import Graph, count_flops, count_params
+from ir import Connected, Conv, Graph, count_flops, count_params
 from passes.errors import PruneError
 from passes.masks import ChannelMasks, GraphFingerprint, Threshold
 
 
+def channel_layers(graph: Graph) -> tuple[int, ...]:
+    """The layers whose output channels pruning can drop: convs and ``[connected]``."""
+    return tuple(i for i, layer in enumerate(graph.layers)
+                 if isinstance(layer, (Conv, Connected)))
+
+
+def width(layer) -> int:
+    """Output channels of a conv (``filters``) or a ``[connected]`` (``output``)."""
+    return layer.filters if isinstance(layer, Conv) else layer.output
+
+
 @dataclass(frozen=True, slots=True)
 class Counts:
-    """Size of a network: layers, convs, conv output channels, params, FLOPs."""
+    """Size of a network: layers, convs, output channels of its convs and
+    ``[connected]`` layers, params, FLOPs."""
 
     layers: int
     convs: int
@@ -35,7 +47,7 @@ class Counts:
     def of(cls, graph: Graph) -> "Counts":
         convs = graph.conv_indices()
         return cls(layers=len(graph.layers), convs=len(convs),
-                   channels=sum(graph.layers[i].filters for i in convs),
+                   channels=sum(width(graph.layers[i]) for i in channel_layers(graph)),
                    params=count_params(graph), flops=count_flops(graph))
 
     @property

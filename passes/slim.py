@@ -18,7 +18,7 @@ from passes.errors import PruneError
 from passes.fold import FoldPrunedBias, SliceChannels
 from passes.masks import compute_masks, compute_threshold
 from passes.pipeline import PassResult
-from passes.reports import Counts, SlimReport
+from passes.reports import Counts, SlimReport, channel_layers, width
 from passes.text import pass_text
 
 Ignore = tuple[int, ...] | Callable[[int, Layer], bool]
@@ -93,8 +93,8 @@ class SlimChannels:
         out_graph, out_vars = SliceChannels(masks)(*folded)
         by_conv = masks.as_dict()
         channels = tuple((i, int(by_conv[i].sum()) if i in by_conv else
-                          graph.layers[i].filters, graph.layers[i].filters)
-                         for i in graph.conv_indices())
+                          width(graph.layers[i]), width(graph.layers[i]))
+                         for i in channel_layers(graph))
         report = SlimReport(
             name=self.name, text=pass_text(self), before=Counts.of(graph),
             after=Counts.of(out_graph), mode=self.mode, min_keep=float(self.min_keep),

@@ -49,10 +49,11 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
 
 class Checkpointer:
     """The checkpoints of one run folder, ``directory`` (``out/checkpoints``), one per
-    epoch, the newest ``keep`` kept.
+    epoch, the newest ``keep`` kept. Use it as a context manager, so the last
+    asynchronous save is waited for::
 
-    >>> with Checkpointer(out / "checkpoints") as ckpt:          # doctest: +SKIP
-    ...     ckpt.save(epoch, state, {"history": history})
+        with Checkpointer(out / "checkpoints") as ckpt:
+            ckpt.save(epoch, state, {"history": history})
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 2,
