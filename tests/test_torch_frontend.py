@@ -1,5 +1,8 @@
 """Torch checkpoints (ultralytics and eriklindernoren layouts): round trips, BatchNorm eps,
-output parity with a plain torch Darknet (`torch_reference`), safe loading, errors."""
+output parity with a plain torch Darknet (`torch_reference`), safe loading, errors.
+
+(Over 400 lines: both layouts share one set of fixtures and round-trip helpers here.)
+"""
 
 from __future__ import annotations
 

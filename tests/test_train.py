@@ -1,7 +1,11 @@
 """Loss, sparse training with optax, checkpoints, sparsity diagnostics and data
 parallelism (runtime.loss, runtime.train) on a tiny synthetic set. The sparsity
 transforms themselves are tests/test_sparsity.py; several processes,
-tests/test_distributed.py."""
+tests/test_distributed.py.
+
+(Over 400 lines: the loss, the fit loop and its files share the trained `runs`
+fixture, which is costly to build, so they stay in one module.)
+"""
 
 from __future__ import annotations
 
