@@ -8,7 +8,7 @@ from ir.cost import LayerCost, count_flops, count_params, layer_costs
 from ir.activations import Activation
 from ir.errors import CfgError
 from ir.kinds import KINDS, KindSpec, spec_of, unsupported_reason
-from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Dropout, GaussianYolo, Graph, Layer,
+from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Detection, Dropout, GaussianYolo, Graph, Layer,
                        LocalAvgPool, MaxPool, Region, Reorg, Reorg3d, Route, Sam,
                        ScaleChannels, Section, Shortcut, Softmax, Upsample, Yolo, consumers,
                        layer_inputs)
@@ -17,7 +17,7 @@ from ir.shapes import Shape, input_shape, verify
 from ir.variables import check_variables, expected_shapes, init_variables, layer_key
 
 __all__ = [
-    "AvgPool", "Connected", "Cost", "Crop", "Dropout", "GaussianYolo", "LocalAvgPool", "Region",
+    "AvgPool", "Connected", "Cost", "Crop", "Detection", "Dropout", "GaussianYolo", "LocalAvgPool", "Region",
     "Reorg", "Reorg3d", "Sam", "ScaleChannels", "Softmax",
     "Activation", "CfgError", "Conv", "KINDS", "KindSpec", "Graph", "Layer", "LayerCost",
     "MaxPool", "Route", "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables",

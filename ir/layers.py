@@ -22,6 +22,7 @@ from ir.kinds.connected import Connected
 from ir.kinds.conv import Conv
 from ir.kinds.cost import Cost
 from ir.kinds.crop import Crop
+from ir.kinds.detection import Detection
 from ir.kinds.dropout import Dropout
 from ir.kinds.gaussian_yolo import GaussianYolo
 from ir.kinds.local_avgpool import LocalAvgPool
@@ -40,7 +41,7 @@ from ir.options import Options
 
 Layer = Union[Conv, Shortcut, Route, Upsample, MaxPool, Yolo, GaussianYolo, Region, Sam,
               ScaleChannels, Reorg3d, Reorg, AvgPool, LocalAvgPool, Dropout, Softmax,
-              Connected, Cost, Crop, Section]
+              Connected, Cost, Crop, Detection, Section]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

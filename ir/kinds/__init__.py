@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from ir.kinds import (avgpool, connected, conv, cost, crop, dropout, gaussian_yolo, local_avgpool,
-                      maxpool, region, reorg, route, sam, scale_channels, section, shortcut,
-                      softmax, upsample, yolo)
+from ir.kinds import (avgpool, connected, conv, cost, crop, detection, dropout,
+                      gaussian_yolo, local_avgpool, maxpool, region, reorg, route, sam,
+                      scale_channels, section, shortcut, softmax, upsample, yolo)
 from ir.kinds.base import KindSpec
 
 KINDS: tuple[KindSpec, ...] = (
     conv.SPEC, shortcut.SPEC, route.SPEC, upsample.SPEC, maxpool.SPEC, yolo.SPEC,
     gaussian_yolo.SPEC, region.SPEC, sam.SPEC, scale_channels.SPEC, reorg.REORG3D,
     reorg.REORG, avgpool.SPEC, local_avgpool.SPEC, dropout.SPEC, softmax.SPEC,
-    connected.SPEC, cost.SPEC, crop.SPEC, section.SPEC)
+    connected.SPEC, cost.SPEC, crop.SPEC, detection.SPEC, section.SPEC)
 
 _OPTIONAL = frozenset({"decode", "onnx"})
 

@@ -2,7 +2,7 @@
 Darknet's rule is simple, but not executed and not pruned through (fail closed).
 
 Recurrent layers (``[rnn]``, ``[crnn]``, ``[lstm]``, ``[gru]``, ``[conv_lstm]``),
-``[contrastive]``, ``[crop]``, ``[detection]``, ``[local]``, ``[deconvolutional]``,
+``[contrastive]``, ``[local]``, ``[deconvolutional]``,
 ``[implicit]``, ``[lrn]``, ``[batchnorm]``, ``[activation]``, ``[history]``,
 ``[empty]``/``[silence]`` land here: running one is a clear error naming its cfg line,
 and the prunability analysis keeps every channel it reads.
@@ -20,10 +20,10 @@ from ir.options import SectionReader
 #: Darknet's `string_to_layer_type` names without a spec of their own.
 OTHER_SECTIONS = frozenset({
     "activation", "batchnorm", "contrastive", "conv_lstm", "crnn", "deconv",
-    "deconvolutional", "detection", "empty", "gru", "history", "implicit", "implicit_add",
+    "deconvolutional", "empty", "gru", "history", "implicit", "implicit_add",
     "implicit_mul", "local", "logistic", "lrn", "lstm", "normalization", "rnn", "silence",
 })
-_SAME_SHAPE = frozenset({"activation", "batchnorm", "detection", "empty", "implicit_add",
+_SAME_SHAPE = frozenset({"activation", "batchnorm", "empty", "implicit_add",
                          "implicit_mul", "logistic", "lrn", "normalization", "silence",
                          "contrastive"})
 
