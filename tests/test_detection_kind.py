@@ -44,3 +44,25 @@ def test_detection_output_and_boxes(softmax):
             assert np.allclose(det[i * num + b], want, atol=1e-4)
     ref = reference_forward(graph, variables, x)
     assert np.allclose(ref.detections, det, atol=1e-4)
+
+
+@pytest.mark.parametrize("softmax", [0, 1])
+def test_detection_exports_to_onnx(softmax):
+    onnx = pytest.importorskip("onnx")
+    from export import ExportOptions, export_onnx
+    from export.runtimes import run_onnxruntime
+
+    n = 2 * 2 * (3 + 2 * 5)
+    graph = ir.parse_cfg(CFG.format(n=n, softmax=softmax))
+    rng = np.random.default_rng(1)
+    variables = {"params": {"layer_0": {"dense": {
+        "kernel": rng.normal(size=(2 * 28 * 14, n)).astype(np.float32) * 0.05,
+        "bias": np.zeros(n, np.float32)}}}}
+    x = rng.random((2, 14, 28, 2), dtype=np.float32)
+    model = export_onnx(graph, variables, ExportOptions(decode=True, dynamic_batch=True))
+    onnx.checker.check_model(model, full_check=True)
+    got = run_onnxruntime(model, x.transpose(0, 3, 1, 2))
+    want = runtime.forward(graph, variables, x)
+    assert np.allclose(got["head_0"], np.asarray(want.heads[0]).transpose(0, 3, 1, 2),
+                       atol=1e-5)
+    assert np.allclose(got["detections"], np.asarray(want.detections), atol=1e-4)
