@@ -172,7 +172,7 @@ def heads_numpy(graph: ir.Graph, variables: Any, x_nhwc: np.ndarray, *,
             raise ValueError(f"{graph.path}:{layer.line}: [{layer.kind}] (layer {i}): "
                              f"the prune check cannot run it ({reason or 'not executed'})")
         ins = [env[j] for j in sources[i]]
-        tools = _Tools(variables, i, bn_eps, hw)
+        tools = _Tools(variables, ir.variables_owner(layer, i), bn_eps, hw)
         if (zero_inputs is not None and tools.leaves and sources[i][0] >= 0
                 and getattr(layer, "groups", 1) == 1):
             keep = zero_inputs[sources[i][0]]

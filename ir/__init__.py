@@ -8,6 +8,7 @@ from ir.cost import LayerCost, count_flops, count_params, layer_costs
 from ir.activations import Activation
 from ir.errors import CfgError
 from ir.kinds import KINDS, KindSpec, spec_of, unsupported_reason
+from ir.kinds.base import variables_owner
 from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Detection, Dropout, GaussianYolo, Graph, Layer,
                        LocalAvgPool, MaxPool, Region, Reorg, Reorg3d, Route, Sam,
                        ScaleChannels, Section, Shortcut, Softmax, Upsample, Yolo, consumers,
@@ -23,6 +24,6 @@ __all__ = [
     "MaxPool", "Route", "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables",
     "consumers", "count_flops", "count_params", "expected_shapes", "init_variables",
     "input_shape", "layer_costs", "layer_inputs", "layer_key", "narrow", "parse_cfg",
-    "spec_of", "unsupported_reason", "verify",
+    "spec_of", "unsupported_reason", "variables_owner", "verify",
     "with_input_size", "write_cfg",
 ]

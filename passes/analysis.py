@@ -37,7 +37,8 @@ def _flows(graph: Graph) -> tuple[tuple[Segments, ...], tuple[Flow, ...]]:
             index=i, inputs=inputs,
             in_segments=tuple(image if j < 0 else segments[j] for j in inputs),
             in_shapes=tuple(input_shape(graph) if j < 0 else shapes[j] for j in inputs),
-            out_shape=shapes[i], where=f"layer {i} (cfg line {layer.line})")
+            out_shape=shapes[i], where=f"layer {i} (cfg line {layer.line})",
+            earlier=tuple(segments))
         flow = spec_of(layer).channels(layer, ctx)
         reason = unsupported_reason(layer)
         if reason is not None:  # fail closed: nothing flows through what is not described

@@ -40,6 +40,9 @@ class FoldBatchNorm:
         stats = dict(variables.get("batch_stats", {}))
         layers = list(graph.layers)
         for i in folded:
+            layers[i] = dataclasses.replace(graph.layers[i], batch_normalize=False)
+            if getattr(graph.layers[i], "share", None) is not None:
+                continue  # runs with its owner's variables, folded there (share_index)
             key = tree.layer_key(i)
             part = "conv" if "conv" in params[key] else "dense"  # the kernel's owner
             kernel = params[key][part]["kernel"]
@@ -52,7 +55,6 @@ class FoldBatchNorm:
                            part: {"kernel": kernel * scale.astype(kernel.dtype),
                                   "bias": bias.astype(kernel.dtype)}}
             stats.pop(key, None)
-            layers[i] = dataclasses.replace(graph.layers[i], batch_normalize=False)
         new = {**variables, "params": params}
         if "batch_stats" in variables:
             new["batch_stats"] = stats

@@ -138,9 +138,11 @@ class _Layer(nn.Module):
     input_hw: tuple[int, int]
 
     @nn.compact
-    def __call__(self, inputs, train: bool):
+    def __call__(self, inputs, train: bool, layer: ir.Layer | None = None):
+        # ``layer``: another layer run with this one's variables (``share_index``).
+        layer = self.layer if layer is None else layer
         tools = _Tools(self, train, self.bn_eps, self.input_hw)
-        return ir.spec_of(self.layer).forward(self.layer, tools, inputs)
+        return ir.spec_of(layer).forward(layer, tools, inputs)
 
 
 # One definition of Darknet's activations (ir.activations) for the passes and here.
@@ -194,10 +196,16 @@ class DarknetModule(nn.Module):
         input_hw = (x_nhwc.shape[1], x_nhwc.shape[2])
         ir.verify(ir.with_input_size(graph, *input_hw))  # shape errors name the cfg line
         env: dict[int, jax.Array] = {-1: x_nhwc}
+        modules: dict[int, _Layer] = {}
         for index, layer in enumerate(graph.layers):
             inputs = tuple(env[j] for j in ir.layer_inputs(graph, index))
-            env[index] = _Layer(layer, self.bn_eps, input_hw, name=f"layer_{index}")(
-                inputs, train)
+            owner = ir.variables_owner(layer, index)
+            if owner == index:
+                modules[index] = _Layer(layer, self.bn_eps, input_hw,
+                                        name=ir.layer_key(index))
+                env[index] = modules[index](inputs, train)
+            else:  # the same module, so the same variables (Darknet's share_layer)
+                env[index] = modules[owner](inputs, train, layer)
         return collect_outputs(graph, env, input_hw, jnp)
 
 

@@ -145,3 +145,14 @@ def test_a_binary_file_is_not_a_cfg(tmp_path):
         ir.parse_cfg(path)
     path.write_bytes(b"# caf\xe9 (Latin-1)\n[net]\nwidth=8\n")  # text, not UTF-8: read
     assert ir.parse_cfg(path).width == 8
+
+
+def test_an_odd_anchor_count_reads_as_darknet_does():
+    # parse_yolo reads up to num pairs into calloc'd biases: a missing comma (as in
+    # cspx-p7-mish_hp.cfg) leaves the last height 0; surplus values are ignored.
+    head = "[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=14\n[yolo]\nmask=0,1\nclasses=2\n"
+    graph = ir.parse_cfg(head + "num=2\nanchors=10,13, 16 30\n")
+    assert graph.layers[1].anchors == ((10.0, 13.0), (1630.0, 0.0))
+    graph = ir.parse_cfg(head + "num=2\nanchors=10,13,16,30,33\n")
+    assert graph.layers[1].anchors == ((10.0, 13.0), (16.0, 30.0))
+    assert ir.parse_cfg(ir.write_cfg(graph)) == graph

@@ -99,6 +99,6 @@ def reference_forward(graph: ir.Graph, variables, x_nhwc, bn_eps: float = 1e-5
                              f"({reason or 'not executed'}), which the runtime does not "
                              "execute either")
         ins = [env[j] for j in ir.layer_inputs(graph, index)]
-        tools = _Tools(variables, index, bn_eps, hw)
+        tools = _Tools(variables, ir.variables_owner(layer, index), bn_eps, hw)
         env[index] = np.asarray(ir.spec_of(layer).forward(layer, tools, ins), np.float64)
     return collect_outputs(graph, env, hw, np)

@@ -99,6 +99,7 @@ class FlowContext:
     in_shapes: tuple[Shape, ...]
     out_shape: Shape
     where: str
+    earlier: tuple[Segments, ...] = ()  # every earlier layer's output segments
 
     def own(self, channels: int) -> Segments:
         return (Segment(self.index, 0, channels),)
@@ -174,6 +175,13 @@ COMMON_KEYS: Mapping[str, KeyRule] = {
         "burnin_update", "clip", "dont_update", "dontload", "dontloadscales",
         "learning_rate", "onlyforward", "show_receptive_field", "stopbackward",
         "train_only_bn")}
+
+
+def variables_owner(layer, index: int) -> int:
+    """The layer whose variables layer ``index`` runs with: itself, or the conv it
+    shares its weights with (``share_index``)."""
+    share = getattr(layer, "share", None)
+    return index if share is None else share
 
 
 def previous_input(layer, index: int) -> tuple[int, ...]:

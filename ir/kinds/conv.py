@@ -16,7 +16,8 @@ import numpy as np
 
 from ir.activations import Activation
 from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, KeyRule, Options,
-                           Shape, ShapeError, equals, inert, previous_input, same_layer)
+                           Segment, Shape, ShapeError, equals, inert, previous_input,
+                           variables_owner)
 from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
@@ -39,6 +40,7 @@ class Conv:
     padding: int = 0
     groups: int = 1
     dilation: int = 1
+    share: int | None = None
     batch_normalize: bool = False
     activation: Activation = Activation.LOGISTIC
     extra: Options = ()
@@ -64,6 +66,14 @@ def _parse(r: SectionReader, index: int) -> Conv:
             raise r.error(f"{key}={conv[key]}: expected a positive integer", key)
     if conv["size"] == 1:
         conv["dilation"] = 1  # parse_convolutional: `if (size == 1) dilation = 1;`
+    if "share_index" in r.first:
+        # parse_convolutional: >= 0 is absolute, negative relative to this layer.
+        share = r.int("share_index")
+        share = share if share >= 0 else index + share
+        if not 0 <= share < index:
+            raise r.error(f"share_index={r.first['share_index'][0]}: layer {share} is not "
+                          f"before this layer ({index})", "share_index")
+        conv["share"] = share
     layer = Conv(**conv, extra=r.extra(), **r.loc)
     if layer.dilation > 1 and 2 * layer.pad_pixels != layer.size - 1:
         raise r.error(f"dilation={layer.dilation} with size={layer.size} and "
@@ -84,6 +94,8 @@ def _write(layer: Conv, index: int) -> list[str]:
         lines.append(f"groups={layer.groups}")
     if layer.dilation != 1:
         lines.append(f"dilation={layer.dilation}")
+    if layer.share is not None:
+        lines.append(f"share_index={layer.share}")
     return lines + [f"activation={layer.activation.value}"]
 
 
@@ -97,7 +109,6 @@ _KEYS: dict[str, KeyRule] = {
     "antialiasing": equals(0), "binary": equals(0), "xnor": equals(0),
     "bin_output": equals(0), "sway": equals(0), "rotate": equals(0), "stretch": equals(0),
     "stretch_sway": equals(0), "coordconv": equals(0), "cbn": equals(0),
-    "share_index": KeyRule(lambda layer, value: False, "no shared weights"),
     "assisted_excitation": inert("(training only)"), "flipped": inert("(training only)"),
     "dot": inert("(training only)"), "angle": inert("(training only)"),
     "grad_centr": inert("(training only)"), "reverse": inert("(training only)"),
@@ -122,10 +133,13 @@ def _shape(layer: Conv, ins: tuple[Shape, ...]) -> Shape:
 def _cost(layer: Conv, ins, out: Shape) -> tuple[int, int]:
     weights = layer.filters * (ins[0].c // layer.groups) * layer.size * layer.size
     extra = 2 * layer.filters if layer.batch_normalize else layer.filters
-    return weights + extra, 2 * weights * out.h * out.w
+    params = 0 if layer.share is not None else weights + extra  # shared: counted once
+    return params, 2 * weights * out.h * out.w
 
 
 def _variables(layer: Conv, ins) -> dict:
+    if layer.share is not None:
+        return {}  # it runs with the variables of the conv it shares
     k, f = layer.size, layer.filters
     kernel = (k, k, ins[0].c // layer.groups, f)
     if layer.batch_normalize:
@@ -136,6 +150,12 @@ def _variables(layer: Conv, ins) -> dict:
 
 def _channels(layer: Conv, ctx: FlowContext) -> Flow:
     own = ctx.own(layer.filters)
+    if layer.share is not None:
+        # One kernel serves both convs: neither may lose input or output channels.
+        why = f"shares its weights with layer {layer.share} ({ctx.where}: share_index)"
+        owner = (Segment(layer.share, 0, layer.filters),)
+        owner_in = ctx.earlier[layer.share - 1] if layer.share > 0 else ()
+        return Flow(own, block=((ctx.in_segments[0] + owner + owner_in, why),), own=why)
     why = None if layer.batch_normalize else "no BatchNorm: no γ to rank its channels by"
     if layer.activation.across_channels:
         why = f"activation={layer.activation.value} normalises across channels"
@@ -244,7 +264,7 @@ def _onnx(layer: Conv, b, index: int, inputs) -> str:
     """Conv (OIHW kernel, symmetric zero padding ``pad · dilation``, groups,
     dilations), BatchNormalization when the layer still has BN (the exporter folds it
     by default), then the activation."""
-    p = b.params(index)
+    p = b.params(variables_owner(layer, index))
     kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # HWIO -> OIHW
     args = [inputs[0], b.const(kernel, name="weight")]
     if "bias" in p:
@@ -271,7 +291,15 @@ def _describe(layer: Conv) -> str:
     return text + (" bn " if layer.batch_normalize else " ") + layer.activation.value
 
 
+def _renumber(layer: Conv, renumber):
+    if layer.share is None:
+        return layer
+    return dataclasses.replace(layer, share=renumber(layer.share))
+
+
 def _weights_file(layer: Conv):
+    if layer.share is not None:
+        return ()  # load_weights skips a conv with a share_layer
     # load_convolutional_weights: biases (β with BN), [scales, mean, variance], weights.
     if layer.batch_normalize:
         return ((BETA, "vector"), (GAMMA, "vector"), (MEAN, "vector"), (VAR, "vector"),
@@ -281,6 +309,6 @@ def _weights_file(layer: Conv):
 
 SPEC = KindSpec(
     layer=Conv, sections=("convolutional", "conv"), parse=_parse, write=_write, keys=_KEYS,
-    inputs=previous_input, renumber=same_layer, shape=_shape, cost=_cost,
+    inputs=previous_input, renumber=_renumber, shape=_shape, cost=_cost,
     variables=_variables, channels=_channels, dropped=_dropped, fold=_fold, slice=_slice,
     forward=_forward, describe=_describe, weights_file=_weights_file, onnx=_onnx)

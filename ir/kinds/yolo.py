@@ -62,9 +62,10 @@ def parse_anchors(r: SectionReader, classes_default: int = 20):
     num = r.int("num", 1)
     anchors_flat = r.floats("anchors") if "anchors" in r.first else ()
     if len(anchors_flat) % 2:
-        if len(anchors_flat) < 2 * num:
-            raise r.error("anchors= has an odd count: expected w,h pairs", "anchors")
-        anchors_flat = anchors_flat[:2 * num]  # parse_yolo reads num pairs, no more
+        # parse_yolo reads at most num pairs into biases it calloc'd: an odd count (a
+        # missing comma, as in cspx-p7-mish_hp.cfg) leaves the last height at 0.
+        anchors_flat = (anchors_flat[:2 * num] if len(anchors_flat) > 2 * num
+                        else (*anchors_flat, 0.0))
     anchors = tuple(zip(anchors_flat[::2], anchors_flat[1::2]))
     mask = r.ints("mask") if "mask" in r.first else tuple(range(num))
     bad = [m for m in mask if not 0 <= m < len(anchors)]
