@@ -35,7 +35,8 @@ import passes  # noqa: E402
 from darkslim.latency import measure_latency  # noqa: E402
 from darkslim.testing import random_inputs, random_variables  # noqa: E402
 from export import ExportOptions, export_onnx  # noqa: E402
-from export.runtimes import measure_onnx_latency, run_onnxruntime  # noqa: E402
+from darkslim.latency import measure_onnx_latency  # noqa: E402
+from export.runtimes import run_onnxruntime  # noqa: E402
 
 DEFAULT_CFG = ROOT.parent / "shared" / "cfg" / "yolov3.cfg"
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 import ir
+from darkslim.latency import time_interleaved
 
 
 class EngineUnavailable(RuntimeError):
@@ -41,14 +42,8 @@ class Timing:
 
 def _time_runs(run: Callable[[], Any], repeats: int, warmup: int, compile_s: float
                ) -> Timing:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return Timing(statistics.median(times), tuple(times), compile_s)
+    (times,) = time_interleaved([run], repeats, warmup)
+    return Timing(statistics.median(times), times, compile_s)
 
 
 def random_images(graph: ir.Graph, batch: int, seed: int = 0) -> np.ndarray:

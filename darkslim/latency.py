@@ -1,9 +1,10 @@
-"""Forward-pass latency of several networks, measured side by side on the CPU.
+"""Latency of several networks, measured side by side on the CPU: darkslim's runtime
+(`measure_latency`) and onnxruntime on exported files (`measure_onnx_latency`).
 
-Library code: returns data, never prints. Compilation (trace, lower, XLA compile) is
-timed apart from the runs. After warm-up, the networks run round-robin (a, b, a, b,
+Library code: returns data, never prints. One-off work (XLA compile, session creation)
+is timed apart from the runs. After warm-up, the networks run round-robin (a, b, a, b,
 ...), so load from other processes on a shared machine falls on all of them alike,
-and the median of each network's runs is reported.
+and the median of each network's runs is reported (`time_interleaved`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -67,15 +68,57 @@ def measure_latency(programs: Sequence[tuple[ir.Graph, Any]], *, repeats: int = 
         def run(compiled=compiled, params=params, x=x):
             jax.block_until_ready(compiled(params, x))
 
+        runs.append(run)
+    return tuple(Latency(median_ms=statistics.median(t), times_ms=t,
+                         compile_s=c, batch=batch, device=str(target))
+                 for t, c in zip(time_interleaved(runs, repeats, warmup), compile_s))
+
+
+def time_interleaved(runs: Sequence[Callable[[], Any]], repeats: int, warmup: int
+                     ) -> tuple[tuple[float, ...], ...]:
+    """Each run's ``warmup`` untimed calls, then ``repeats`` timed rounds of every run in
+    turn; per run, its times in milliseconds."""
+    for run in runs:
         for _ in range(warmup):
             run()
-        runs.append(run)
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
         for k, run in enumerate(runs):
             start = time.perf_counter()
             run()
             times[k].append((time.perf_counter() - start) * 1e3)
-    return tuple(Latency(median_ms=statistics.median(t), times_ms=tuple(t),
-                         compile_s=c, batch=batch, device=str(target))
-                 for t, c in zip(times, compile_s))
+    return tuple(tuple(t) for t in times)
+
+
+@dataclass(frozen=True, slots=True)
+class OrtLatency:
+    """One exported model's onnxruntime timings (milliseconds), session load apart."""
+
+    median_ms: float
+    times_ms: tuple[float, ...]
+    load_s: float
+    batch: int
+
+
+def measure_onnx_latency(models: Sequence, input_chw: Sequence[tuple[int, int, int]], *,
+                         repeats: int = 5, warmup: int = 2, batch: int = 1,
+                         threads: int | None = None, seed: int = 0) -> tuple[OrtLatency, ...]:
+    """Median onnxruntime CPU latency of each model, runs interleaved.
+
+    Args:
+        models: ``ModelProto`` or bytes, each with a static or dynamic batch axis.
+        input_chw: each model's input (C, H, W).
+        repeats, warmup: timed and untimed runs per model.
+    """
+    from export.runtimes import ort_session
+
+    rng = np.random.default_rng(seed)
+    runs, loads = [], []
+    for model, chw in zip(models, input_chw, strict=True):
+        start = time.perf_counter()
+        session = ort_session(model, threads)
+        loads.append(time.perf_counter() - start)
+        feed = {"images": rng.random((batch, *chw), dtype=np.float32)}
+        runs.append(lambda session=session, feed=feed: session.run(None, feed))
+    return tuple(OrtLatency(statistics.median(t), t, load, batch)
+                 for t, load in zip(time_interleaved(runs, repeats, warmup), loads))

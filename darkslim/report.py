@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-import ir
 import passes
 from frontends import atomic_path
 from passes import tree

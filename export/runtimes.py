@@ -1,15 +1,11 @@
-"""Run an exported model with a real consumer (onnxruntime, OpenVINO) and time it.
+"""Run an exported model with a real consumer (onnxruntime, OpenVINO).
 
-Library code: returns arrays and timings, never prints. The consumers are imported
+Library code: returns arrays, never prints (`darkslim.latency` times the sessions). The consumers are imported
 when called; OpenVINO is optional (``pip install darkslim[openvino]``).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -57,48 +53,3 @@ def run_openvino(model, x_nchw: np.ndarray) -> dict[str, np.ndarray]:
     # OpenVINO may merge an output's name with its producer's: match by position.
     return {name: np.asarray(result[out]) for name, out in zip(names, compiled.outputs,
                                                                strict=True)}
-
-
-@dataclass(frozen=True, slots=True)
-class OrtLatency:
-    """One model's onnxruntime timings (milliseconds)."""
-
-    median_ms: float
-    times_ms: tuple[float, ...]
-    load_s: float
-    batch: int
-
-
-def measure_onnx_latency(models: Sequence, input_chw: Sequence[tuple[int, int, int]], *,
-                         repeats: int = 5, warmup: int = 2, batch: int = 1,
-                         threads: int | None = None, seed: int = 0) -> tuple[OrtLatency, ...]:
-    """Median onnxruntime CPU latency of each model, runs interleaved (a, b, a, b, ...)
-    so load from other processes falls on all of them alike.
-
-    Args:
-        models: ``ModelProto`` or bytes, each with a static or dynamic batch axis.
-        input_chw: each model's input (C, H, W).
-        repeats, warmup: timed and untimed runs per model.
-    """
-    rng = np.random.default_rng(seed)
-    runs, loads = [], []
-    for model, chw in zip(models, input_chw, strict=True):
-        start = time.perf_counter()
-        session = ort_session(model, threads)
-        loads.append(time.perf_counter() - start)
-        feed = {"images": rng.random((batch, *chw), dtype=np.float32)}
-
-        def run(session=session, feed=feed):
-            session.run(None, feed)
-
-        for _ in range(warmup):
-            run()
-        runs.append(run)
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for k, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            times[k].append((time.perf_counter() - start) * 1e3)
-    return tuple(OrtLatency(statistics.median(t), tuple(t), load, batch)
-                 for t, load in zip(times, loads))

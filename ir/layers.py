@@ -15,7 +15,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Union
 
-from ir.activations import Activation
 from ir.kinds import spec_of
 from ir.kinds.avgpool import AvgPool
 from ir.kinds.connected import Connected

@@ -25,7 +25,6 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import ir
 from ir import Activation, CfgError

@@ -13,6 +13,7 @@ the set can be moved, and Darknet run from ``OUT`` reads it too)::
 
 from __future__ import annotations
 
+import os
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ last layer's output, NCHW (a classifier's softmax).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np

@@ -16,7 +16,6 @@ Masks are drawn channel by channel, so they shrink to the channels a failure nee
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ir.activations import Activation
 from ir.kinds.base import (KeyRule, KindSpec, Options, inert, no_cost, no_drops, no_fold,
                            no_slice, no_variables, previous_input, same_layer)
 from ir.kinds.yolo import grid_boxes, head_channels, head_shape, write_anchors
@@ -134,5 +133,3 @@ SPEC = KindSpec(
     describe=lambda layer: f"{layer.num} anchors, {layer.classes} classes"
     + (", softmax" if layer.softmax else ""), decode=_decode, refuse=_refuse,
     onnx=_onnx)
-
-_ = Activation  # the head applies its own logistic and softmax, not a cfg activation
