@@ -1,21 +1,24 @@
 """Forward-pass latency of the Flax runtime: yolov3 at 416, batch 1 and 8, on CPU.
 
 Compile time (trace + lower + XLA compile) is measured apart from latency, which is
-the median of ``--repeats`` runs after ``--warmup`` runs. Two references are
-measured in the same run: a float32 2048² matmul (this machine's attainable GFLOP/s
-through XLA) and, when torch is installed, the same network in torch eager mode
-(``tests/torch_reference.py``), both on the same threads.
+the median of ``--repeats`` runs after ``--warmup`` runs. References measured in
+the same run: a float32 2048² matmul (this machine's attainable GFLOP/s
+through XLA) and, when installed, the same network in torch eager mode
+(``tests/torch_reference.py``) and in OpenCV DNN (``cv2.dnn.readNetFromDarknet`` on
+the same cfg and seeded weights), all on the same cores.
 
     .venv/bin/python benchmarks/forward.py [--cfg yolov3.cfg] [--size 416]
-        [--batches 1 8] [--repeats 5] [--warmup 2]
+        [--batches 1 8] [--repeats 5] [--warmup 2] [--no-torch] [--no-opencv]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -104,6 +107,28 @@ def bench_torch(graph, batch: int):
     return run, torch.get_num_threads()
 
 
+def bench_opencv(graph, variables, cfg: str, batch: int, workdir: Path):
+    """OpenCV DNN's Darknet importer on the same cfg and weights (its default backend and
+    threads), run to the [yolo] outputs; None when OpenCV is not installed."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    import frontends
+
+    weights = workdir / "bench.weights"
+    if not weights.exists():
+        frontends.write_darknet(graph, variables, weights)
+    net = cv2.dnn.readNetFromDarknet(cfg, str(weights))
+    names = net.getUnconnectedOutLayersNames()
+    net.setInput(np.random.default_rng(0).random(
+        (batch, graph.channels, graph.height, graph.width), dtype=np.float32))
+
+    def run():
+        net.forward(names)
+    return run, cv2.getNumThreads()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg", default=str(DEFAULT_CFG))
@@ -112,6 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-opencv", action="store_true")
     args = parser.parse_args(argv)
     console = Console(width=max(150, Console().width))
 
@@ -128,17 +154,23 @@ def main(argv=None) -> int:
     for column in ("engine", "batch", "trace s", "compile s", "latency ms (median)",
                    "fastest ms", "ms / image", "GFLOP/s", "CPU s / run", "× torch"):
         table.add_column(column, justify="left" if column == "engine" else "right")
-    for batch in args.batches:  # per batch: darkslim and torch alternate
+    workdir = Path(tempfile.mkdtemp(prefix="darkslim-bench-"))
+    for batch in args.batches:  # per batch: darkslim, torch and OpenCV alternate
         trace_s, compile_s, run = bench_flax(graph, variables, batch, args.repeats,
                                              args.warmup)
-        fns, torch_run = [run], None
-        if not args.no_torch:
-            torch_run = bench_torch(graph, batch)
-            if torch_run is not None:
-                fns.append(torch_run[0])
+        fns, names, ref_index = [run], ["darkslim"], None
+        torch_run = None if args.no_torch else bench_torch(graph, batch)
+        if torch_run is not None:
+            fns.append(torch_run[0])
+            names.append(f"torch eager ×{torch_run[1]}")
+            ref_index = 1
+        opencv_run = None if args.no_opencv else bench_opencv(graph, variables, args.cfg,
+                                                               batch, workdir)
+        if opencv_run is not None:
+            fns.append(opencv_run[0])
+            names.append(f"OpenCV DNN ×{opencv_run[1]}")
         results = alternate(fns, args.repeats, args.warmup)
-        ref = results[1][0] if len(results) > 1 else None
-        names = ["darkslim"] + ([f"torch eager ×{torch_run[1]}"] if len(results) > 1 else [])
+        ref = results[ref_index][0] if ref_index is not None else None
         for k, (name, (latency, cpu, fastest)) in enumerate(zip(names, results)):
             table.add_row(name, str(batch), f"{trace_s:.2f}" if k == 0 else "-",
                           f"{compile_s:.2f}" if k == 0 else "-", f"{latency * 1e3:.0f}",
@@ -149,12 +181,14 @@ def main(argv=None) -> int:
     matmul_gflops, matmul_cpu = bench_matmul(args.repeats)
     table.add_row("XLA matmul 2048²", "-", "-", "-", "-", "-", "-", f"{matmul_gflops:.1f}",
                   f"{matmul_cpu:.3f}", "")
+    shutil.rmtree(workdir, ignore_errors=True)
     console.print(table)
     console.print(f"darkslim = runtime.forward (Flax/XLA, NHWC); references measured in "
-                  f"this run: torch eager on tests/torch_reference.py's Darknet, and a "
+                  f"this run: torch eager on tests/torch_reference.py's Darknet, OpenCV "
+                  f"DNN's Darknet importer on the same cfg and weights, and a "
                   f"float32 matmul (attainable GFLOP/s). Latency: median of "
-                  f"{args.repeats} runs after {args.warmup} warm-up runs, darkslim and "
-                  "torch alternating; × torch = torch's median / this one (above 1: "
+                  f"{args.repeats} runs after {args.warmup} warm-up runs, the engines "
+                  "alternating; × torch = torch's median / this one (above 1: "
                   "faster). "
                   f"init_variables: {init_s:.2f} s. Load average before/after: "
                   f"{load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "

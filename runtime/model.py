@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ir
 from ir import Activation, CfgError
 from ir.activations import ACTIVATIONS as XP_ACTIVATIONS
+from runtime.xla_options import compiler_options
 
 
 class ForwardOut(NamedTuple):
@@ -225,7 +226,8 @@ def init_variables(graph: ir.Graph, seed: int = 0) -> dict:
     return jax.tree.map(jnp.asarray, ir.init_variables(graph, "darknet", seed))
 
 
-@functools.partial(jax.jit, static_argnames=("graph", "bn_eps"))
+@functools.partial(jax.jit, static_argnames=("graph", "bn_eps"),
+                   compiler_options=compiler_options())
 def forward(graph: ir.Graph, variables: dict, x_nhwc: jax.Array,
             bn_eps: float = 1e-5) -> ForwardOut:
     """Inference forward pass (running BN statistics), jit-compiled per graph and shape.
