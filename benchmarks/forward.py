@@ -14,6 +14,7 @@ the same cfg and seeded weights), all on the same cores.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -31,6 +32,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import frontends  # noqa: E402
 import ir  # noqa: E402
 import runtime  # noqa: E402
 
@@ -41,30 +43,44 @@ def at_size(graph: ir.Graph, size: int) -> ir.Graph:
     return ir.with_input_size(graph, size)
 
 
+def timed(fn):
+    """``fn`` as an engine run of `alternate`: returns its wall and CPU seconds."""
+    def run():
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - start, time.process_time() - start_cpu
+    return run
+
+
 def median_seconds(fn, repeats: int, warmup: int) -> tuple[float, float]:
     """Median wall seconds and median process CPU seconds (all threads) of ``fn()``.
 
     CPU seconds are less skewed than wall time when other processes share the cores.
     """
-    (wall, cpu, _), = alternate([fn], repeats, warmup)
+    (wall, cpu, _), = alternate([timed(fn)], repeats, warmup)
     return wall, cpu
 
 
-def alternate(fns, repeats: int, warmup: int) -> list[tuple[float, float, float]]:
-    """Run ``fns`` in alternation (a b, then b a, ...) so other processes' load falls on
-    all alike; per fn the median wall seconds, median CPU seconds and fastest run."""
-    for fn in fns:
+def alternate(runs, repeats: int, warmup: int, pause: float = 0.0
+              ) -> list[tuple[float, float, float]]:
+    """Call ``runs`` (each returns the wall and CPU seconds of one run) in alternation
+    (a b, then b a, ...) so other processes' load falls on all alike; per run the
+    median wall seconds, median CPU seconds and fastest wall.
+
+    ``pause`` seconds of sleep before each timed run let the previous engine's worker
+    threads stop spinning."""
+    for run in runs:
         for _ in range(warmup):
-            fn()
-    wall: list[list[float]] = [[] for _ in fns]
-    cpu: list[list[float]] = [[] for _ in fns]
-    order = list(range(len(fns)))
+            run()
+    wall: list[list[float]] = [[] for _ in runs]
+    cpu: list[list[float]] = [[] for _ in runs]
+    order = list(range(len(runs)))
     for i in range(repeats):
         for k in (order if i % 2 == 0 else order[::-1]):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fns[k]()
-            wall[k].append(time.perf_counter() - start)
-            cpu[k].append(time.process_time() - start_cpu)
+            time.sleep(pause)
+            seconds, cpu_seconds = runs[k]()
+            wall[k].append(seconds)
+            cpu[k].append(cpu_seconds)
     return [(statistics.median(w), statistics.median(c), min(w)) for w, c in zip(wall, cpu)]
 
 
@@ -91,13 +107,11 @@ def bench_matmul(repeats: int) -> float:
     return 2 * n ** 3 / seconds / 1e9, cpu
 
 
-def bench_torch(graph, batch: int):
-    try:
-        import torch
+def _torch_engine(graph: ir.Graph, batch: int, weights: Path | None):
+    import torch
 
-        from tests.torch_reference import Darknet
-    except ImportError:
-        return None
+    from tests.torch_reference import Darknet
+
     model = Darknet(graph, darknet_maxpool=True).eval()
     x = torch.rand(batch, graph.channels, graph.height, graph.width)
 
@@ -107,19 +121,10 @@ def bench_torch(graph, batch: int):
     return run, torch.get_num_threads()
 
 
-def bench_opencv(graph, variables, cfg: str, batch: int, workdir: Path):
-    """OpenCV DNN's Darknet importer on the same cfg and weights (its default backend and
-    threads), run to the [yolo] outputs; None when OpenCV is not installed."""
-    try:
-        import cv2
-    except ImportError:
-        return None
-    import frontends
+def _opencv_engine(graph: ir.Graph, batch: int, weights: Path | None):
+    import cv2
 
-    weights = workdir / "bench.weights"
-    if not weights.exists():
-        frontends.write_darknet(graph, variables, weights)
-    net = cv2.dnn.readNetFromDarknet(cfg, str(weights))
+    net = cv2.dnn.readNetFromDarknet(str(graph.path), str(weights))
     names = net.getUnconnectedOutLayersNames()
     net.setInput(np.random.default_rng(0).random(
         (batch, graph.channels, graph.height, graph.width), dtype=np.float32))
@@ -127,6 +132,53 @@ def bench_opencv(graph, variables, cfg: str, batch: int, workdir: Path):
     def run():
         net.forward(names)
     return run, cv2.getNumThreads()
+
+
+ENGINES = {"torch": _torch_engine, "opencv": _opencv_engine}
+LABELS = {"torch": "torch eager", "opencv": "OpenCV DNN"}
+
+
+def _engine_worker(conn, kind: str, cfg: str, size: int, batch: int, weights) -> None:
+    """A reference engine in its own process: reports its thread count (None when the
+    package is missing), then times one run per request until told to stop."""
+    try:
+        run, threads = ENGINES[kind](at_size(ir.parse_cfg(cfg), size), batch, weights)
+    except ImportError:
+        conn.send(None)
+        return
+    conn.send(threads)
+    while conn.recv():
+        start, start_cpu = time.perf_counter(), time.process_time()
+        run()
+        conn.send((time.perf_counter() - start, time.process_time() - start_cpu))
+
+
+class EngineProcess:
+    """One reference engine (`ENGINES`) in a process of its own, so that it shares no
+    allocator or thread pool with darkslim or another engine: after one OpenCV batch-8
+    forward in the same process, torch's ran 1.3x slower (2.35 against 1.5-1.8 s, with
+    more CPU seconds), even after a pause. Calling it runs one batch there and returns
+    the wall and CPU seconds measured there; ``threads`` is None when the engine's
+    package is not installed."""
+
+    def __init__(self, kind: str, cfg: str, size: int, batch: int,
+                 weights: Path | None = None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_engine_worker, daemon=True,
+                                        args=(child, kind, cfg, size, batch, weights))
+        self._process.start()
+        self.kind = kind
+        self.threads = self._conn.recv()
+
+    def __call__(self) -> tuple[float, float]:
+        self._conn.send(True)
+        return self._conn.recv()
+
+    def close(self) -> None:
+        if self.threads is not None:
+            self._conn.send(False)
+        self._process.join()
 
 
 def main(argv=None) -> int:
@@ -138,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-opencv", action="store_true")
+    parser.add_argument("--pause", type=float, default=0.2,
+                        help="seconds of idle before each timed run (other engines' "
+                             "threads stop spinning)")
     args = parser.parse_args(argv)
     console = Console(width=max(150, Console().width))
 
@@ -155,21 +210,20 @@ def main(argv=None) -> int:
                    "fastest ms", "ms / image", "GFLOP/s", "CPU s / run", "× torch"):
         table.add_column(column, justify="left" if column == "engine" else "right")
     workdir = Path(tempfile.mkdtemp(prefix="darkslim-bench-"))
+    weights = workdir / "bench.weights"  # OpenCV reads the same seeded weights
+    frontends.write_darknet(graph, variables, weights)
+    kinds = [k for k, off in (("torch", args.no_torch), ("opencv", args.no_opencv)) if not off]
     for batch in args.batches:  # per batch: darkslim, torch and OpenCV alternate
         trace_s, compile_s, run = bench_flax(graph, variables, batch, args.repeats,
                                              args.warmup)
-        fns, names, ref_index = [run], ["darkslim"], None
-        torch_run = None if args.no_torch else bench_torch(graph, batch)
-        if torch_run is not None:
-            fns.append(torch_run[0])
-            names.append(f"torch eager ×{torch_run[1]}")
-            ref_index = 1
-        opencv_run = None if args.no_opencv else bench_opencv(graph, variables, args.cfg,
-                                                               batch, workdir)
-        if opencv_run is not None:
-            fns.append(opencv_run[0])
-            names.append(f"OpenCV DNN ×{opencv_run[1]}")
-        results = alternate(fns, args.repeats, args.warmup)
+        engines = [EngineProcess(kind, args.cfg, args.size, batch, weights) for kind in kinds]
+        engines = [e for e in engines if e.threads is not None]
+        runs = [timed(run), *engines]
+        names = ["darkslim"] + [f"{LABELS[e.kind]} ×{e.threads}" for e in engines]
+        results = alternate(runs, args.repeats, args.warmup, args.pause)
+        for engine in engines:
+            engine.close()
+        ref_index = next((k for k, e in enumerate(engines, 1) if e.kind == "torch"), None)
         ref = results[ref_index][0] if ref_index is not None else None
         for k, (name, (latency, cpu, fastest)) in enumerate(zip(names, results)):
             table.add_row(name, str(batch), f"{trace_s:.2f}" if k == 0 else "-",

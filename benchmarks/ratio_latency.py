@@ -57,22 +57,20 @@ def layer_times(graph: ir.Graph, variables, repeats: int) -> list[float]:
     repeats: on a shared machine the minimum is the least disturbed by other load)."""
     import jax
 
-    from runtime.model import _RULES, _ConvBlock  # benchmark code: the rules themselves
+    from runtime.model import _Layer  # benchmark code: one layer as the network runs it
+    from runtime.xla_options import compiler_options
 
     env = {-1: jax.numpy.asarray(np.random.default_rng(0).random(
         (1, graph.height, graph.width, graph.channels), dtype=np.float32))}
     times = []
     for i, layer in enumerate(graph.layers):
         inputs = tuple(env[j] for j in ir.layer_inputs(graph, i))
-        if isinstance(layer, ir.Conv):
-            key = f"layer_{i}"
-            local = {c: tree[key] for c, tree in variables.items() if key in tree}
-            fn = jax.jit(lambda v, xs, layer=layer: _ConvBlock(layer).apply(v, xs[0]))
-            args = (local, inputs)
-        else:
-            fn = jax.jit(lambda v, xs, i=i, layer=layer: _RULES[type(layer)](
-                None, i, layer, xs, False))
-            args = (None, inputs)
+        key = f"layer_{i}"
+        local = {c: tree[key] for c, tree in variables.items() if key in tree}
+        module = _Layer(layer, 1e-5, (graph.height, graph.width))
+        fn = jax.jit(lambda v, xs, module=module: module.apply(v, xs, False),
+                     compiler_options=compiler_options())
+        args = (local, inputs)
         run = fn.lower(*args).compile()
         out = jax.block_until_ready(run(*args))
         samples = []

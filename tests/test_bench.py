@@ -24,6 +24,8 @@ def test_bench_writes_forward_and_train_figures_per_batch(tmp_path):
     assert set(result["gflops_per_s"]) == set(result["compile_s"]) == {"forward", "train_step"}
     assert result["size"] == [64, 64]
     assert result["device"] and result["jax_version"] and result["matmul_precision"]
+    assert result["forward_compiler_options"] == (
+        "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
     assert len(result["runs_ms"]["forward"]["2"]) == 2
     onnx = result["engines"]["onnxruntime"]
     assert set(onnx["forward_ms"]) == {"1", "2"} and all(
