@@ -138,8 +138,8 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
     source = str(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        buf = bytearray(size)
-        got = f.readinto(buf)
+        buf = f.read()  # read-only bytes: the arrays below are views of it, never written
+    got = len(buf)
     if got != size:
         raise WeightsError(f"{source}: read {got} of {size} bytes (file changed while "
                            "reading?)")

@@ -143,9 +143,16 @@ def build_pipeline(args) -> passes.Pipeline:
 
 
 def run(args) -> int:
+    pipe = build_pipeline(args)
+    if any(isinstance(p, passes.SlimChannels) for p in pipe.passes):
+        with reports.ChartProcess() as charts:  # channels.png, drawn at the end
+            return _run(args, pipe, charts)
+    return _run(args, pipe, None)
+
+
+def _run(args, pipe: passes.Pipeline, charts) -> int:
     console = make_console()
     t0 = time.perf_counter()
-    pipe = build_pipeline(args)
     graph = ir.parse_cfg(args.cfg)
     ir.verify(graph)
     loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps,
@@ -184,7 +191,7 @@ def run(args) -> int:
     written += ["report.json", "checks.json"]
     slims = [r for r in result.reports if isinstance(r, passes.SlimReport)]
     if slims:
-        reports.plot_channels_kept(slims[-1], out / "channels.png")
+        charts.draw(reports.plot_channels_kept, slims[-1], out / "channels.png")
         written.append("channels.png")
     print_reports(console, result.reports, checks)
     console.print(f"ran {pipe}; wrote {', '.join(written)} to {out}/ in "

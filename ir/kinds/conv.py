@@ -179,6 +179,12 @@ def _dropped(layer: Conv, ctx: DropContext):
 def _grouped_offset(xp, kernel, const, groups: int):
     """``Σ_{kh,kw,c} W[kh, kw, c, o] · const[c]`` for a (grouped) HWIO kernel."""
     per_group_in, out = kernel.shape[2], kernel.shape[3]
+    oihw = kernel.transpose(3, 2, 0, 1)
+    if xp is np and groups == 1 and oihw.flags.c_contiguous:
+        # A file's OIHW buffer: one matrix-vector product reads it once, in memory
+        # order (yolov3: 0.15 s for the reductions below, 0.03 s this way).
+        taps = kernel.shape[0] * kernel.shape[1]
+        return oihw.reshape(out, -1) @ np.repeat(np.asarray(const, kernel.dtype), taps)
     summed = kernel.sum(axis=(0, 1)).reshape(per_group_in, groups, out // groups)
     const = xp.asarray(const, summed.dtype).reshape(groups, per_group_in)
     return xp.einsum("jgo,gj->go", summed, const).reshape(out)
