@@ -172,7 +172,7 @@ def engine_timing(name: str, graph: ir.Graph, variables: Any, batch: int, *,
 
 def device_facts(device=None) -> dict[str, str]:
     """What the runtime runs on: device, platform, kind, jax version, CPU count, and the
-    XLA options the forward is compiled with (`runtime.xla_options`)."""
+    XLA options the runtime is compiled with (`runtime.xla_options`)."""
     import os
 
     import jax
@@ -183,8 +183,7 @@ def device_facts(device=None) -> dict[str, str]:
     return {"device": str(device), "platform": device.platform,
             "device_kind": device.device_kind, "jax_version": jax.__version__,
             "cpu_count": str(os.cpu_count()),
-            "forward_compiler_options": " ".join(f"{k}={v}" for k, v in
-                                                 compiler_options().items())}
+            "compiler_options": " ".join(f"{k}={v}" for k, v in compiler_options().items())}
 
 
 def bench(graph: ir.Graph, variables: Any, batches: tuple[int, ...] = (1, 8), *,

@@ -23,6 +23,7 @@ import ir
 from runtime.loss import LossConfig, yolo_loss
 from runtime.model import DarknetModule
 from runtime.sparsity import current_rate
+from runtime.xla_options import compiler_options
 
 
 def init_head_biases(graph: ir.Graph, variables: dict, objects_per_image: float = 4.0
@@ -87,11 +88,11 @@ def _batch_moments(graph: ir.Graph, bn_eps: float, mesh: Mesh | None = None):
         return jax.tree.map(lambda a, b: a / (1.0 - (b - a)), zero, one)
 
     if mesh is None:
-        return jax.jit(moments)
+        return jax.jit(moments, compiler_options=compiler_options())
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(moments, in_shardings=(replicated, replicated,
                                           NamedSharding(mesh, PartitionSpec("data"))),
-                   out_shardings=replicated)
+                   out_shardings=replicated, compiler_options=compiler_options())
 
 
 def recalibrate_bn(graph: ir.Graph, variables: dict, batches, bn_eps: float = 1e-5,
@@ -152,10 +153,11 @@ def make_train_step(graph: ir.Graph, tx: optax.GradientTransformation, *,
         return TrainState(params, batch_stats, opt_state, state.step + 1), metrics
 
     if mesh is None:
-        return jax.jit(step)
+        return jax.jit(step, compiler_options=compiler_options())
     replicated = NamedSharding(mesh, PartitionSpec())
     batched = NamedSharding(mesh, PartitionSpec("data"))
     return jax.jit(step, in_shardings=(replicated, batched, batched),
-                   out_shardings=(replicated, replicated))
+                   out_shardings=(replicated, replicated),
+                   compiler_options=compiler_options())
 
 

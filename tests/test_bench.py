@@ -9,6 +9,7 @@ import pytest
 
 from darkslim import bench
 from darkslim.cli import main
+from runtime.xla_options import YNN_FUSIONS
 
 SYNTH_CFG = Path(__file__).resolve().parents[1] / "darkslim" / "data" / "synth-tiny.cfg"
 
@@ -24,8 +25,8 @@ def test_bench_writes_forward_and_train_figures_per_batch(tmp_path):
     assert set(result["gflops_per_s"]) == set(result["compile_s"]) == {"forward", "train_step"}
     assert result["size"] == [64, 64]
     assert result["device"] and result["jax_version"] and result["matmul_precision"]
-    assert result["forward_compiler_options"] == (
-        "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
+    assert result["compiler_options"] == (
+        "xla_cpu_experimental_ynn_fusion_type=" + YNN_FUSIONS)
     assert len(result["runs_ms"]["forward"]["2"]) == 2
     onnx = result["engines"]["onnxruntime"]
     assert set(onnx["forward_ms"]) == {"1", "2"} and all(
