@@ -6,7 +6,9 @@ Per ``[yolo]`` head (``(N, H, W, A * (5 + C))``, anchor-major channels as Darkne
 - **Anchor matching** as Darknet's ``forward_yolo_layer`` (and ultralytics' v3): each
   target takes the anchor, among *all* the cfg's anchors, whose shape (w, h) overlaps
   it most; the head whose ``mask`` holds that anchor predicts it, in the grid cell
-  holding the target's centre.
+  holding the target's centre. With the head's ``iou_thresh`` below 1 (YOLOv4's cfgs
+  set 0.213), every other anchor of the head whose shape overlaps the target by more
+  than it predicts the target too, in the same cell (AlexeyAB's extra anchors).
 - **Box**: ``1 - GIoU`` of the decoded box and the target (default), or Darknet's
   classic loss: squared error on the cell offsets and on ``log(w / anchor)``, weighted
   by ``2 - w·h``.
@@ -45,6 +47,8 @@ class LossConfig:
             (32, 0.4))``: fine heads have more cells, so each cell counts less in
             their mean); strides not listed weigh 1.
         ignore_thresh: overrides the ``[yolo]`` ``ignore_thresh`` key when set.
+        iou_thresh: overrides the ``[yolo]`` ``iou_thresh`` key (default 1: the best
+            anchor only) when set.
     """
 
     box: str = "giou"
@@ -53,6 +57,7 @@ class LossConfig:
     cls_gain: float = 0.5
     balance: tuple[tuple[int, float], ...] = ((8, 4.0), (16, 1.0), (32, 0.4))
     ignore_thresh: float | None = None
+    iou_thresh: float | None = None
 
     def __post_init__(self) -> None:
         if self.box not in ("giou", "xywh"):
@@ -121,6 +126,8 @@ def _head_loss(head: jax.Array, layer: ir.Yolo, targets: jax.Array,
     s = layer.scale_x_y
     ignore = (config.ignore_thresh if config.ignore_thresh is not None
               else float(layer.option("ignore_thresh", "0.7")))
+    iou_thresh = (config.iou_thresh if config.iou_thresh is not None
+                  else float(layer.option("iou_thresh", "1")))
 
     # Decoded predictions in grid units (x, y, w, h). With new_coords=1 (scaled YOLOv4,
     # YOLOv7) the conv before the head ends in a logistic: x, y, w, h, objectness and
@@ -143,34 +150,37 @@ def _head_loss(head: jax.Array, layer: ir.Yolo, targets: jax.Array,
     tbox = targets[..., 1:5] * jnp.asarray([w, h, w, h], jnp.float32)  # grid units
     twh_pixels = targets[..., 3:5] * jnp.asarray([input_hw[1], input_hw[0]], jnp.float32)
 
-    # Anchor matching: the best of all anchors; kept if this head holds it.
-    best = jnp.argmax(_wh_iou(twh_pixels, all_anchors), -1)         # (N, M)
-    local = jnp.full((len(layer.anchors),), -1, jnp.int32)
-    local = local.at[jnp.asarray(layer.mask)].set(jnp.arange(count, dtype=jnp.int32))
-    a = local[best]
-    positive = valid & (a >= 0)
-    a = jnp.maximum(a, 0)
+    # Anchor matching, per (image, target, anchor of this head): the best of all the
+    # cfg's anchors if this head holds it, and any of its anchors whose shape overlaps
+    # the target by more than iou_thresh.
+    shape_iou = _wh_iou(twh_pixels, all_anchors)                     # (N, M, K)
+    mask = jnp.asarray(layer.mask)
+    best = jnp.argmax(shape_iou, -1)                                 # (N, M)
+    positive = valid[..., None] & ((best[..., None] == mask)
+                                   | (shape_iou[..., mask] > iou_thresh))  # (N, M, A)
     gi = jnp.clip(jnp.floor(tbox[..., 0]).astype(jnp.int32), 0, w - 1)
     gj = jnp.clip(jnp.floor(tbox[..., 1]).astype(jnp.int32), 0, h - 1)
-    b = jnp.broadcast_to(jnp.arange(n)[:, None], gi.shape)
+    b, gj, gi, a = (jnp.broadcast_to(v, positive.shape) for v in (
+        jnp.arange(n)[:, None, None], gj[..., None], gi[..., None], jnp.arange(count)))
 
     pos_f = positive.astype(jnp.float32)
     n_pos = jnp.maximum(pos_f.sum(), 1.0)
-    picked = p[b, gj, gi, a]                                          # (N, M, 5 + C)
+    picked = p[b, gj, gi, a]                                          # (N, M, A, 5 + C)
+    tbox_a = tbox[..., None, :]                                       # (N, M, 1, 4)
     if config.box == "giou":
         pbox = boxes[b, gj, gi, a]
-        box_loss = ((1 - box_iou_xywh(pbox, tbox, giou=True)) * pos_f).sum() / n_pos
+        box_loss = ((1 - box_iou_xywh(pbox, tbox_a, giou=True)) * pos_f).sum() / n_pos
     else:
-        txy = tbox[..., :2] - jnp.stack([gi, gj], -1).astype(jnp.float32)
+        txy = tbox_a[..., :2] - jnp.stack([gi, gj], -1).astype(jnp.float32)
         if layer.new_coords:  # delta_yolo_box: tw = sqrt(w / (4 anchor))
-            twh = jnp.sqrt(jnp.maximum(tbox[..., 2:4], 0.0) / (4 * anchors[a]))
+            twh = jnp.sqrt(jnp.maximum(tbox_a[..., 2:4], 0.0) / (4 * anchors[a]))
         else:
-            twh = jnp.log(jnp.maximum(tbox[..., 2:4], 1e-9) / anchors[a])
-        scale = 2 - targets[..., 3] * targets[..., 4]
+            twh = jnp.log(jnp.maximum(tbox_a[..., 2:4], 1e-9) / anchors[a])
+        scale = (2 - targets[..., 3] * targets[..., 4])[..., None]
         err = ((xy[b, gj, gi, a] - txy) ** 2).sum(-1) + ((picked[..., 2:4] - twh) ** 2).sum(-1)
         box_loss = (scale * err * pos_f).sum() / n_pos
 
-    onehot = jax.nn.one_hot(tcls, classes, dtype=jnp.float32)
+    onehot = jax.nn.one_hot(tcls, classes, dtype=jnp.float32)[..., None, :]
     cls_loss = ((bce(picked[..., 5:], onehot).mean(-1)) * pos_f).sum() / n_pos
 
     # Objectness: positives at their cells; negatives that already overlap a target

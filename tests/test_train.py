@@ -178,6 +178,36 @@ def test_each_target_trains_one_cell_of_the_head_holding_its_best_anchor(tiny):
     assert tuple(touched[head][0][1:3]) == (int(0.4 * h), int(0.3 * w))
 
 
+@pytest.mark.parametrize("iou_thresh", [1.0, 0.5, 0.25, 0.0])
+def test_iou_thresh_trains_every_anchor_overlapping_the_target_more(tiny, iou_thresh):
+    """AlexeyAB's iou_thresh: besides the best anchor, each anchor of a head whose shape
+    overlaps the target by more than iou_thresh trains on it, in the target's cell."""
+    graph = tiny.graph
+    target = TARGETS[:1, 1:2]                                 # one target, 0.4 x 0.36
+    heads = tuple(jnp.zeros_like(h) for h in _perfect_heads(graph, target, 64))
+    config = LossConfig(obj_gain=0.0, iou_thresh=iou_thresh)
+    grads = jax.jit(jax.grad(lambda hs: yolo_loss(graph, hs, target, config=config).total)
+                    )(heads)
+    anchors = np.asarray(graph.layers[graph.yolo_indices()[0]].anchors, np.float64)
+    wh = target[0, 0, 3:5].astype(np.float64) * 64
+    inter = np.minimum(wh[0], anchors[:, 0]) * np.minimum(wh[1], anchors[:, 1])
+    shape_iou = inter / (wh.prod() + anchors.prod(1) - inter)
+    best = int(np.argmax(shape_iou))
+    expected, found = set(), set()
+    for g, index in zip(grads, graph.yolo_indices()):
+        mask = graph.layers[index].mask
+        h, w = g.shape[1:3]
+        cell = (int(0.6 * h), int(0.7 * w))
+        for k, anchor in enumerate(mask):
+            if anchor == best or shape_iou[anchor] > iou_thresh:
+                expected.add((index, *cell, k))
+        per_anchor = np.abs(np.asarray(g)).reshape(*g.shape[:3], len(mask), -1).sum(-1)
+        found |= {(index, int(y), int(x), int(k)) for _, y, x, k in np.argwhere(per_anchor > 0)}
+    assert found == expected
+    assert len(expected) == 1 + sum(float(v) > iou_thresh for k, v in enumerate(shape_iou)
+                                    if k != best)
+
+
 def test_ignore_thresh_leaves_overlapping_negatives_out(tiny):
     graph = tiny.graph
     perfect = _perfect_heads(graph, TARGETS, 64)
