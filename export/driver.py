@@ -137,7 +137,8 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
             "Pad", [d, b.ints([0, 0, 0, 0, 0, fields - width], "pads")])
             for d, width in zip(b.detections, widths, strict=True)]
         det = parts[0] if len(parts) == 1 else b.node("Concat", parts, axis=1)
-        boxes = sum(_box_count(graph.layers[y], shapes[y]) for y in heads)
+        boxes = sum(ir.spec_of(graph.layers[y]).boxes(graph.layers[y], shapes[y])
+                    for y in heads)
         outputs.append(("detections", det, [batch, boxes, fields]))
         if options.nms:
             outputs.append(("selected_indices", _emit_nms(b, det, fields, options),
@@ -183,11 +184,3 @@ def _emit_nms(b: OnnxBuilder, det: str, fields: int, options: ExportOptions) -> 
                    b.const([options.iou_threshold], name="iou_threshold"),
                    b.const([options.score_threshold], name="score_threshold")],
                   center_point_box=1)
-
-
-def _box_count(layer, shape) -> int:
-    """Boxes a detection layer decodes: anchors per cell times cells (YOLOv1's
-    ``[detection]`` reads a flat input: ``num`` boxes in each of ``side²`` cells)."""
-    if isinstance(layer, ir.Detection):
-        return layer.side * layer.side * layer.num
-    return len(layer.mask) * shape.h * shape.w

@@ -22,7 +22,7 @@ KINDS: tuple[KindSpec, ...] = (
     reorg.REORG, avgpool.SPEC, local_avgpool.SPEC, dropout.SPEC, softmax.SPEC,
     connected.SPEC, cost.SPEC, crop.SPEC, detection.SPEC, section.SPEC)
 
-_OPTIONAL = frozenset({"decode", "onnx"})
+_OPTIONAL = frozenset({"decode", "boxes", "onnx"})
 
 
 def _check(kinds: tuple[KindSpec, ...]) -> tuple[dict[type, KindSpec], dict[str, KindSpec]]:
@@ -32,6 +32,9 @@ def _check(kinds: tuple[KindSpec, ...]) -> tuple[dict[type, KindSpec], dict[str,
         for f in dataclasses.fields(spec):
             if f.name not in _OPTIONAL and getattr(spec, f.name) is None:
                 raise TypeError(f"layer kind [{spec.name}]: rule {f.name!r} is missing")
+        if (spec.decode is None) != (spec.boxes is None):
+            raise TypeError(f"layer kind [{spec.name}]: a detection layer has both 'decode' "
+                            "and 'boxes', any other kind neither")
         if spec.layer in by_type:
             raise TypeError(f"layer kind [{spec.name}]: {spec.layer.__name__} registered twice")
         by_type[spec.layer] = spec

@@ -253,6 +253,9 @@ class KindSpec:
         describe: ``layer -> str``, the details column of ``darkslim info``.
         decode: for detection layers, ``(layer, xp, head, input_hw) -> boxes``
             ``(N, boxes, 5 + classes)`` from the raw NHWC map it reads; else None.
+        boxes: for detection layers, ``(layer, shape) -> int``: how many boxes
+            ``decode`` returns per image for the layer's output shape (the ONNX
+            ``detections`` output is declared with it); else None.
         onnx: the ONNX emit rule ``(layer, builder, index, inputs) -> output name``
             over NCHW tensor names (builder calls and numpy only, no ``onnx`` import;
             shared pieces in `ir.kinds.onnx_ops`), or None while the kind has none
@@ -282,6 +285,7 @@ class KindSpec:
     forward: Callable[..., Any]
     describe: Callable[[Any], str]
     decode: Callable[..., Any] | None = None
+    boxes: Callable[[Any, Shape], int] | None = None
     onnx: Callable[..., Any] | None = None
     refuse: Callable[[Any], str | None] = lambda layer: None
     weights_file: Callable[[Any], tuple[tuple[tuple[str, str, str], str], ...]] = \

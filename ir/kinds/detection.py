@@ -159,6 +159,11 @@ def _onnx(layer: Detection, b, index: int, inputs) -> str:
     return out
 
 
+def _boxes(layer: Detection, shape) -> int:
+    """YOLOv1 reads a flat input: ``num`` boxes in each of ``side²`` cells."""
+    return layer.side * layer.side * layer.num
+
+
 SPEC = KindSpec(
     layer=Detection, sections=("detection",), parse=_parse, write=_write,
     keys={k: inert("(training only)") for k in _TRAINING},
@@ -166,4 +171,4 @@ SPEC = KindSpec(
     variables=no_variables, channels=head_channels, dropped=no_drops, fold=no_fold,
     slice=no_slice, forward=_forward,
     describe=lambda layer: f"side {layer.side}, {layer.num} boxes, {layer.classes} classes",
-    decode=_decode, refuse=_refuse, onnx=_onnx)
+    decode=_decode, boxes=_boxes, refuse=_refuse, onnx=_onnx)

@@ -17,8 +17,8 @@ import numpy as np
 
 from ir.kinds.base import (KindSpec, Options, fmt, inert, no_cost, no_drops, no_fold,
                            no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import (TRAINING_KEYS, grid_boxes, head_channels, head_shape,
-                           parse_anchors, write_anchors)
+from ir.kinds.yolo import (TRAINING_KEYS, anchor_boxes, grid_boxes, head_channels,
+                           head_shape, parse_anchors, write_anchors)
 from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
@@ -143,4 +143,4 @@ SPEC = KindSpec(
     variables=no_variables, channels=head_channels, dropped=no_drops, fold=no_fold,
     slice=no_slice, forward=_forward,
     describe=lambda layer: f"mask {','.join(map(str, layer.mask))}, {layer.classes} classes",
-    decode=_decode, onnx=_onnx)
+    decode=_decode, boxes=anchor_boxes, onnx=_onnx)

@@ -17,7 +17,8 @@ import numpy as np
 
 from ir.kinds.base import (KeyRule, KindSpec, Options, inert, no_cost, no_drops, no_fold,
                            no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import grid_boxes, head_channels, head_shape, write_anchors
+from ir.kinds.yolo import (anchor_boxes, grid_boxes, head_channels, head_shape,
+                           write_anchors)
 from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
@@ -131,5 +132,5 @@ SPEC = KindSpec(
     cost=no_cost, variables=no_variables, channels=head_channels, dropped=no_drops,
     fold=no_fold, slice=no_slice, forward=_forward,
     describe=lambda layer: f"{layer.num} anchors, {layer.classes} classes"
-    + (", softmax" if layer.softmax else ""), decode=_decode, refuse=_refuse,
-    onnx=_onnx)
+    + (", softmax" if layer.softmax else ""), decode=_decode, boxes=anchor_boxes,
+    refuse=_refuse, onnx=_onnx)

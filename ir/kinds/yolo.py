@@ -104,6 +104,11 @@ def head_shape(layer, ins: tuple[Shape, ...], per_anchor: int, coords: int = 4) 
     return x
 
 
+def anchor_boxes(layer, shape: Shape) -> int:
+    """Boxes of a head with ``mask`` anchors in each cell of its map."""
+    return len(layer.mask) * shape.h * shape.w
+
+
 def head_channels(layer, ctx: FlowContext) -> Flow:
     return Flow(ctx.in_segments[0], block=((ctx.in_segments[0],
                                             f"feeds [{layer.kind}] {ctx.where}"),))
@@ -193,4 +198,4 @@ SPEC = KindSpec(
     slice=no_slice, forward=_forward,
     describe=lambda layer: (f"mask {','.join(map(str, layer.mask))}, {layer.classes} "
                             "classes" + (", new_coords" if layer.new_coords else "")),
-    decode=_decode, onnx=_onnx)
+    decode=_decode, boxes=anchor_boxes, onnx=_onnx)
