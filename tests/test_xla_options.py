@@ -53,7 +53,7 @@ def test_forward_convolutions_are_not_ynnpack_fusions():
     graph = ir.parse_cfg(CFG)
     variables = runtime.init_variables(graph)
     hlo = runtime.forward.lower(graph, variables, jnp.ones((1, 16, 16, 3))).compile().as_text()
-    assert hlo.count("convolution(") == 2  # the 1×1 conv is a dot
+    assert hlo.count("convolution(") == 1  # RGB 3×3: thin_input_conv; the 1×1: a dot
     assert "__ynn_fusion" not in hlo
 
 
