@@ -16,8 +16,11 @@ YNNPACK's (leaf by leaf, relative to the largest update), and a one-device step 
 longer equalled the same step sharded over two devices.
 
 The options are per compilation (``jax.jit(..., compiler_options=...)``): nothing
-global changes, and they only name CPU options, which other backends ignore. A user
-who sets ``xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` keeps their choice.
+global changes, and they only name CPU options, which other backends ignore. They
+apply where the runtime's own jit is the outermost one: `runtime.forward` called inside
+a user's ``jax.jit`` compiles with the user's options (same results, XLA's default
+speed). A user who sets ``xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` keeps
+their choice.
 """
 
 from __future__ import annotations
