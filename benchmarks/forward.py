@@ -68,7 +68,8 @@ def alternate(runs, repeats: int, warmup: int, pause: float = 0.0
     median wall seconds, median CPU seconds and fastest wall.
 
     ``pause`` seconds of sleep before each timed run let the previous engine's worker
-    threads stop spinning."""
+    threads stop spinning: torch's OpenMP threads spin for a few hundred ms after a
+    forward returns, on the cores the next engine needs."""
     for run in runs:
         for _ in range(warmup):
             run()
@@ -190,9 +191,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-opencv", action="store_true")
-    parser.add_argument("--pause", type=float, default=0.2,
-                        help="seconds of idle before each timed run (other engines' "
-                             "threads stop spinning)")
+    parser.add_argument("--pause", type=float, default=1.0,
+                        help="seconds of idle before each timed run, so that the other "
+                             "engines' threads have stopped spinning (torch's OpenMP "
+                             "threads keep both cores busy for a few hundred ms after a "
+                             "forward: with 0.2 s the next darkslim b1 forward took 186 "
+                             "ms instead of 159)")
     args = parser.parse_args(argv)
     console = Console(width=max(150, Console().width))
 
