@@ -60,7 +60,6 @@ class ChartProcess:
                 [sys.executable, "-m", "darkslim.chart_worker"], stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL, stderr=self._errors,
                 env={**os.environ, "PYTHONPATH": path})
-
         self._request = b""
         self._what = ""
 
@@ -71,8 +70,11 @@ class ChartProcess:
         if self._request:
             raise ChartError("ChartProcess draws one chart; start another for the next")
         self._request, self._what = pickle.dumps((plot, args)), plot.__name__
-        self._process.stdin.write(self._request)
-        self._process.stdin.close()
+        try:
+            self._process.stdin.write(self._request)
+            self._process.stdin.close()
+        except BrokenPipeError:  # the worker died first: leaving the block says why
+            pass
 
     def __enter__(self) -> "ChartProcess":
         return self

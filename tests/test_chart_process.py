@@ -42,6 +42,15 @@ def test_a_failed_drawing_raises_with_the_workers_traceback(tmp_path):
     assert not (tmp_path / "channels.png").exists()
 
 
+def test_a_worker_that_died_before_drawing_is_reported(tmp_path, slim_report):
+    with pytest.raises(report.ChartError, match="plot_channels_kept failed"):
+        with report.ChartProcess() as charts:
+            charts._process.kill()
+            charts._process.wait()
+            charts.draw(report.plot_channels_kept, slim_report, tmp_path / "channels.png")
+    assert not (tmp_path / "channels.png").exists()
+
+
 def test_an_error_in_the_work_stops_the_worker_and_propagates(tmp_path):
     with pytest.raises(ValueError, match="the work failed"):
         with report.ChartProcess() as charts:
