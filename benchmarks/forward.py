@@ -14,10 +14,8 @@ the same cfg and seeded weights), all on the same cores.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import frontends  # noqa: E402
+from benchmarks.engines import EngineProcess, alternate, timed  # noqa: E402
 import ir  # noqa: E402
 import runtime  # noqa: E402
 
@@ -43,15 +42,6 @@ def at_size(graph: ir.Graph, size: int) -> ir.Graph:
     return ir.with_input_size(graph, size)
 
 
-def timed(fn):
-    """``fn`` as an engine run of `alternate`: returns its wall and CPU seconds."""
-    def run():
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        return time.perf_counter() - start, time.process_time() - start_cpu
-    return run
-
-
 def median_seconds(fn, repeats: int, warmup: int) -> tuple[float, float]:
     """Median wall seconds and median process CPU seconds (all threads) of ``fn()``.
 
@@ -59,30 +49,6 @@ def median_seconds(fn, repeats: int, warmup: int) -> tuple[float, float]:
     """
     (wall, cpu, _), = alternate([timed(fn)], repeats, warmup)
     return wall, cpu
-
-
-def alternate(runs, repeats: int, warmup: int, pause: float = 0.0
-              ) -> list[tuple[float, float, float]]:
-    """Call ``runs`` (each returns the wall and CPU seconds of one run) in alternation
-    (a b, then b a, ...) so other processes' load falls on all alike; per run the
-    median wall seconds, median CPU seconds and fastest wall.
-
-    ``pause`` seconds of sleep before each timed run let the previous engine's worker
-    threads stop spinning: torch's OpenMP threads spin for a few hundred ms after a
-    forward returns, on the cores the next engine needs."""
-    for run in runs:
-        for _ in range(warmup):
-            run()
-    wall: list[list[float]] = [[] for _ in runs]
-    cpu: list[list[float]] = [[] for _ in runs]
-    order = list(range(len(runs)))
-    for i in range(repeats):
-        for k in (order if i % 2 == 0 else order[::-1]):
-            time.sleep(pause)
-            seconds, cpu_seconds = runs[k]()
-            wall[k].append(seconds)
-            cpu[k].append(cpu_seconds)
-    return [(statistics.median(w), statistics.median(c), min(w)) for w, c in zip(wall, cpu)]
 
 
 def bench_flax(graph, variables, batch: int, repeats: int, warmup: int):
@@ -106,80 +72,6 @@ def bench_matmul(repeats: int) -> float:
     f = jax.jit(lambda a: a @ a)
     seconds, cpu = median_seconds(lambda: f(a).block_until_ready(), repeats, 2)
     return 2 * n ** 3 / seconds / 1e9, cpu
-
-
-def _torch_engine(graph: ir.Graph, batch: int, weights: Path | None):
-    import torch
-
-    from tests.torch_reference import Darknet
-
-    model = Darknet(graph, darknet_maxpool=True).eval()
-    x = torch.rand(batch, graph.channels, graph.height, graph.width)
-
-    def run():
-        with torch.inference_mode():
-            model(x)
-    return run, torch.get_num_threads()
-
-
-def _opencv_engine(graph: ir.Graph, batch: int, weights: Path | None):
-    import cv2
-
-    net = cv2.dnn.readNetFromDarknet(str(graph.path), str(weights))
-    names = net.getUnconnectedOutLayersNames()
-    net.setInput(np.random.default_rng(0).random(
-        (batch, graph.channels, graph.height, graph.width), dtype=np.float32))
-
-    def run():
-        net.forward(names)
-    return run, cv2.getNumThreads()
-
-
-ENGINES = {"torch": _torch_engine, "opencv": _opencv_engine}
-LABELS = {"torch": "torch eager", "opencv": "OpenCV DNN"}
-
-
-def _engine_worker(conn, kind: str, cfg: str, size: int, batch: int, weights) -> None:
-    """A reference engine in its own process: reports its thread count (None when the
-    package is missing), then times one run per request until told to stop."""
-    try:
-        run, threads = ENGINES[kind](at_size(ir.parse_cfg(cfg), size), batch, weights)
-    except ImportError:
-        conn.send(None)
-        return
-    conn.send(threads)
-    while conn.recv():
-        start, start_cpu = time.perf_counter(), time.process_time()
-        run()
-        conn.send((time.perf_counter() - start, time.process_time() - start_cpu))
-
-
-class EngineProcess:
-    """One reference engine (`ENGINES`) in a process of its own, so that it shares no
-    allocator or thread pool with darkslim or another engine: after one OpenCV batch-8
-    forward in the same process, torch's ran 1.3x slower (2.35 against 1.5-1.8 s, with
-    more CPU seconds), even after a pause. Calling it runs one batch there and returns
-    the wall and CPU seconds measured there; ``threads`` is None when the engine's
-    package is not installed."""
-
-    def __init__(self, kind: str, cfg: str, size: int, batch: int,
-                 weights: Path | None = None) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_engine_worker, daemon=True,
-                                        args=(child, kind, cfg, size, batch, weights))
-        self._process.start()
-        self.kind = kind
-        self.threads = self._conn.recv()
-
-    def __call__(self) -> tuple[float, float]:
-        self._conn.send(True)
-        return self._conn.recv()
-
-    def close(self) -> None:
-        if self.threads is not None:
-            self._conn.send(False)
-        self._process.join()
 
 
 def main(argv=None) -> int:
@@ -220,10 +112,11 @@ def main(argv=None) -> int:
     for batch in args.batches:  # per batch: darkslim, torch and OpenCV alternate
         trace_s, compile_s, run = bench_flax(graph, variables, batch, args.repeats,
                                              args.warmup)
-        engines = [EngineProcess(kind, args.cfg, args.size, batch, weights) for kind in kinds]
+        engines = [EngineProcess(kind, args.cfg, args.size, batch, weights=weights)
+                   for kind in kinds]
         engines = [e for e in engines if e.threads is not None]
         runs = [timed(run), *engines]
-        names = ["darkslim"] + [f"{LABELS[e.kind]} ×{e.threads}" for e in engines]
+        names = ["darkslim"] + [f"{e.label} ×{e.threads}" for e in engines]
         results = alternate(runs, args.repeats, args.warmup, args.pause)
         for engine in engines:
             engine.close()

@@ -1,7 +1,8 @@
 """Train-step time beside torch eager: yolov3-tiny at 416, batch 8, on CPU.
 
-Three steps are compiled (darkslim) or built (torch), then timed in alternation
-(A B C, then C B A, ...) so drift from other processes hits all alike:
+Three steps are compiled (darkslim) or built (torch, in a process of its own:
+`benchmarks.engines`), then timed in alternation (A B C, then C B A, ...), each after
+``--pause`` seconds of idle, so drift from other processes hits all alike:
 
 - **darkslim sparse**: `darkslim.bench.prepare_train_step`, the step `fit` runs:
   forward in train mode, `runtime.loss.yolo_loss`, backward, and
@@ -15,16 +16,14 @@ Three steps are compiled (darkslim) or built (torch), then timed in alternation
 Each reports the median and the minimum step time; compile time apart.
 
     .venv/bin/python benchmarks/train.py [--cfgs yolov3-tiny.cfg] [--size 416]
-        [--batch 8] [--steps 12] [--sparsity 1e-3]
+        [--batch 8] [--steps 12] [--sparsity 1e-3] [--pause 1.0]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -35,45 +34,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ir  # noqa: E402
-from darkslim.bench import prepare_train_step, random_images, random_targets  # noqa: E402
+from benchmarks.engines import EngineProcess, alternate, timed  # noqa: E402
+from darkslim.bench import prepare_train_step  # noqa: E402
 from runtime import init_variables  # noqa: E402
 
 CFG_DIR = ROOT.parent / "shared" / "cfg"
 
 
-def torch_step(graph: ir.Graph, batch: int, sparsity: float):
-    import torch
-
-    import passes
-    from benchmarks.reference.torch_train_step import TorchTrainStep, as_rows
-
-    step = TorchTrainStep(graph, passes.analyze_prunability(graph).prunable, sparsity)
-    images = torch.from_numpy(random_images(graph, batch).transpose(0, 3, 1, 2).copy())
-    targets = as_rows(random_targets(graph, batch))
-    start = time.perf_counter()
-    step(images, targets)
-    return (lambda: step(images, targets)), time.perf_counter() - start, \
-        torch.get_num_threads()
-
-
-def bench(cfg: Path, size: int, batch: int, steps: int, s: float, torch_too: bool) -> dict:
+def bench(cfg: Path, size: int, batch: int, steps: int, s: float, torch_too: bool,
+          pause: float) -> dict:
     graph = ir.with_input_size(ir.parse_cfg(cfg), size)
     variables = init_variables(graph, 0)
-    runs = {}
+    names, runs, setup = [], [], []
     for name, sparsity in (("darkslim sparse", s), ("darkslim plain", 0.0)):
         run, compile_s = prepare_train_step(graph, variables, batch, sparsity=sparsity)
-        run()
-        runs[name] = {"run": run, "compile": compile_s, "times": []}
-    if torch_too:
-        run, first, threads = torch_step(graph, batch, s)
-        runs[f"torch eager ×{threads}"] = {"run": run, "compile": first, "times": []}
-    names = list(runs)
-    for i in range(steps):
-        for name in names if i % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            runs[name]["run"]()
-            runs[name]["times"].append(time.perf_counter() - start)
-    return {"cfg": cfg.name, "flops": ir.count_flops(graph), "runs": runs}
+        names.append(name)
+        runs.append(timed(run))
+        setup.append(compile_s)
+    engine = EngineProcess("torch-train", cfg, size, batch, sparsity=s) if torch_too else None
+    if engine is not None and engine.threads is not None:
+        names.append(f"{engine.label} ×{engine.threads}")
+        runs.append(engine)
+        setup.append(engine.setup_s)
+    results = alternate(runs, steps, 1, pause)
+    if engine is not None:
+        engine.close()
+    return {"cfg": cfg.name, "flops": ir.count_flops(graph),
+            "runs": {name: {"median": median, "min": fastest, "compile": first}
+                     for name, (median, _, fastest), first in zip(names, results, setup)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--sparsity", type=float, default=1e-3)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--pause", type=float, default=1.0,
+                        help="seconds of idle before each timed step (torch's OpenMP "
+                             "threads spin for a while after a step; benchmarks.engines)")
     args = parser.parse_args(argv)
     console = Console(width=max(132, Console().width))
     device = jax.devices()[0]
@@ -96,18 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col, justify="left" if col in ("network", "step") else "right")
     for name in args.cfgs:
         path = Path(name) if Path(name).exists() else CFG_DIR / name
-        r = bench(path, args.size, args.batch, args.steps, args.sparsity, not args.no_torch)
+        r = bench(path, args.size, args.batch, args.steps, args.sparsity, not args.no_torch,
+                  args.pause)
         ref = next((v for k, v in r["runs"].items() if k.startswith("torch")), None)
         for step, v in r["runs"].items():
-            med, low = statistics.median(v["times"]), min(v["times"])
+            med, low = v["median"], v["min"]
             speed = ["", ""]
             if ref is not None:
-                speed = [f"{statistics.median(ref['times']) / med:.2f}×",
-                         f"{min(ref['times']) / low:.2f}×"]
+                speed = [f"{ref['median'] / med:.2f}×", f"{ref['min'] / low:.2f}×"]
             table.add_row(r["cfg"], step, f"{v['compile']:.1f}", f"{med:.3f}", f"{low:.3f}",
                           f"{args.batch / med:.1f}", *speed)
     console.print(table)
-    console.print(f"{args.steps} alternating steps each (order reversed every round); "
+    console.print(f"{args.steps} alternating steps each (order reversed every round), "
+                  f"each after {args.pause:g} s of idle; torch in a process of its own; "
                   "× torch = torch's time / this step's (above 1: faster than torch). "
                   f"Load average at start {load:.1f}, at end {os.getloadavg()[0]:.1f} "
                   f"on {os.cpu_count()} cores (other processes share them).",
