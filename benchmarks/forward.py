@@ -38,10 +38,6 @@ import runtime  # noqa: E402
 DEFAULT_CFG = ROOT.parent / "shared" / "cfg" / "yolov3.cfg"
 
 
-def at_size(graph: ir.Graph, size: int) -> ir.Graph:
-    return ir.with_input_size(graph, size)
-
-
 def median_seconds(fn, repeats: int, warmup: int) -> tuple[float, float]:
     """Median wall seconds and median process CPU seconds (all threads) of ``fn()``.
 
@@ -93,7 +89,7 @@ def main(argv=None) -> int:
     console = Console(width=max(150, Console().width))
 
     load_before = os.getloadavg()[0]
-    graph = at_size(ir.parse_cfg(args.cfg), args.size)
+    graph = ir.with_input_size(ir.parse_cfg(args.cfg), args.size)
     gflops = ir.count_flops(graph) / 1e9
     start = time.perf_counter()
     variables = jax.block_until_ready(runtime.init_variables(graph))

@@ -34,10 +34,6 @@ from darkslim.testing import random_variables  # noqa: E402
 DEFAULT_CFG = ROOT.parent / "shared" / "cfg" / "yolov3.cfg"
 
 
-def at_size(graph: ir.Graph, size: int) -> ir.Graph:
-    return ir.with_input_size(graph, size)
-
-
 def variants(graph, variables, blocks: int, percent: float, mode: str):
     """(name, program, seconds the passes took) for each network compared."""
     config = passes.PruneConfig(percent=percent, mode=mode)
@@ -72,7 +68,7 @@ def main(argv=None) -> int:
     console = Console(width=max(150, Console().width))
 
     load_before = os.getloadavg()
-    graph = at_size(ir.parse_cfg(args.cfg), args.size)
+    graph = ir.with_input_size(ir.parse_cfg(args.cfg), args.size)
     variables = random_variables(graph, seed=args.seed, sparsity=args.sparsity)
     found = len(passes.find_residual_blocks(graph))
     nets = variants(graph, variables, args.blocks, args.percent, args.mode)
