@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import ir
 import passes
-from darkslim.testing import (BLOCK_KINDS, assert_equivalent, assert_roundtrip_cfg,
+from darkslim.testing import (assert_equivalent, assert_roundtrip_cfg,
                               assert_verifies, graph_features, graphs, programs,
                               random_inputs, random_variables, reference_forward)
 from ir.activations import ACTIVATIONS
@@ -82,7 +82,7 @@ def test_a_share_index_after_a_removed_block_is_renumbered():
 ], ids=["sam", "scale_channels", "scale_channels-wh"])
 def test_sam_and_scale_channels_after_a_removed_block_are_renumbered(reader):
     """Before: RemoveBlocks left their inputs at the old indices (the graph failed to
-    verify: ``reads layer 5, which is not before it``)."""
+    verify: ``[sam] (layer 2) reads layer 4, which is not before it``)."""
     graph = cfg(*BLOCK, *reader)
     last = len(graph.layers) - 1
     assert graph.layers[last].inputs == (last - 1, 3)
