@@ -12,7 +12,7 @@ from ir.kinds.base import variables_owner
 from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Detection, Dropout, GaussianYolo, Graph, Layer,
                        LocalAvgPool, MaxPool, Region, Reorg, Reorg3d, Route, Sam,
                        ScaleChannels, Section, Shortcut, Softmax, Upsample, Yolo, consumers,
-                       layer_inputs)
+                       layer_inputs, layer_refs)
 from ir.resize import narrow, with_input_size
 from ir.shapes import Shape, input_shape, verify
 from ir.variables import check_variables, expected_shapes, init_variables, layer_key
@@ -23,7 +23,7 @@ __all__ = [
     "Activation", "CfgError", "Conv", "KINDS", "KindSpec", "Graph", "Layer", "LayerCost",
     "MaxPool", "Route", "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables",
     "consumers", "count_flops", "count_params", "expected_shapes", "init_variables",
-    "input_shape", "layer_costs", "layer_inputs", "layer_key", "narrow", "parse_cfg",
+    "input_shape", "layer_costs", "layer_inputs", "layer_key", "layer_refs", "narrow", "parse_cfg",
     "spec_of", "unsupported_reason", "variables_owner", "verify",
     "with_input_size", "write_cfg",
 ]

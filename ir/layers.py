@@ -106,6 +106,15 @@ def layer_inputs(graph: Graph, index: int) -> tuple[int, ...]:
     return spec_of(layer).inputs(layer, index)
 
 
+def layer_refs(graph: Graph, index: int) -> tuple[int, ...]:
+    """Every layer index layer ``index`` depends on: the tensors it reads (``-1`` is the
+    image) and the other layers it names, such as the conv whose weights a
+    ``share_index`` conv runs with; each once, inputs first."""
+    layer = graph.layers[index]
+    spec = spec_of(layer)
+    return tuple(dict.fromkeys((*spec.inputs(layer, index), *spec.refs(layer))))
+
+
 def consumers(graph: Graph) -> tuple[tuple[int, ...], ...]:
     """For each layer, the layers that read its output (in order)."""
     readers: list[list[int]] = [[] for _ in graph.layers]

@@ -6,10 +6,12 @@ returns the shapes as data rather than storing them in the graph.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ir.errors import CfgError
 from ir.kinds import spec_of
-from ir.kinds.base import Shape, ShapeError
-from ir.layers import Graph, Layer, layer_inputs
+from ir.kinds.base import Shape, ShapeError, variables_owner
+from ir.layers import Graph, Layer, layer_inputs, layer_refs
 
 
 def _err(graph: Graph, layer: Layer, index: int, message: str) -> CfgError:
@@ -21,6 +23,29 @@ def _input(shapes: list[Shape], j: int, graph: Graph) -> Shape:
     if j < 0:
         return Shape(graph.channels, graph.height, graph.width)
     return shapes[j]
+
+
+def _check_owner(graph: Graph, layer: Layer, index: int, ins: tuple[Shape, ...],
+                 in_shapes: list[tuple[Shape, ...]]) -> None:
+    """A layer running with another's variables (a conv's ``share_index``) needs an
+    owner of its kind with variables of its own, shaped as its own would be."""
+    owner = variables_owner(layer, index)
+    if owner == index:
+        return
+    target = graph.layers[owner]
+    spec = spec_of(layer)
+    if type(target) is not type(layer) or variables_owner(target, owner) != owner:
+        what = (f"shares layer {variables_owner(target, owner)}'s"
+                if type(target) is type(layer) else "has none")
+        raise _err(graph, layer, index, f"share_index={owner}: layer {owner} is a "
+                   f"[{target.kind}] (cfg line {target.line}) that {what} weights: "
+                   f"expected a [{layer.kind}] with weights of its own")
+    mine = spec.variables(dataclasses.replace(layer, share=None), ins)
+    theirs = spec.variables(target, in_shapes[owner])
+    if mine != theirs:
+        raise _err(graph, layer, index, f"share_index={owner}: would run with layer "
+                   f"{owner}'s variables {theirs} (cfg line {target.line}): expected "
+                   f"{mine}, the shapes of its own")
 
 
 def verify(graph: Graph) -> tuple[Shape, ...]:
@@ -35,11 +60,18 @@ def verify(graph: Graph) -> tuple[Shape, ...]:
             raise CfgError(f"{key}={value}: expected a positive integer",
                            path=graph.path, section="net")
     shapes: list[Shape] = []
+    in_shapes: list[tuple[Shape, ...]] = []
     for index, layer in enumerate(graph.layers):
-        for j in layer_inputs(graph, index):
-            if not -1 <= j < index:
+        inputs = layer_inputs(graph, index)
+        for j in layer_refs(graph, index):
+            if j in inputs and not -1 <= j < index:
                 raise _err(graph, layer, index, f"reads layer {j}, which is not before it")
-        ins = tuple(_input(shapes, j, graph) for j in layer_inputs(graph, index))
+            if j not in inputs and not 0 <= j < index:
+                raise _err(graph, layer, index, f"refers to layer {j}, which is not a "
+                           "layer before it")
+        ins = tuple(_input(shapes, j, graph) for j in inputs)
+        _check_owner(graph, layer, index, ins, in_shapes)
+        in_shapes.append(ins)
         try:
             shape = spec_of(layer).shape(layer, ins)
         except ShapeError as exc:

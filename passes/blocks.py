@@ -15,9 +15,10 @@ that, which is why blocks are ranked by the |γ| of that conv (as the field does
 
 Because a block is a contiguous range, readers that take the previous layer
 implicitly (convs, ``[yolo]``, ``[upsample]``, ...) stay consistent: the layer after
-``s`` lands right after ``f``. Explicit references (``[route] layers``,
-``[shortcut] from``, ``from=`` of other sections) are renumbered, and references to a
-removed shortcut become references to its ``f``.
+``s`` lands right after ``f``. Every layer index a layer holds (``[route] layers``,
+``from=`` of ``[shortcut]``, ``[sam]``, ``[scale_channels]`` and other sections, a
+conv's ``share_index``) is renumbered by its kind's ``renumber`` rule, and references
+to a removed shortcut become references to its ``f``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ir import Activation, Conv, Graph, Route, Section, Shortcut, consumers
+from ir import (Activation, Conv, Graph, Shortcut, layer_inputs, layer_refs, spec_of,
+                variables_owner)
 from ir.shapes import verify
 from passes import tree
 from passes.errors import PruneError
@@ -47,7 +49,8 @@ class ResidualBlock:
         shortcut: ``s``, the ``[shortcut]`` layer closing the block.
         convs: the conv chain ``f+1 .. s-1``.
         gamma_conv: the last BN conv of the chain (the one feeding the shortcut when
-            it has BN), whose γ ranks the block; None when no conv of the chain has BN.
+            it has BN), whose γ ranks the block (a ``share_index`` conv's: its
+            owner's); None when no conv of the chain has BN.
     """
 
     source: int
@@ -101,6 +104,16 @@ def _weighted(key: str, value: str) -> bool:
     return False
 
 
+def _referrers(graph: Graph) -> tuple[tuple[int, ...], ...]:
+    """For each layer, the layers that read it or otherwise name it (``share_index``)."""
+    found: list[list[int]] = [[] for _ in graph.layers]
+    for i in range(len(graph.layers)):
+        for j in layer_refs(graph, i):
+            if j >= 0:
+                found[j].append(i)
+    return tuple(tuple(r) for r in found)
+
+
 def _not_removable(graph: Graph, s: int, readers, shapes) -> str | None:
     """Why the shortcut at ``s`` does not close a removable block (None if it does)."""
     layer = graph.layers[s]
@@ -129,8 +142,13 @@ def _not_removable(graph: Graph, s: int, readers, shapes) -> str | None:
     for j in chain:
         outside = [r for r in readers[j] if r != j + 1]
         if outside:
-            return (f"{_where(graph, outside[0])} reads layer {j}, inside the block "
-                    f"({f + 1}..{s}): removing the block would leave it without input")
+            r = outside[0]
+            if j in layer_inputs(graph, r):
+                return (f"{_where(graph, r)} reads layer {j}, inside the block "
+                        f"({f + 1}..{s}): removing the block would leave it without input")
+            return (f"{_where(graph, r)} runs with the weights of layer {j} "
+                    f"(share_index), inside the block ({f + 1}..{s}): removing the "
+                    "block would remove them")
     return None
 
 
@@ -141,7 +159,8 @@ def analyze_blocks(graph: Graph) -> BlockAnalysis:
     exactly two inputs of the same channel count, a linear activation and no input
     weights, the layers ``f+1 .. s-1`` are at least one conv, and nothing but the next
     layer of the chain reads any of them. Readers of ``s`` itself are fine: they read
-    ``f`` once the block is gone.
+    ``f`` once the block is gone. A conv of the chain whose weights a layer outside
+    it shares (``share_index``) keeps the block.
 
     >>> import ir
     >>> g = ir.parse_cfg("[net]\\nwidth=8\\nheight=8\\n[convolutional]\\nfilters=4\\n"
@@ -150,18 +169,13 @@ def analyze_blocks(graph: Graph) -> BlockAnalysis:
     (ResidualBlock(source=0, shortcut=2, convs=(1,), gamma_conv=None),)
     """
     shapes = verify(graph)
-    readers = consumers(graph)
-    shared = [i for i, layer in enumerate(graph.layers)
-              if isinstance(layer, Conv) and any(k == "share_index" for k, _ in layer.extra)]
+    readers = _referrers(graph)
     blocks: list[ResidualBlock] = []
     reasons: list[tuple[int, str]] = []
     for s, layer in enumerate(graph.layers):
         if not isinstance(layer, Shortcut):
             continue
         why = _not_removable(graph, s, readers, shapes)
-        if why is None and shared:
-            why = (f"{_where(graph, shared[0])} has share_index=, a layer reference "
-                   "darkslim does not renumber: no block of this graph is removable")
         if why is not None:
             reasons.append((s, f"{_where(graph, s)}: {why}"))
             continue
@@ -199,10 +213,11 @@ class ScoredBlock:
 def _score(graph: Graph, variables, block: ResidualBlock, score: BlockScore) -> float | None:
     if block.gamma_conv is None:
         return None
-    gamma = np.asarray(tree.get(variables, block.gamma_conv, tree.GAMMA))
+    owner = variables_owner(graph.layers[block.gamma_conv], block.gamma_conv)
+    gamma = np.asarray(tree.get(variables, owner, tree.GAMMA))
     if not np.all(np.isfinite(gamma)):
         bad = int(np.flatnonzero(~np.isfinite(gamma))[0])
-        raise PruneError(f"{_where(graph, block.gamma_conv)}: BN γ channel {bad} is "
+        raise PruneError(f"{_where(graph, owner)}: BN γ channel {bad} is "
                          f"{gamma[bad]}: expected finite weights to rank block "
                          f"{block.source + 1}..{block.shortcut} by")
     value = float(score(gamma))
@@ -272,35 +287,43 @@ def layer_map(graph: Graph, blocks: Iterable[ResidualBlock]) -> dict[int, int]:
     return dict(sorted(new.items()))
 
 
-def _renumber(layer, refs: Callable[[tuple[int, ...]], tuple[int, ...]]):
-    if isinstance(layer, (Shortcut, Route)) or (isinstance(layer, Section) and layer.inputs):
-        return dataclasses.replace(layer, inputs=refs(layer.inputs))
-    return layer
-
-
 def remove_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock]
                   ) -> tuple[Graph, Any]:
-    """``(graph, variables)`` without the layers of ``blocks``, every reference
-    renumbered; the blocks must come from ``analyze_blocks(graph)``."""
+    """``(graph, variables)`` without the layers of ``blocks``, every layer index each
+    survivor holds renumbered by its kind's ``renumber`` rule; the blocks must come
+    from ``analyze_blocks(graph)``. A survivor that would still name a removed layer
+    other than a block's shortcut (a reader inside the block, the conv it shares) is a
+    `PruneError`, never a stale index."""
     blocks = tuple(blocks)
     if not blocks:
         return graph, variables
     mapping = layer_map(graph, blocks)
     removed = {j for b in blocks for j in b.layers}
 
-    def refs(inputs: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(mapping[j] for j in inputs)
-
     layers = []
     for i, layer in enumerate(graph.layers):
         if i in removed:
             continue
-        new = _renumber(layer, refs)
-        if isinstance(new, Shortcut) and new.inputs[0] != len(layers) - 1:
+
+        def renumber(j: int, i: int = i) -> int:
+            if j < 0:
+                return j  # the image
+            if j not in mapping:
+                block = next(b for b in blocks if j in b.layers)
+                raise PruneError(f"{_where(graph, i)} refers to layer {j}, which removing "
+                                 f"block {block.source + 1}..{block.shortcut} deletes: "
+                                 "expected blocks from analyze_blocks(graph), which keeps "
+                                 "such a block")
+            return mapping[j]
+
+        new = spec_of(layer).renumber(layer, renumber)
+        want = tuple(renumber(j) for j in layer_inputs(graph, i))
+        got = spec_of(new).inputs(new, len(layers))
+        if got != want:
             # Cannot happen for blocks from analyze_blocks: a contiguous removal keeps
             # the implicit previous-layer input of every survivor.
-            raise PruneError(f"{_where(graph, i)}: its first input would be layer "
-                             f"{new.inputs[0]}, not the layer before it")
+            raise PruneError(f"{_where(graph, i)}: it would read layers {got}, not "
+                             f"{want} (what it read, renumbered)")
         layers.append(new)
     keep = {old: new for old, new in mapping.items() if old not in removed}
     return (dataclasses.replace(graph, layers=tuple(layers)),

@@ -45,10 +45,14 @@ from ir.kinds.sam import NOT_IN_ACTIVATE_ARRAY
 #: ``reorg``         ``[reorg3d]`` or YOLOv2's ``[reorg]`` stride 2 (1 in 4 reverse)
 #: ``maxpool_depth`` ``[maxpool] maxpool_depth=1 out_channels=k``
 #: ``crop``          ``[crop]`` (of the image when first, as classifiers do)
+#: ``share``         a conv with ``share_index=`` an earlier conv of the same input
+#:                   width (a new one first if there is none), at its own dilation
+#:                   and activation (trident nets); or (1 in 2) that conv closed by
+#:                   ``[shortcut] from=-2``: a residual block holding a shared conv
 BLOCK_KINDS: tuple[str, ...] = ("conv", "downsample", "residual", "route", "route_groups",
                                 "maxpool", "spp", "upsample", "grouped", "head", "dropout",
                                 "local_avgpool", "dilated", "sam", "se", "reorg",
-                                "maxpool_depth", "crop")
+                                "maxpool_depth", "crop", "share")
 
 #: The YOLOv3/v4-era block kinds (before issue 11's layer kinds).
 CLASSIC_KINDS: tuple[str, ...] = BLOCK_KINDS[:10]
@@ -298,6 +302,27 @@ def _block_maxpool_depth(b: Builder, v) -> None:
     b.put(MaxPool(size=1, stride=1, depth=True, out_channels=1 + v[1] % c))
 
 
+def _block_share(b: Builder, v) -> None:
+    ensure_layer(b, v)
+    c = b.trunk.c
+    owners = [j for j in reversed(range(len(b.layers)))
+              if isinstance(b.layers[j], Conv) and b.layers[j].share is None
+              and (b.shapes[j - 1] if j else b.image).c == c
+              and (v[0] % 2 == 0 or b.shapes[j].c == c)]  # a residual keeps c
+    if owners and v[1] % 4 != 3:
+        owner = owners[v[2] % len(owners)]
+    else:  # a conv of its own to share, trident-style
+        owner = b.conv(c, (1, 3)[v[3] % 2], activation=b.act(v[4]))
+    base = b.layers[owner]
+    dilation = 1 + v[5] % 3 if base.size == 3 and base.pad else 1
+    start = len(b.layers) - 1
+    b.put(dataclasses.replace(base, share=owner, stride=1, dilation=dilation,
+                              activation=b.act(v[4])))
+    if v[0] % 2:
+        b.add(Shortcut(inputs=(len(b.layers) - 1, start), activation=Activation.LINEAR),
+              b.trunk)
+
+
 def _block_crop(b: Builder, v) -> None:
     x = b.trunk  # classifiers crop the image; Darknet crops any map the same way
     h = x.h - 8 if v[0] % 2 and x.h >= 16 else x.h
@@ -312,7 +337,7 @@ BLOCKS = {"conv": _block_conv, "downsample": _block_downsample,
           "dropout": _block_dropout, "local_avgpool": _block_local_avgpool,
           "dilated": _block_dilated, "sam": _block_sam, "se": _block_se,
           "reorg": _block_reorg, "maxpool_depth": _block_maxpool_depth,
-          "crop": _block_crop}
+          "crop": _block_crop, "share": _block_share}
 
 
 def add_head(b: Builder, anchors: int, classes: int, kind: str = "yolo") -> int:

@@ -45,6 +45,8 @@ def _describe_layer(layer: ir.Layer, index: int) -> str:
             bits.append(f"groups={layer.groups}")
         if layer.dilation > 1:
             bits.append(f"dilation={layer.dilation}")
+        if layer.share is not None:
+            bits.append(f"share={layer.share}")
         bits.append("bn" if layer.batch_normalize else "bias")
         bits.append(layer.activation.value)
         return " ".join(bits)

@@ -305,7 +305,8 @@ def graph_features(graph: Graph) -> frozenset[str]:
     """Names of the constructs ``graph`` contains, for coverage assertions and
     ``hypothesis.event``: layer kinds (``Conv``, ``Route``, ...), ``act:<name>``,
     ``conv:no-bn``, ``conv:grouped``, ``conv:depthwise``, ``conv:stride2``,
-    ``conv:3x3``, ``conv:dilated``, ``shortcut:chained``, ``route:inputs=<n>``,
+    ``conv:3x3``, ``conv:dilated``, ``conv:share`` (``share_index``),
+    ``shortcut:chained``, ``route:inputs=<n>``,
     ``route:groups``, ``maxpool:<size>/<stride>``, ``maxpool:depth``,
     ``yolo:new_coords``, ``scale_channels:se``, ``scale_channels:wh``,
     ``reorg:reverse``, ``connected:bn``, ``connected:no-bn``, ``connected:global``
@@ -331,6 +332,8 @@ def graph_features(graph: Graph) -> frozenset[str]:
                 found.add("conv:3x3")
             if layer.dilation > 1:
                 found.add("conv:dilated")
+            if layer.share is not None:
+                found.add("conv:share")
         elif isinstance(layer, Shortcut):
             if any(isinstance(graph.layers[j], Shortcut) for j in layer.inputs[1:]):
                 found.add("shortcut:chained")

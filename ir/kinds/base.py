@@ -235,7 +235,9 @@ class KindSpec:
             (a rejected value makes the layer unsupported: it blocks pruning and refuses
             to run). A key outside them is one Darknet ignores too.
         inputs: ``(layer, index) -> absolute indices`` of the tensors it reads.
-        renumber: ``(layer, old -> new index) -> layer`` when layers are removed.
+        renumber: ``(layer, old -> new index) -> layer`` when layers are removed: every
+            layer index the layer holds (explicit inputs, a conv's ``share``) goes
+            through the function; `KindSpec.refs` is read off it.
         shape: ``(layer, input shapes) -> Shape``; raises `ShapeError`.
         cost: ``(layer, input shapes, output shape) -> (params, flops)``.
         variables: ``(layer, input shapes) -> {collection: {part: {name: shape}}}``.
@@ -298,6 +300,15 @@ class KindSpec:
     @property
     def is_head(self) -> bool:
         return self.decode is not None
+
+    def refs(self, layer) -> tuple[int, ...]:
+        """Every layer index ``layer`` holds, in field order: what its ``renumber`` rule
+        rewrites (explicit inputs, a conv's ``share_index``), not the implicit previous
+        layer of kinds that read it. Derived from ``renumber`` so the indices `ir.verify`
+        checks and the ones a pass renumbers can never disagree."""
+        held: list[int] = []
+        self.renumber(layer, lambda j: held.append(j) or j)
+        return tuple(held)
 
     def unsupported(self, layer) -> str | None:
         """None when darkslim executes ``layer`` as Darknet does, else what it does not
