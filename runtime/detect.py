@@ -171,17 +171,20 @@ def _overlap(a: np.ndarray, rest: np.ndarray, rule: NmsRule) -> np.ndarray:
 
 
 def select_detections(detections: np.ndarray, *, thresh: float = DARKNET_THRESH,
-                      nms: float = DARKNET_NMS, rule: NmsRule = NmsRule()
-                      ) -> list[tuple[int, int, float]]:
+                      nms: float = DARKNET_NMS, rule: NmsRule = NmsRule(),
+                      gated: np.ndarray | None = None) -> list[tuple[int, int, float]]:
     """Darknet's candidate filter and per-class NMS over one image's decoded boxes.
 
     Args:
         detections: ``(boxes, 5 + classes)`` as `runtime.ForwardOut.detections` (one
             image): cx cy w h, objectness, class columns whose product with the
             objectness is Darknet's score.
-        thresh: a box is a candidate when its objectness > ``thresh``; a (box, class)
-            is reported when its score > ``thresh`` and survives NMS.
+        thresh: a (box, class) is reported when its score > ``thresh`` and it
+            survives NMS; a gated box (below) needs objectness > ``thresh`` as well.
         nms: the suppression threshold (0 or less: no NMS, as Darknet's ``if (nms)``).
+        gated: per box, whether its head skips boxes of objectness <= ``thresh``
+            before scoring (``[yolo]``, ``[Gaussian_yolo]``; ``[region]`` and
+            ``[detection]`` do not); None: every box (`objectness_gate`).
 
     Returns:
         ``(box index, class, score)`` for every reported (box, class), by class and
@@ -190,7 +193,9 @@ def select_detections(detections: np.ndarray, *, thresh: float = DARKNET_THRESH,
     det = np.asarray(detections, np.float64)
     objectness = det[:, 4]
     classes = det[:, 5:] if det.shape[1] > 5 else np.ones((len(det), 1))
-    candidates = np.flatnonzero(objectness > thresh)
+    gate = np.ones(len(det), bool) if gated is None else np.asarray(gated, bool)
+    # Darknet's do_nms_sort drops boxes of objectness exactly 0 before anything else.
+    candidates = np.flatnonzero(np.where(gate, objectness > thresh, objectness != 0))
     scores = objectness[candidates, None] * classes[candidates]
     scores = np.where(scores > thresh, scores, 0.0)
     boxes = det[candidates, :4]
@@ -234,11 +239,25 @@ def letter_box(graph: ir.Graph) -> bool:
     return value is not None and value.strip() not in ("", "0")
 
 
+def objectness_gate(graph: ir.Graph) -> np.ndarray:
+    """Per decoded box (in `runtime.ForwardOut.detections` order), whether its head
+    drops boxes of low objectness before scoring them (``get_yolo_detections`` and
+    ``get_gaussian_yolo_detections`` do, ``get_region_detections`` and
+    ``get_detection_detections`` do not)."""
+    shapes = ir.verify(graph)
+    parts = [np.full(ir.spec_of(graph.layers[y]).boxes(graph.layers[y], shapes[y]),
+                     graph.layers[y].kind in ("yolo", "Gaussian_yolo"))
+             for y in graph.head_indices()]
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
 def detected_boxes(detections: np.ndarray, placement: Placement, *,
                    thresh: float = DARKNET_THRESH, nms: float = DARKNET_NMS,
-                   rule: NmsRule = NmsRule()) -> tuple[Detected, ...]:
+                   rule: NmsRule = NmsRule(), gated: np.ndarray | None = None
+                   ) -> tuple[Detected, ...]:
     """`select_detections`, mapped back to the image's pixels."""
-    chosen = select_detections(detections, thresh=thresh, nms=nms, rule=rule)
+    chosen = select_detections(detections, thresh=thresh, nms=nms, rule=rule,
+                               gated=gated)
     if not chosen:
         return ()
     det = np.asarray(detections)
@@ -268,4 +287,5 @@ def detect_image(graph: ir.Graph, variables, image: np.ndarray, *,
     out = forward(graph, variables, x[None], bn_eps=bn_eps)
     detections = np.asarray(out.detections)[0]
     return (detected_boxes(detections, placement, thresh=thresh, nms=nms,
-                           rule=nms_rule(graph)), x, placement)
+                           rule=nms_rule(graph), gated=objectness_gate(graph)),
+            x, placement)
