@@ -245,9 +245,12 @@ def objectness_gate(graph: ir.Graph) -> np.ndarray:
     ``get_gaussian_yolo_detections`` do, ``get_region_detections`` and
     ``get_detection_detections`` do not)."""
     shapes = ir.verify(graph)
-    parts = [np.full(ir.spec_of(graph.layers[y]).boxes(graph.layers[y], shapes[y]),
-                     graph.layers[y].kind in ("yolo", "Gaussian_yolo"))
-             for y in graph.head_indices()]
+    parts = []
+    for y in graph.head_indices():
+        boxes = ir.spec_of(graph.layers[y]).boxes
+        assert boxes is not None  # a head kind has decode and boxes (ir.kinds checks)
+        parts.append(np.full(boxes(graph.layers[y], shapes[y]),
+                             graph.layers[y].kind in ("yolo", "Gaussian_yolo")))
     return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 

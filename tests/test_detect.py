@@ -27,9 +27,18 @@ import runtime
 from darkslim.cli import main
 from darkslim.detections import DetectInputError, list_images, output_names, read_names
 from darkslim.testing import random_variables
-from runtime.detect import (NmsRule, Placement, darknet_letterbox, darknet_resize,
-                            detect_image, nms_rule, objectness_gate, prepare_image,
-                            select_detections, to_image_boxes)
+from runtime.detect import (
+    NmsRule,
+    Placement,
+    darknet_letterbox,
+    darknet_resize,
+    detect_image,
+    nms_rule,
+    objectness_gate,
+    prepare_image,
+    select_detections,
+    to_image_boxes,
+)
 from tests.conftest import cfg_path, write_network
 
 ORACLE = Path(__file__).parent / "data" / "darknet_detect_yolov3_tiny.json"
@@ -329,6 +338,9 @@ def test_bad_inputs_are_typed_errors_naming_the_file(tmp_path, capsys):
         read_names(short, 80)
     assert cli(cfg, weights, fake, "--out", tmp_path / "o", "--conf", "1.5") == 2
     assert "--conf 1.5" in capsys.readouterr().err
+    assert cli(cfg, weights, fake, "--out", tmp_path / "o", "--size", "100") == 2
+    assert "--size 100: the network does not fit" in capsys.readouterr().err.replace(
+        "\n", "")
 
 
 def test_output_names_stay_distinct():

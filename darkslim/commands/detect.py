@@ -25,7 +25,7 @@ from darkslim.ui import make_console, warn
 
 def add_parser(sub) -> None:
     p = sub.add_parser("detect", help="draw a network's detections on photos",
-                       description=__doc__.split("\n\n", 1)[1])
+                       description=__doc__.split("\n\n", 1)[1].replace("``", ""))
     p.add_argument("cfg", metavar="MODEL.cfg")
     p.add_argument("weights", metavar="WEIGHTS",
                    help=".weights (or *.conv.N), .pt/.pth, .msgpack")
@@ -63,9 +63,18 @@ def _check_settings(args) -> None:
 
 
 def run(args) -> int:
-    from darkslim.detections import (DetectInputError, ImageResult, default_names,
-                                     detections_record, draw_detections, list_images,
-                                     output_names, read_names, write_image, write_json)
+    from darkslim.detections import (
+        DetectInputError,
+        ImageResult,
+        default_names,
+        detections_record,
+        draw_detections,
+        list_images,
+        output_names,
+        read_names,
+        write_image,
+        write_json,
+    )
     from runtime.detect import detect_image, letter_box
 
     console = make_console()
@@ -73,6 +82,11 @@ def run(args) -> int:
     graph = ir.parse_cfg(args.cfg)
     if args.size is not None:
         graph = ir.with_input_size(graph, args.size)
+        try:
+            ir.verify(graph)
+        except ir.CfgError as exc:
+            raise DetectInputError(f"--size {args.size}: the network does not fit this "
+                                   f"size (try a multiple of 32): {exc}") from exc
     ir.verify(graph)
     runtime.check_supported(graph)
     heads = graph.head_indices()
@@ -82,7 +96,7 @@ def run(args) -> int:
     if graph.channels != 3:
         raise DetectInputError(f"{args.cfg}: [net] channels={graph.channels}: detect "
                                "reads colour photos, expected channels=3")
-    classes = max(graph.layers[i].classes for i in heads)
+    classes = max(graph.layers[i].classes for i in heads)  # type: ignore[union-attr]
     images = list_images(args.inputs)
     names_path = args.names or default_names(args.cfg)
     names = (read_names(names_path, classes) if names_path is not None
