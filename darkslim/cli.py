@@ -17,6 +17,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "info": "layer table: shapes, params, BFLOPs, prunable?",
     "run": "run a forward pass, save raw heads and detections",
+    "detect": "draw a network's detections on photos",
     "convert": "convert weights between .weights, .pt/.pth and .msgpack",
     "export": "write the network as ONNX (opset 17)",
     "prune": "prune BN channels by |γ| (network slimming) and residual blocks",

@@ -1,6 +1,8 @@
 """darkslim's runtime: execute a Darknet `ir.Graph` with JAX/Flax (NHWC)."""
 
 from runtime.image import ImageError, letterbox, load_image
+from runtime.detect import (Detected, NmsRule, Placement, darknet_letterbox, darknet_resize,
+                            detect_image, prepare_image, select_detections, to_image_boxes)
 from runtime.model import (ACTIVATIONS, DarknetModule, ForwardOut, UnsupportedLayerError,
                            check_supported, decode_yolo, forward, init_variables)
 from runtime.data import (NO_AUGMENT, Augment, Batch, DataConfig, DataError, Dataset,
