@@ -528,3 +528,16 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         write(ann, tmp_path / "out")
     assert len(calls) == 2 and sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_image_size_is_the_one_opencv_sees_with_exif_orientation(tmp_path):
+    import cv2
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": OpenCV turns it on reading
+    Image.new("RGB", (40, 20)).save(tmp_path / "turned.jpg", exif=exif)
+    assert cv2.imread(str(tmp_path / "turned.jpg")).shape[:2] == (40, 20)
+    assert fa.image_size(tmp_path / "turned.jpg", source="s") == (20, 40)
+    with pytest.raises(fa.AnnotationError, match="extension '.gif'"):
+        fa.image_size(tmp_path / "x.gif", source="s")

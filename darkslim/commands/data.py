@@ -144,12 +144,16 @@ def _print_summary(console, args, annotations, split, written, how) -> None:
         warn(console, f"{len(split.unmatched)} split list entries name images left out "
              f"as bad (e.g. {split.unmatched[0]})")
     if annotations.problems:
-        dropped = sum(p.action == "image left out" for p in annotations.problems)
-        clipped = sum(p.action.startswith("box clipped") for p in annotations.problems)
-        warn(console, f"{len(annotations.problems)} bad inputs: {dropped} images left "
-             f"out, {clipped} boxes clipped, "
-             f"{len(annotations.problems) - dropped - clipped} annotations left out; "
-             f"first: {annotations.problems[0]} (all in {written.report})")
+        problems = annotations.problems
+        dropped = sum(p.action == "image left out" for p in problems)
+        clipped = sum(p.action.startswith("box clipped") for p in problems)
+        warn(console, f"{len(problems)} bad inputs: {dropped} images left out, {clipped} "
+             f"boxes clipped, {len(problems) - dropped - clipped} annotations left out "
+             f"(all listed in {written.report})")
+        for problem in problems[:5]:
+            console.print(f"  {escape(str(problem))}", highlight=False, soft_wrap=True)
+        if len(problems) > 5:
+            console.print(f"  ... and {len(problems) - 5} more", highlight=False)
     console.print(f"wrote {escape(str(written.root))} (images: {written.linked} links"
                   if written.linked != "copy" else
                   f"wrote {escape(str(written.root))} (images: copies", highlight=False,
