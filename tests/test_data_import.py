@@ -541,3 +541,37 @@ def test_image_size_is_the_one_opencv_sees_with_exif_orientation(tmp_path):
     assert fa.image_size(tmp_path / "turned.jpg", source="s") == (20, 40)
     with pytest.raises(fa.AnnotationError, match="extension '.gif'"):
         fa.image_size(tmp_path / "x.gif", source="s")
+
+
+def test_an_output_folder_inside_an_images_folder_is_refused(tmp_path):
+    write_voc(tmp_path / "src", {"a.png": ((10, 10), [])})
+    with pytest.raises(fa.AnnotationError, match="outside .* images/ folder"):
+        write(fa.read_voc(tmp_path / "src"), tmp_path / "images" / "out")
+    assert not (tmp_path / "images").exists() or not any((tmp_path / "images").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RACCOON.is_dir(), reason="../shared/data/raccoon is absent")
+def test_darkslim_eval_reads_the_imported_raccoon_set(tmp_path, capsys):
+    """The imported set through ``darkslim eval`` (a one-class network of random
+    weights: the numbers are not the point, the 40 images and 44 truths are)."""
+    import frontends
+    import ir
+    from darkslim.commands.synth import synth_cfg_path
+    from darkslim.testing import random_variables
+    from runtime.synth import adapt_cfg
+
+    csvs = RACCOON / "data"
+    assert import_("voc", RACCOON, tmp_path / "set", "--split",
+                   str(csvs / "train_labels.csv"), str(csvs / "test_labels.csv")) == 0
+    graph = adapt_cfg(ir.parse_cfg(synth_cfg_path()), classes=1, size=128)
+    (tmp_path / "m.cfg").write_text(ir.write_cfg(graph))
+    frontends.save_variables(graph, random_variables(graph, seed=0), tmp_path / "m.weights")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "set" / "raccoon.data"), str(tmp_path / "m.cfg"),
+                 str(tmp_path / "m.weights"), "--no-coco", "--json",
+                 str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert "on 40 valid images" in capsys.readouterr().out
+    assert result["images"] == 40
+    assert [(c["name"], c["truths"]) for c in result["classes"]] == [("raccoon", 44)]
