@@ -154,10 +154,10 @@ def _print_summary(console, args, annotations, split, written, how) -> None:
             console.print(f"  {escape(str(problem))}", highlight=False, soft_wrap=True)
         if len(problems) > 5:
             console.print(f"  ... and {len(problems) - 5} more", highlight=False)
-    console.print(f"wrote {escape(str(written.root))} (images: {written.linked} links"
-                  if written.linked != "copy" else
-                  f"wrote {escape(str(written.root))} (images: copies", highlight=False,
-                  end="")
-    console.print(f")\n  data: {escape(str(written.data))}", highlight=False)
-    console.print(f"next: darkslim train {escape(str(written.data))} MODEL.cfg --out RUN",
-                  highlight=False)
+    # The paths as the user gave them (relative stays relative), for copying.
+    root = Path(args.out)
+    how_linked = "copies" if written.linked == "copy" else f"{written.linked} links"
+    console.print(f"wrote {escape(str(root))} (images: {how_linked})\n  data: "
+                  f"{escape(str(root / written.data.name))}", highlight=False)
+    console.print(f"next: darkslim train {escape(str(root / written.data.name))} "
+                  "MODEL.cfg --out RUN", highlight=False)

@@ -12,8 +12,11 @@ VOC coordinates are 1-based pixel indices. Darknet's ``scripts/voc_label.py`` tu
 them into a label as ``cx = ((xmin + xmax) / 2 - 1) / W``, ``w = (xmax - xmin) / W``
 (and the same for y): the box runs from ``xmin - 1`` to ``xmax - 1`` in the continuous
 pixel coordinates of `frontends.annotations.model`, which is what this reader returns,
-so the written labels are exactly voc_label.py's. Objects marked ``difficult`` are left
-out as voc_label.py does (counted in `Annotations.left_out`) unless ``keep_difficult``.
+so the written labels are exactly voc_label.py's. A box is inside its image when
+``0 <= xmin - 1 < xmax - 1 <= W`` (and the same for y): a 0-based ``xmin=0``, which
+some tools write, is outside and needs ``clip`` (which says so). Objects marked
+``difficult`` are left out as voc_label.py does (counted in `Annotations.left_out`)
+unless ``keep_difficult``.
 """
 
 from __future__ import annotations
