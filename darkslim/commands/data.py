@@ -69,7 +69,7 @@ def run(args) -> int:
         raise ValueError("--split and --valid-fraction: expected one of the two")
     if args.images and args.format == "yolo":
         raise ValueError("--images: a YOLO set's images are named by its data.yaml")
-    common = dict(skip_bad=args.skip_bad, clip=args.clip)
+    common = {"skip_bad": args.skip_bad, "clip": args.clip}
     if args.format == "voc":
         annotations = fa.read_voc(src, images=args.images,
                                   keep_difficult=args.keep_difficult, **common)

@@ -117,16 +117,16 @@ def read_coco(json_path: str | os.PathLike, *, images: str | os.PathLike | None 
     crowd = 0
     for i, entry in enumerate(entries["annotations"]):
         where = f"annotations[{i}]"
-        image_id = entry.get("image_id") if isinstance(entry, dict) else None
-        owner = image_id if _is_int(image_id) and image_id in infos else None
-        if _is_int(image_id) and image_id in bad:
+        given = entry.get("image_id") if isinstance(entry, dict) else None
+        owner = given if _is_int(given) and given in infos else None
+        if _is_int(given) and given in bad:
             continue  # its image is left out and listed already
         try:
             if not isinstance(entry, dict):
                 raise AnnotationError(f"{type(entry).__name__}: expected an object",
                                       path=path, where=where)
             if owner is None:
-                raise AnnotationError(f"image_id {image_id!r} is not the id of an entry "
+                raise AnnotationError(f"image_id {given!r} is not the id of an entry "
                                       "of images", path=path, where=where)
             category = entry.get("category_id")
             if not _is_int(category) or category not in ids:
@@ -200,7 +200,8 @@ def to_coco(samples: Iterable[tuple[str, int, int, np.ndarray]], names: Sequence
     """
     cat_ids = list(category_ids) if category_ids is not None else \
         list(range(1, len(names) + 1))
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for n, (name, width, height, labels) in enumerate(samples):
         image_id = int(image_ids[n]) if image_ids is not None else n + 1
         images.append({"id": image_id, "file_name": name, "width": int(width),
@@ -259,7 +260,7 @@ def _is_number(value) -> bool:
 
 def _int(entry: dict, key: str, path: Path, where: str, positive: bool = False) -> int:
     value = entry.get(key)
-    if not _is_int(value) or (positive and value < 1):
+    if not isinstance(value, int) or isinstance(value, bool) or (positive and value < 1):
         expected = "a positive integer" if positive else "an integer"
         raise AnnotationError(f"{key} {value!r}: expected {expected}", path=path,
                               where=where)

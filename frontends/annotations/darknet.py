@@ -150,7 +150,8 @@ def _label_files(out: Path, images: tuple[LabeledImage, ...],
                  label_path: Callable[[Path], Path]) -> list[Path]:
     """Each image's label file relative to ``out``, checked to be inside it and
     distinct (``x.jpg`` and ``x.png`` would share ``x.txt``)."""
-    labels, owner = [], {}
+    labels: list[Path] = []
+    owner: dict[str, str] = {}
     for image in images:
         parts = Path(image.name).parts
         if not parts or Path(image.name).is_absolute() or ".." in parts:

@@ -37,7 +37,7 @@ class Problem:
     action: str
 
     @classmethod
-    def of(cls, error: AnnotationError, action: str) -> "Problem":
+    def of(cls, error: AnnotationError, action: str) -> Problem:
         return cls(path=error.path, where=error.where, reason=error.reason, action=action)
 
     def __str__(self) -> str:

@@ -40,7 +40,7 @@ def image_size(path: str | os.PathLike, *, source: str | os.PathLike, where: str
             orientation = image.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise AnnotationError(f"image {path} not found", path=source, where=where) from None
-    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many kinds on bad headers
+    except Exception as exc:  # Pillow's plugins raise many kinds on bad headers
         raise AnnotationError(f"image {path} is unreadable ({type(exc).__name__}: {exc})",
                               path=source, where=where) from exc
     if width < 1 or height < 1:

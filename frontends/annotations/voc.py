@@ -21,6 +21,7 @@ unless ``keep_difficult``.
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -167,7 +168,7 @@ def _number(element: ET.Element, tag: str, xml: Path, where: str) -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise AnnotationError(f"<{tag}>{text}</{tag}>: expected a number", path=xml,
                               where=where)
     return value
