@@ -575,3 +575,32 @@ def test_darkslim_eval_reads_the_imported_raccoon_set(tmp_path, capsys):
     assert "on 40 valid images" in capsys.readouterr().out
     assert result["images"] == 40
     assert [(c["name"], c["truths"]) for c in result["classes"]] == [("raccoon", 44)]
+
+
+def test_a_zero_size_is_no_size_and_a_missing_images_folder_is_named(tmp_path):
+    (tmp_path / "a.xml").write_text(voc_xml("a.png", (0, 0), [("x", (1, 1, 4, 4))]))
+    write_image(tmp_path / "a.png", 12, 8)
+    ann = fa.read_voc(tmp_path)
+    assert (ann.images[0].width, ann.images[0].height) == (12, 8) and ann.notes
+    error = _raises(fa.read_voc, tmp_path, images=tmp_path / "nowhere")
+    assert error.path == str(tmp_path) and "not a folder" in error.reason
+
+
+def test_a_yolo_set_without_val_gets_a_seeded_split(tmp_path, capsys):
+    src = write_yolo(tmp_path / "src", ["a"], {"train": {
+        f"{i}.png": ((8, 8), "0 0.5 0.5 0.5 0.5\n") for i in range(10)}})
+    assert import_("yolo", src, tmp_path / "out") == 0
+    assert "8 train, 2 valid (--valid-fraction 0.2 --seed 0)" in capsys.readouterr().out
+
+
+def test_classes_pick_and_order_the_labels(tmp_path, capsys):
+    write_voc(tmp_path / "src", {"a.png": ((20, 10), [("cat", (1, 1, 5, 5)),
+                                                      ("dog", (2, 2, 6, 6)),
+                                                      ("eel", (3, 3, 7, 7))])})
+    out = tmp_path / "out"
+    assert import_("voc", tmp_path / "src", out, "--classes", "eel,cat",
+                   "--valid-fraction", "0") == 0
+    assert (out / "src.names").read_text() == "eel\ncat\n"
+    (sample,) = load_dataset(out / "src.data").samples
+    assert sample.labels[:, 0].tolist() == [1, 0]  # cat is 1, eel 0; dog left out
+    assert "left out: 1 boxes of classes not picked: dog" in capsys.readouterr().out

@@ -85,7 +85,8 @@ def run(args) -> int:
         split = fa.split_by_lists(annotations.images, *args.split,
                                    lenient=bool(annotations.problems))
         how = f"--split {args.split[0]} {args.split[1]}"
-    elif args.valid_fraction is None and any(im.split for im in annotations.images):
+    elif args.valid_fraction is None and any(im.split == "valid"
+                                             for im in annotations.images):
         split = fa.split_by_source(annotations.images)
         how = "the source's train/val"
     else:

@@ -62,6 +62,9 @@ def read_coco(json_path: str | os.PathLike, *, images: str | os.PathLike | None 
     entries = {key: _list(data, key, path) for key in ("images", "annotations",
                                                        "categories")}
     names, ids = _categories(entries["categories"], path)
+    if images is not None and not Path(images).is_dir():
+        raise AnnotationError(f"--images {images}: not a folder: expected the folder of "
+                              "the images' file_name", path=path)
     folder = Path(images) if images is not None else next(
         (d for d in default_image_dirs(path) if d.is_dir()), None)
     if folder is None:

@@ -60,6 +60,9 @@ def read_voc(src: str | os.PathLike, *, images: str | os.PathLike | None = None,
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() == ".xml" and p.is_file())
     if not files:
         raise AnnotationError("no .xml files found (searched recursively)", path=src)
+    if images is not None and not Path(images).is_dir():
+        raise AnnotationError(f"--images {images}: not a folder: expected the folder "
+                              "of the images the XMLs name", path=src)
     found, problems = [], []
     difficult = from_image = 0
     seen: dict[str, Path] = {}
@@ -105,7 +108,10 @@ def _read_one(xml: Path, *, images: Path | None, keep_difficult: bool, clip: boo
     width, height = image_size(path, source=xml, where="<filename>")
     size = root.find("size")
     sized = False
-    if size is not None and (size.findtext("width") or "").strip() not in ("", "0"):
+    # A <size> without width or height, or with a zero (some tools write
+    # <width>0</width>) is no size: the image's own is used, and counted.
+    if size is not None and all(_text(size, k) not in ("", "0", "0.0")
+                                for k in ("width", "height")):
         w, h = (_number(size, k, xml, "<size>") for k in ("width", "height"))
         if (w, h) != (width, height):
             raise AnnotationError(
