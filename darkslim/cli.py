@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "train": "train or sparse-train a Darknet network (also fine-tuning)",
     "eval": "mAP of a network on a Darknet dataset",
     "bench": "forward latency and train-step time of a network on this machine",
+    "data": "import VOC, COCO or YOLO annotations as a Darknet dataset",
     "synth": "write a synthetic Darknet dataset and a model.cfg",
     "demo": "the whole loop on the embedded synthetic dataset",
 }
