@@ -262,10 +262,6 @@ class KindSpec:
             (export then refuses it, naming the cfg line).
         refuse: ``layer -> reason`` when a value of a field is outside what darkslim
             executes (``""``: the whole kind), else None.
-        weights_file: ``layer -> ((leaf, layout), ...)``: the layer's variables in the
-            order Darknet's ``load_weights`` reads them, each stored ``"vector"``,
-            ``"oihw"`` (a conv kernel, HWIO here) or ``"dense"`` (``(out, in)`` in the
-            file, ``(in, out)`` here); empty for kinds without weights.
     """
 
     layer: type
@@ -288,8 +284,6 @@ class KindSpec:
     boxes: Callable[[Any, Shape], int] | None = None
     onnx: Callable[..., Any] | None = None
     refuse: Callable[[Any], str | None] = lambda layer: None
-    weights_file: Callable[[Any], tuple[tuple[tuple[str, str, str], str], ...]] = \
-        lambda layer: ()
 
     @property
     def name(self) -> str:

@@ -163,19 +163,10 @@ def _onnx(layer: Connected, b, index: int, inputs) -> str:
     return b.node("Reshape", [y, b.ints([0, layer.output, 1, 1], "shape")])
 
 
-def _weights_file(layer: Connected):
-    # load_connected_weights: biases (β with BN), weights, then [scales, mean, variance].
-    if layer.batch_normalize:
-        return ((BETA, "vector"), (KERNEL, "dense"), (GAMMA, "vector"), (MEAN, "vector"),
-                (VAR, "vector"))
-    return ((BIAS, "vector"), (KERNEL, "dense"))
-
-
 SPEC = KindSpec(
     layer=Connected, sections=("connected", "conn"), parse=_parse, write=_write, keys={},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: Shape(layer.output, 1, 1), cost=_cost, variables=_variables,
     channels=_channels, dropped=_dropped, fold=_fold, slice=_slice, forward=_forward,
     describe=lambda layer: f"{layer.output}" + (" bn " if layer.batch_normalize else " ")
-    + layer.activation.value, refuse=_refuse, weights_file=_weights_file,
-    onnx=_onnx)
+    + layer.activation.value, refuse=_refuse, onnx=_onnx)

@@ -303,18 +303,8 @@ def _renumber(layer: Conv, renumber):
     return dataclasses.replace(layer, share=renumber(layer.share))
 
 
-def _weights_file(layer: Conv):
-    if layer.share is not None:
-        return ()  # load_weights skips a conv with a share_layer
-    # load_convolutional_weights: biases (β with BN), [scales, mean, variance], weights.
-    if layer.batch_normalize:
-        return ((BETA, "vector"), (GAMMA, "vector"), (MEAN, "vector"), (VAR, "vector"),
-                (KERNEL, "oihw"))
-    return ((BIAS, "vector"), (KERNEL, "oihw"))
-
-
 SPEC = KindSpec(
     layer=Conv, sections=("convolutional", "conv"), parse=_parse, write=_write, keys=_KEYS,
     inputs=previous_input, renumber=_renumber, shape=_shape, cost=_cost,
     variables=_variables, channels=_channels, dropped=_dropped, fold=_fold, slice=_slice,
-    forward=_forward, describe=_describe, weights_file=_weights_file, onnx=_onnx)
+    forward=_forward, describe=_describe, onnx=_onnx)
