@@ -22,7 +22,7 @@ KINDS: tuple[KindSpec, ...] = (
     reorg.REORG, avgpool.SPEC, local_avgpool.SPEC, dropout.SPEC, softmax.SPEC,
     connected.SPEC, cost.SPEC, crop.SPEC, detection.SPEC, section.SPEC)
 
-_OPTIONAL = frozenset({"decode", "boxes", "onnx"})
+_OPTIONAL = frozenset({"decode", "boxes"})
 
 
 def _check(kinds: tuple[KindSpec, ...]) -> tuple[dict[type, KindSpec], dict[str, KindSpec]]:

@@ -35,5 +35,4 @@ SPEC = KindSpec(
     shape=lambda layer, ins: Shape(ins[0].c, 1, 1), cost=no_cost, variables=no_variables,
     channels=pass_through, dropped=first_input_const, fold=no_fold, slice=no_slice,
     forward=lambda layer, tools, inputs: inputs[0].mean(axis=(1, 2), keepdims=True),
-    describe=lambda layer: "global",
-    onnx=lambda layer, b, index, inputs: b.node("GlobalAveragePool", inputs[:1]))
+    describe=lambda layer: "global")

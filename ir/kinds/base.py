@@ -254,12 +254,7 @@ class KindSpec:
         decode: for detection layers, ``(layer, xp, head, input_hw) -> boxes``
             ``(N, boxes, 5 + classes)`` from the raw NHWC map it reads; else None.
         boxes: for detection layers, ``(layer, shape) -> int``: how many boxes
-            ``decode`` returns per image for the layer's output shape (the ONNX
-            ``detections`` output is declared with it); else None.
-        onnx: the ONNX emit rule ``(layer, builder, index, inputs) -> output name``
-            over NCHW tensor names (builder calls and numpy only, no ``onnx`` import;
-            shared pieces in `ir.kinds.onnx_ops`), or None while the kind has none
-            (export then refuses it, naming the cfg line).
+            ``decode`` returns per image for the layer's output shape; else None.
         refuse: ``layer -> reason`` when a value of a field is outside what darkslim
             executes (``""``: the whole kind), else None.
     """
@@ -282,7 +277,6 @@ class KindSpec:
     describe: Callable[[Any], str]
     decode: Callable[..., Any] | None = None
     boxes: Callable[[Any, Shape], int] | None = None
-    onnx: Callable[..., Any] | None = None
     refuse: Callable[[Any], str | None] = lambda layer: None
 
     @property

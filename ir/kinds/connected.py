@@ -27,7 +27,6 @@ from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Sh
                            previous_input, same_layer)
 from ir.kinds.conv import (BETA, GAMMA, MEAN, VAR, fold_consumer, slice_outputs,
                            zero_dropped_outputs)
-from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
 KERNEL = ("params", "dense", "kernel")
@@ -139,34 +138,10 @@ def _forward(layer: Connected, tools, inputs):
     return tools.activate(layer.activation, y).reshape(x.shape[0], 1, 1, layer.output)
 
 
-def _onnx(layer: Connected, b, index: int, inputs) -> str:
-    """Flatten (NCHW order, as the kernel's rows), Gemm with the ``(C·H·W, output)``
-    kernel; BatchNorm folded into it when the exporter folds BN (``b.fold_bn``), else a
-    BatchNormalization node; the activation; a ``(N, output, 1, 1)`` map."""
-    p = b.params(index)
-    kernel, bias = p["kernel"], p.get("bias")
-    flat = b.node("Flatten", [inputs[0]], axis=1)
-    if layer.batch_normalize and b.fold_bn:
-        g = p["scale"] / np.sqrt(p["var"].astype(np.float64) + b.bn_eps)
-        kernel = (kernel * g[None, :]).astype(np.float32)
-        bias = (p["beta"] - p["mean"] * g).astype(np.float32)
-    args = [flat, b.const(kernel, name="weight")]
-    if bias is not None:
-        args.append(b.const(bias, name="bias"))
-    y = b.node("Gemm", args)
-    if layer.batch_normalize and not b.fold_bn:
-        y = b.node("BatchNormalization",
-                   [y, b.const(p["scale"], name="scale"), b.const(p["beta"], name="beta"),
-                    b.const(p["mean"], name="mean"), b.const(p["var"], name="var")],
-                   epsilon=b.bn_eps)
-    y = ops.emit_activation(b, layer.activation, y)
-    return b.node("Reshape", [y, b.ints([0, layer.output, 1, 1], "shape")])
-
-
 SPEC = KindSpec(
     layer=Connected, sections=("connected", "conn"), parse=_parse, write=_write, keys={},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: Shape(layer.output, 1, 1), cost=_cost, variables=_variables,
     channels=_channels, dropped=_dropped, fold=_fold, slice=_slice, forward=_forward,
     describe=lambda layer: f"{layer.output}" + (" bn " if layer.batch_normalize else " ")
-    + layer.activation.value, refuse=_refuse, onnx=_onnx)
+    + layer.activation.value, refuse=_refuse)

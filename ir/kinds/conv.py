@@ -18,7 +18,6 @@ from ir.activations import Activation
 from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, KeyRule, Options,
                            Segment, Shape, ShapeError, equals, inert, previous_input,
                            variables_owner)
-from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
 KERNEL = ("params", "conv", "kernel")
@@ -266,28 +265,6 @@ def _forward(layer: Conv, tools, inputs):
     return tools.activate(layer.activation, y)
 
 
-def _onnx(layer: Conv, b, index: int, inputs) -> str:
-    """Conv (OIHW kernel, symmetric zero padding ``pad · dilation``, groups,
-    dilations), BatchNormalization when the layer still has BN (the exporter folds it
-    by default), then the activation."""
-    p = b.params(variables_owner(layer, index))
-    kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # HWIO -> OIHW
-    args = [inputs[0], b.const(kernel, name="weight")]
-    if "bias" in p:
-        args.append(b.const(p["bias"], name="bias"))
-    pad = layer.pad_pixels * layer.dilation
-    d = layer.dilation
-    y = b.node("Conv", args, kernel_shape=[layer.size, layer.size],
-               strides=[layer.stride, layer.stride], pads=[pad] * 4, group=layer.groups,
-               dilations=[d, d])
-    if layer.batch_normalize:
-        y = b.node("BatchNormalization",
-                   [y, b.const(p["scale"], name="scale"), b.const(p["beta"], name="beta"),
-                    b.const(p["mean"], name="mean"), b.const(p["var"], name="var")],
-                   epsilon=b.bn_eps)
-    return ops.emit_activation(b, layer.activation, y)
-
-
 def _describe(layer: Conv) -> str:
     text = f"{layer.filters} {layer.size}x{layer.size}/{layer.stride}"
     if layer.groups > 1:
@@ -307,4 +284,4 @@ SPEC = KindSpec(
     layer=Conv, sections=("convolutional", "conv"), parse=_parse, write=_write, keys=_KEYS,
     inputs=previous_input, renumber=_renumber, shape=_shape, cost=_cost,
     variables=_variables, channels=_channels, dropped=_dropped, fold=_fold, slice=_slice,
-    forward=_forward, describe=_describe, onnx=_onnx)
+    forward=_forward, describe=_describe)

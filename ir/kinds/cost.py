@@ -37,5 +37,4 @@ SPEC = KindSpec(
     inputs=previous_input, renumber=same_layer, shape=lambda layer, ins: ins[0],
     cost=no_cost, variables=no_variables, channels=pass_through, dropped=first_input_const,
     fold=no_fold, slice=no_slice, forward=lambda layer, tools, inputs: inputs[0],
-    onnx=lambda layer, b, index, inputs: b.node("Identity", inputs[:1]),
     describe=lambda layer: layer.type)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from ir.kinds.base import (DropContext, KindSpec, Options, Shape, ShapeError, inert, no_cost,
                            no_fold, no_slice, no_variables, pass_through, previous_input,
                            same_layer)
-from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
 
@@ -64,21 +63,11 @@ def _forward(layer: Crop, tools, inputs):
     return _adjust(layer, x[:, dh:dh + layer.crop_height, dw:dw + layer.crop_width])
 
 
-def _onnx(layer: Crop, b, index: int, inputs) -> str:
-    """The centre window as one Slice on H and W, then ``2x - 1``."""
-    _, h, w = b.shape(inputs[0])
-    dh, dw = (h - layer.crop_height) // 2, (w - layer.crop_width) // 2
-    y = b.node("Slice", [inputs[0], b.ints([dh, dw], "starts"),
-                         b.ints([dh + layer.crop_height, dw + layer.crop_width], "ends"),
-                         b.ints([2, 3], "axes")])
-    return y if layer.noadjust else ops.add(b, ops.mul(b, y, 2.0), -1.0)
-
-
 SPEC = KindSpec(
     layer=Crop, sections=("crop",), parse=_parse, write=_write,
     keys={k: inert("(training only)") for k in ("flip", "angle", "saturation", "exposure",
                                                   "shift")},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
     variables=no_variables, channels=pass_through, dropped=_dropped, fold=no_fold,
-    slice=no_slice, forward=_forward, onnx=_onnx,
+    slice=no_slice, forward=_forward,
     describe=lambda layer: f"{layer.crop_height}x{layer.crop_width}")

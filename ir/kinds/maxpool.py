@@ -18,7 +18,6 @@ import numpy as np
 from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
                            ShapeError, KeyRule, equals, inert, no_cost, no_fold, no_slice,
                            no_variables, previous_input, same_layer)
-from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
 
@@ -131,36 +130,8 @@ def _describe(layer: MaxPool) -> str:
     return f"{layer.size}x{layer.size}/{layer.stride}"
 
 
-def _onnx(layer: MaxPool, b, index: int, inputs) -> str:
-    """Spatially: Darknet's pool, ``pad_total`` split ``pad // 2`` before (top/left),
-    the rest after, padded cells never winning -- ONNX MaxPool's ``pads`` mean that;
-    onnxruntime refuses pads as large as the kernel, so those are padded with -inf
-    first. ``maxpool_depth``: channels padded with -inf to a multiple of
-    ``out_channels``, viewed ``(N, k, out_channels, H, W)``, max over k (channel g is
-    the max of ``g, g + out_channels, ...``)."""
-    x = inputs[0]
-    if layer.depth:
-        c, h, w = b.shape(x)
-        oc = layer.out_channels
-        k = -(-c // oc)
-        if k * oc != c:
-            x = b.node("Pad", [x, b.ints([0, 0, 0, 0, 0, k * oc - c, 0, 0], "pads"),
-                               b.const(-np.inf, name="neg_inf")])
-        x = b.node("Reshape", [x, b.ints([0, k, oc, h, w], "shape")])
-        return ops.reduce(b, "ReduceMax", x, [1], keepdims=0)
-    lo = layer.pad_total // 2
-    hi = layer.pad_total - lo
-    k, s = layer.size, layer.stride
-    if max(lo, hi) >= k:
-        x = b.node("Pad", [x, b.ints([0, 0, lo, lo, 0, 0, hi, hi], "pads"),
-                           b.const(-np.inf, name="neg_inf")])
-        lo = hi = 0
-    return b.node("MaxPool", [x], kernel_shape=[k, k], strides=[s, s],
-                  pads=[lo, lo, hi, hi])
-
-
 SPEC = KindSpec(
     layer=MaxPool, sections=("maxpool", "max"), parse=_parse, write=_write, keys=_KEYS,
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
     variables=no_variables, channels=_channels, dropped=_dropped, fold=no_fold,
-    slice=no_slice, forward=_forward, describe=_describe, onnx=_onnx)
+    slice=no_slice, forward=_forward, describe=_describe)

@@ -86,24 +86,9 @@ def _describe(layer: Route) -> str:
     return text + (f" g{layer.group_id}/{layer.groups}" if layer.groups > 1 else "")
 
 
-def _onnx(layer: Route, b, index: int, inputs) -> str:
-    """Concat on channels; with ``groups``, slice ``group_id`` of each input first
-    (CSP / yolov4-tiny). A single whole input is an Identity, so the layer still has
-    its named node."""
-    parts = []
-    for x in inputs:
-        if layer.groups > 1:
-            size = b.shape(x)[0] // layer.groups
-            x = b.slice(x, layer.group_id * size, (layer.group_id + 1) * size, axis=1)
-        parts.append(x)
-    if len(parts) > 1:
-        return b.node("Concat", parts, axis=1)
-    return parts[0] if parts[0] != inputs[0] else b.node("Identity", parts)
-
-
 SPEC = KindSpec(
     layer=Route, sections=("route",), parse=_parse, write=_write,
     keys={"stream": inert("(GPU streams)"), "wait_stream": inert("(GPU streams)")},
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
     cost=no_cost, variables=no_variables, channels=_channels, dropped=_dropped,
-    fold=no_fold, slice=no_slice, forward=_forward, describe=_describe, onnx=_onnx)
+    fold=no_fold, slice=no_slice, forward=_forward, describe=_describe)

@@ -17,7 +17,6 @@ from ir.activations import Activation, activate_xp
 from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
                            ShapeError, no_cost, no_fold, no_slice, no_variables, rel,
                            renumber_inputs)
-from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
 #: Activations `activate_array` has no case for: Darknet outputs 0 after them.
@@ -80,15 +79,9 @@ def _forward(layer: Sam, tools, inputs):
     return tools.activate(layer.activation, inputs[0] * inputs[1])
 
 
-def product_onnx(layer, b, index: int, inputs) -> str:
-    """``inputs[0] · inputs[1]`` (broadcast) then the activation."""
-    return ops.emit_activation(b, layer.activation, b.node("Mul", [inputs[1], inputs[0]]))
-
-
 SPEC = KindSpec(
     layer=Sam, sections=("sam",), parse=_parse, write=_write, keys={},
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
     cost=no_cost, variables=no_variables, channels=_channels, dropped=product_constant,
     fold=no_fold, slice=no_slice, forward=_forward,
-    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=refuse_special,
-    onnx=product_onnx)
+    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=refuse_special)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ir.activations import Activation
 from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError, no_cost,
                            no_fold, no_slice, no_variables, rel, renumber_inputs)
-from ir.kinds.sam import product_constant, product_onnx, refuse_special
+from ir.kinds.sam import product_constant, refuse_special
 from ir.options import SectionReader
 
 
@@ -84,5 +84,4 @@ SPEC = KindSpec(
     cost=no_cost, variables=no_variables, channels=_channels, dropped=product_constant,
     fold=no_fold, slice=no_slice, forward=_forward,
     describe=lambda layer: f"{layer.inputs[1]} x {layer.inputs[0]}"
-    + (" per pixel" if layer.scale_wh else ""), refuse=refuse_special,
-    onnx=product_onnx)
+    + (" per pixel" if layer.scale_wh else ""), refuse=refuse_special)

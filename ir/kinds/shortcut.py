@@ -17,7 +17,6 @@ from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Sh
                            ShapeError, equals, no_cost, no_fold, no_slice, no_variables,
                            rel, renumber_inputs)
 from ir.kinds.base import KeyRule
-from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
 
@@ -96,24 +95,9 @@ def _forward(layer: Shortcut, tools, inputs):
     return tools.activate(layer.activation, out)
 
 
-def _onnx(layer: Shortcut, b, index: int, inputs) -> str:
-    """Darknet's sum over the common channels, keeping the first input's count: a
-    wider addend is sliced, a narrower one zero-padded on the channel axis."""
-    out = inputs[0]
-    channels = b.shape(inputs[0])[0]
-    for x in inputs[1:]:
-        c = b.shape(x)[0]
-        if c > channels:
-            x = b.slice(x, 0, channels, axis=1)
-        elif c < channels:
-            x = b.node("Pad", [x, b.ints([0, 0, 0, 0, 0, channels - c, 0, 0], "pads")])
-        out = b.node("Add", [out, x])
-    return ops.emit_activation(b, layer.activation, out)
-
-
 SPEC = KindSpec(
     layer=Shortcut, sections=("shortcut",), parse=_parse, write=_write, keys=_KEYS,
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
     cost=no_cost, variables=no_variables, channels=_channels, dropped=_dropped,
     fold=no_fold, slice=no_slice, forward=_forward,
-    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=_refuse, onnx=_onnx)
+    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=_refuse)
