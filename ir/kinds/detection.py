@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, inert, no_cost, no_drops,
-                           no_fold, no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import head_channels
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, inert, no_cost,
+                           no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 _TRAINING = ("class_scale", "coord_scale", "forced", "jitter", "max", "noobject_scale",
@@ -126,7 +125,6 @@ SPEC = KindSpec(
     layer=Detection, sections=("detection",), parse=_parse, write=_write,
     keys={k: inert("(training only)") for k in _TRAINING},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=head_channels, dropped=no_drops, fold=no_fold,
-    slice=no_slice, forward=_forward,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: f"side {layer.side}, {layer.num} boxes, {layer.classes} classes",
     decode=_decode, boxes=_boxes, refuse=_refuse)

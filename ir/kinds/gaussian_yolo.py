@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from ir.kinds.base import (KindSpec, Options, fmt, inert, no_cost, no_drops, no_fold,
-                           no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import (TRAINING_KEYS, anchor_boxes, grid_boxes, head_channels,
-                           head_shape, parse_anchors, write_anchors)
+from ir.kinds.base import (KindSpec, Options, fmt, inert, no_cost, no_variables,
+                           previous_input, same_layer)
+from ir.kinds.yolo import (TRAINING_KEYS, anchor_boxes, grid_boxes, head_shape,
+                           parse_anchors, write_anchors)
 from ir.options import SectionReader
 
 _POINTS = ("center", "left_top", "right_bottom")
@@ -101,7 +100,6 @@ SPEC = KindSpec(
     keys={key: inert("(training or post-processing only)") for key in TRAINING_KEYS},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: head_shape(layer, ins, layer.classes + 9), cost=no_cost,
-    variables=no_variables, channels=head_channels, dropped=no_drops, fold=no_fold,
-    slice=no_slice, forward=_forward,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: f"mask {','.join(map(str, layer.mask))}, {layer.classes} classes",
     decode=_decode, boxes=anchor_boxes)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, first_input_const,
-                           no_cost, no_fold, no_slice, no_variables, pass_through,
-                           previous_input, same_layer)
+from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, no_cost,
+                           no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 
@@ -90,6 +88,5 @@ SPEC = KindSpec(
     keys={"stride_x": KeyRule(_same_stride, "the value of stride="),
           "stride_y": KeyRule(_same_stride, "the value of stride=")},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=pass_through, dropped=first_input_const, fold=no_fold,
-    slice=no_slice, forward=_forward,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: f"{layer.size}x{layer.size}/{layer.stride}")

@@ -13,11 +13,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
-                           ShapeError, KeyRule, equals, inert, no_cost, no_fold, no_slice,
-                           no_variables, previous_input, same_layer)
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, KeyRule, equals, inert,
+                           no_cost, no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 
@@ -90,16 +88,6 @@ def _shape(layer: MaxPool, ins: tuple[Shape, ...]) -> Shape:
     return Shape(x.c, h, w)
 
 
-def _channels(layer: MaxPool, ctx: FlowContext) -> Flow:
-    if layer.depth:
-        return ctx.blocked("maxpool", "maxpool_depth=1 takes a max across channels")
-    return Flow(ctx.in_segments[0])
-
-
-def _dropped(layer: MaxPool, ctx: DropContext):
-    return ctx.zeros() if layer.depth else ctx.consts[0]
-
-
 def _forward(layer: MaxPool, tools, inputs):
     xp = tools.xp
     x = inputs[0]
@@ -133,5 +121,4 @@ def _describe(layer: MaxPool) -> str:
 SPEC = KindSpec(
     layer=MaxPool, sections=("maxpool", "max"), parse=_parse, write=_write, keys=_KEYS,
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=_channels, dropped=_dropped, fold=no_fold,
-    slice=no_slice, forward=_forward, describe=_describe)
+    variables=no_variables, forward=_forward, describe=_describe)

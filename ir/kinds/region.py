@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from ir.kinds.base import (KeyRule, KindSpec, Options, inert, no_cost, no_drops, no_fold,
-                           no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import (anchor_boxes, grid_boxes, head_channels, head_shape,
-                           write_anchors)
+from ir.kinds.base import (KeyRule, KindSpec, Options, inert, no_cost, no_variables,
+                           previous_input, same_layer)
+from ir.kinds.yolo import anchor_boxes, grid_boxes, head_shape, write_anchors
 from ir.options import SectionReader
 
 _TRAINING = ("absolute", "bias_match", "class_scale", "classfix", "coord_scale",
@@ -105,8 +103,7 @@ SPEC = KindSpec(
           "map": KeyRule(lambda layer, value: False, "no class map")},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: head_shape(layer, ins, layer.coords + 1 + layer.classes),
-    cost=no_cost, variables=no_variables, channels=head_channels, dropped=no_drops,
-    fold=no_fold, slice=no_slice, forward=_forward,
+    cost=no_cost, variables=no_variables, forward=_forward,
     describe=lambda layer: f"{layer.num} anchors, {layer.classes} classes"
     + (", softmax" if layer.softmax else ""), decode=_decode, boxes=anchor_boxes,
     refuse=_refuse)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.activations import Activation, activate_xp
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
-                           ShapeError, no_cost, no_fold, no_slice, no_variables, rel,
+from ir.activations import Activation
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables, rel,
                            renumber_inputs)
 from ir.options import SectionReader
 
@@ -65,16 +64,6 @@ def _shape(layer: Sam, ins: tuple[Shape, ...]) -> Shape:
     return ins[0]
 
 
-def _channels(layer: Sam, ctx: FlowContext) -> Flow:
-    return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
-
-
-def product_constant(layer, ctx: DropContext):
-    if not any(bool(d.any()) for d in ctx.dropped):
-        return ctx.zeros()
-    return activate_xp(ctx.xp, layer.activation, ctx.consts[0] * ctx.consts[1])
-
-
 def _forward(layer: Sam, tools, inputs):
     return tools.activate(layer.activation, inputs[0] * inputs[1])
 
@@ -82,6 +71,5 @@ def _forward(layer: Sam, tools, inputs):
 SPEC = KindSpec(
     layer=Sam, sections=("sam",), parse=_parse, write=_write, keys={},
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
-    cost=no_cost, variables=no_variables, channels=_channels, dropped=product_constant,
-    fold=no_fold, slice=no_slice, forward=_forward,
+    cost=no_cost, variables=no_variables, forward=_forward,
     describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=refuse_special)

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError, no_cost,
-                           no_fold, no_slice, no_variables, rel, renumber_inputs)
-from ir.kinds.sam import product_constant, refuse_special
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables, rel,
+                           renumber_inputs)
+from ir.kinds.sam import refuse_special
 from ir.options import SectionReader
 
 
@@ -66,14 +66,6 @@ def _shape(layer: ScaleChannels, ins: tuple[Shape, ...]) -> Shape:
     return feature
 
 
-def _channels(layer: ScaleChannels, ctx: FlowContext) -> Flow:
-    scale, feature = ctx.in_segments
-    if layer.scale_wh:
-        return Flow(feature, block=((feature + scale, f"scaled per pixel by [scale_channels] "
-                                                      f"{ctx.where} (scale_wh=1)"),))
-    return Flow(feature, couple=((feature, scale),))
-
-
 def _forward(layer: ScaleChannels, tools, inputs):
     return tools.activate(layer.activation, inputs[1] * inputs[0])
 
@@ -81,7 +73,6 @@ def _forward(layer: ScaleChannels, tools, inputs):
 SPEC = KindSpec(
     layer=ScaleChannels, sections=("scale_channels",), parse=_parse, write=_write, keys={},
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
-    cost=no_cost, variables=no_variables, channels=_channels, dropped=product_constant,
-    fold=no_fold, slice=no_slice, forward=_forward,
+    cost=no_cost, variables=no_variables, forward=_forward,
     describe=lambda layer: f"{layer.inputs[1]} x {layer.inputs[0]}"
     + (" per pixel" if layer.scale_wh else ""), refuse=refuse_special)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (DropContext, KindSpec, Options, Shape, ShapeError, fmt,
-                           no_cost, no_fold, no_slice, no_variables, pass_through,
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, fmt, no_cost, no_variables,
                            previous_input, same_layer)
 from ir.options import SectionReader
 
@@ -54,10 +53,6 @@ def _refuse(layer: Upsample) -> str | None:
     return None
 
 
-def _dropped(layer: Upsample, ctx: DropContext):
-    return ctx.consts[0] * layer.scale
-
-
 def _forward(layer: Upsample, tools, inputs):
     x = inputs[0].repeat(layer.stride, axis=1).repeat(layer.stride, axis=2)
     return x if layer.scale == 1.0 else x * layer.scale
@@ -66,6 +61,5 @@ def _forward(layer: Upsample, tools, inputs):
 SPEC = KindSpec(
     layer=Upsample, sections=("upsample",), parse=_parse, write=_write, keys={},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=pass_through, dropped=_dropped, fold=no_fold,
-    slice=no_slice, forward=_forward, describe=lambda layer: f"x{layer.stride}",
+    variables=no_variables, forward=_forward, describe=lambda layer: f"x{layer.stride}",
     refuse=_refuse)

@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError, fmt,
-                           inert, no_cost, no_drops, no_fold, no_slice, no_variables,
-                           previous_input, same_layer)
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, fmt, inert, no_cost,
+                           no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 #: parse_yolo's keys that only matter for training or post-processing.
@@ -108,11 +107,6 @@ def anchor_boxes(layer, shape: Shape) -> int:
     return len(layer.mask) * shape.h * shape.w
 
 
-def head_channels(layer, ctx: FlowContext) -> Flow:
-    return Flow(ctx.in_segments[0], block=((ctx.in_segments[0],
-                                            f"feeds [{layer.kind}] {ctx.where}"),))
-
-
 def _xy(xp, t, s: float):
     return t * s - (s - 1) / 2
 
@@ -163,8 +157,7 @@ SPEC = KindSpec(
     keys={key: inert("(training or post-processing only)") for key in TRAINING_KEYS},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: head_shape(layer, ins, layer.classes + 5), cost=no_cost,
-    variables=no_variables, channels=head_channels, dropped=no_drops, fold=no_fold,
-    slice=no_slice, forward=_forward,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: (f"mask {','.join(map(str, layer.mask))}, {layer.classes} "
                             "classes" + (", new_coords" if layer.new_coords else "")),
     decode=_decode, boxes=anchor_boxes)
