@@ -9,10 +9,6 @@ darkslim refuses them here). The default activation is the logistic.
 Variables: ``dense/kernel`` ``(C·H·W, output)`` with rows in NCHW order, ``dense/bias``
 or ``bn``. In ``.weights``: biases, weights ``(output, inputs)``, then (BN) scales,
 rolling mean, rolling variance -- the BN values come after the weights, unlike a conv.
-
-Pruning: the input columns of a dropped input channel go (``H·W`` rows each), and what
-the channel emitted is folded into the bias or BN mean; with BatchNorm its own outputs
-are ranked by |γ| like a conv's.
 """
 
 from __future__ import annotations

@@ -98,18 +98,16 @@ def _forward(layer: MaxPool, tools, inputs):
     lo = layer.pad_total // 2
     hi = layer.pad_total - lo
     x = xp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)), constant_values=-xp.inf)
-    # Max is separable: rows, then columns, each the max of `size` strided slices.
+    # Max is separable: rows, then columns, each the max of `size` strided views.
     # Same values as a 2-D window, and its gradient is ~20x cheaper on the CPU than
     # XLA's select-and-scatter (the demo's train step: 194 -> 140 ms).
-    for axis in (1, 2):
-        out = (x.shape[axis] - layer.size) // layer.stride + 1
-        parts = []
-        for d in range(layer.size):
-            index = [slice(None)] * 4
-            index[axis] = slice(d, d + layer.stride * (out - 1) + 1, layer.stride)
-            parts.append(x[tuple(index)])
-        x = functools.reduce(xp.maximum, parts)
-    return x
+    s = layer.stride
+    rows = (x.shape[1] - layer.size) // s + 1
+    x = functools.reduce(xp.maximum, [x[:, d:d + s * (rows - 1) + 1:s]
+                                      for d in range(layer.size)])
+    cols = (x.shape[2] - layer.size) // s + 1
+    return functools.reduce(xp.maximum, [x[:, :, d:d + s * (cols - 1) + 1:s]
+                                         for d in range(layer.size)])
 
 
 def _describe(layer: MaxPool) -> str:

@@ -1,8 +1,8 @@
-"""``[route]``: channel concatenation of ``layers=``; with ``groups``, slice
-``group_id`` of each input (CSP nets, yolov4-tiny).
+"""``[route]``: channel concatenation of ``layers=``; with ``groups``, part
+``group_id`` of each input's channels (CSP nets, yolov4-tiny).
 
 Darknet: ``parse_route``, ``forward_route_layer``: every input is split into ``groups``
-equal channel slices and slice ``group_id`` of each is copied out, in order.
+equal channel parts and part ``group_id`` of each is copied out, in order.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ir.options import SectionReader
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
-    """``[route]``: channel concat of ``inputs``, optionally one of ``groups`` slices."""
+    """``[route]``: channel concat of ``inputs``, optionally one of ``groups`` parts."""
 
     inputs: tuple[int, ...]
     groups: int = 1

@@ -4,9 +4,6 @@ the ``from=`` layer (YOLOv4's modified SAM).
 Darknet: ``parse_sam``, ``forward_sam_layer``: ``out = prev · from`` (same shapes),
 then ``activate_array`` (no case for swish, mish, ...: Darknet outputs 0, darkslim
 refuses them). The sigmoid of SAM is the conv before it.
-
-Pruning: a product couples the two channel spaces (they must drop the same channels);
-a dropped channel emits ``act(k_prev · k_from)``.
 """
 
 from __future__ import annotations

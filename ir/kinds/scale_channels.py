@@ -5,10 +5,6 @@ Darknet: ``parse_scale_channels``, ``forward_scale_channels_layer``: with
 ``scale_wh=0`` the previous layer is ``C×1×1`` and ``out[c] = from[c] · prev[c]``; with
 ``scale_wh=1`` it is ``1×H×W`` and ``out[c, y, x] = from[c, y, x] · prev[y, x]``. Then
 ``activate_array``. The output has the ``from`` layer's shape.
-
-Pruning: per-channel scaling couples the feature and the scale channel spaces; a
-per-pixel scale makes a dropped channel's output vary over the image, so the feature
-space is kept whole.
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def _decode(layer: Yolo, xp, head, input_hw):
         wh = (2.0 * p[..., 2:4]) ** 2 * anchor_wh
         rest = p[..., 4:]
     else:
-        sig = lambda v: 0.5 * (1.0 + xp.tanh(0.5 * v))  # noqa: E731  (overflow-free)
+        sig = lambda v: 0.5 * (1.0 + xp.tanh(0.5 * v))  # noqa: E731  (finite for any v)
         xy = _xy(xp, sig(p[..., :2]), layer.scale_x_y)
         wh = xp.exp(p[..., 2:4]) * anchor_wh
         rest = sig(p[..., 4:])

@@ -4,10 +4,15 @@ dropped channel becomes after it, and how its variables fold and slice.
 `PASS_RULES` maps every kind of `ir.KINDS` to a `PassRule` (`passes.rules.weighted`
 for the kinds with variables, the rest below) or to an `ir.Refusal`; `ir.check_table`
 raises at import when a kind is missing. A refused kind blocks every channel it reads
-(fail closed: `pass_rule` turns the refusal into `passes.rules.flow.refused`), so an
+(fail closed: `pass_rule` turns the refusal into `passes.rules.flow.blocking`), so an
 unknown layer can never be pruned through. The prunability analysis
 (`passes.analysis`) and the masks' transforms (`passes.fold`) dispatch through
 `pass_rule`.
+
+Products: ``[sam]`` couples its two channel spaces (they must drop the same channels)
+and a dropped channel emits ``act(k_prev · k_from)``; ``[scale_channels]`` couples the
+feature and the scale spaces, but a per-pixel scale (``scale_wh=1``) makes a dropped
+channel's output vary over the image, so the feature space is kept whole.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from ir.activations import activate_xp
 from ir.kinds.crop import adjust
 from ir.kinds.route import take_group
 from passes.rules.flow import (IMAGE, DropContext, Flow, FlowContext, PassRule, Segment,
-                               Segments, first_input_const, no_drops, opaque, pass_through,
-                               refused, slice_segments)
+                               Segments, blocking, first_input_const, no_drops, opaque,
+                               pass_through, slice_segments)
 from passes.rules.weighted import CONNECTED, CONV
 
 
@@ -83,12 +88,6 @@ def _scale_channels_channels(layer: ir.ScaleChannels, ctx: FlowContext) -> Flow:
     return Flow(feature, couple=((feature, scale),))
 
 
-def _blocked(why: str) -> PassRule:
-    """A kind the passes handle by keeping every channel it reads."""
-    return PassRule(channels=lambda layer, ctx: ctx.blocked(layer.kind, why),
-                    dropped=no_drops)
-
-
 _PASS_THROUGH = PassRule(channels=pass_through, dropped=first_input_const)
 _HEAD = PassRule(channels=_head_channels, dropped=no_drops)
 
@@ -104,12 +103,12 @@ PASS_RULES: ir.RuleTable[PassRule] = ir.check_table("passes", {
     ir.Region: _HEAD,
     ir.Sam: PassRule(channels=_product_channels, dropped=_product_dropped),
     ir.ScaleChannels: PassRule(channels=_scale_channels_channels, dropped=_product_dropped),
-    ir.Reorg3d: _blocked("moves channels across positions"),
-    ir.Reorg: _blocked("moves channels across positions"),
+    ir.Reorg3d: blocking("moves channels across positions"),
+    ir.Reorg: blocking("moves channels across positions"),
     ir.AvgPool: _PASS_THROUGH,
     ir.LocalAvgPool: _PASS_THROUGH,
     ir.Dropout: _PASS_THROUGH,
-    ir.Softmax: _blocked("normalises across channels"),
+    ir.Softmax: blocking("normalises across channels"),
     ir.Connected: CONNECTED,
     ir.Cost: _PASS_THROUGH,
     ir.Crop: PassRule(channels=pass_through,
@@ -122,7 +121,7 @@ PASS_RULES: ir.RuleTable[PassRule] = ir.check_table("passes", {
 def pass_rule(layer) -> PassRule:
     """The passes' rule for ``layer``'s kind; a refused kind blocks what it reads."""
     entry = PASS_RULES.of(layer)
-    return refused(entry.reason) if isinstance(entry, ir.Refusal) else entry
+    return blocking(entry.reason) if isinstance(entry, ir.Refusal) else entry
 
 
 __all__ = ["IMAGE", "PASS_RULES", "DropContext", "Flow", "FlowContext", "PassRule",

@@ -161,13 +161,15 @@ class PassRule:
     slice: Callable[..., tuple[Any, dict]] = no_slice
 
 
-def refused(reason: str) -> PassRule:
-    """The rule of a kind the passes refuse: it blocks every channel it reads (fail
-    closed), so nothing dropped reaches it and it has nothing to fold or slice."""
-    return PassRule(channels=lambda layer, ctx: ctx.blocked(layer.kind, reason),
-                    dropped=no_drops)
+def blocking(reason: str) -> PassRule:
+    """The rule of a kind that keeps every channel it reads (``read by [kind] layer i
+    (cfg line n): reason``), so nothing dropped reaches it and it has nothing to fold
+    or slice: a kind the passes refuse, or one that mixes channels."""
+    def blocked(layer, ctx: FlowContext) -> Flow:
+        return ctx.blocked(layer.kind, reason)
+    return PassRule(channels=blocked, dropped=no_drops)
 
 
 __all__ = ["DropContext", "Flow", "FlowContext", "IMAGE", "PassRule", "Segment",
            "Segments", "first_input_const", "no_drops", "no_fold", "no_slice", "opaque",
-           "pass_through", "refused", "slice_segments"]
+           "pass_through", "blocking", "slice_segments"]

@@ -7,6 +7,10 @@ a ``share_index`` conv blocks both convs sharing the kernel. Dropped: a pruned B
 channel emits ``act(β)``. Fold: a consumer absorbs what its dropped inputs emitted
 into its BN running mean or its bias, and its own dropped outputs get γ = β = 0.
 Slice: the kernel, BN and bias lose the dropped rows and columns.
+
+A ``[connected]`` loses the input rows of a dropped input channel (``H·W`` rows each,
+NCHW order), and what the channel emitted is folded into its bias or BN mean; with
+BatchNorm its own outputs are ranked by |γ| like a conv's.
 """
 
 from __future__ import annotations
