@@ -11,10 +11,11 @@ sections it does not execute, and the weighted ones among them are refused by
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ir
-from ir.kinds.connected import KERNEL as DENSE_KERNEL, BIAS as DENSE_BIAS
+from ir.kinds.connected import BIAS as DENSE_BIAS
+from ir.kinds.connected import KERNEL as DENSE_KERNEL
 from ir.kinds.conv import BETA, BIAS, GAMMA, KERNEL, MEAN, VAR
 
 Leaf = tuple[str, str, str]

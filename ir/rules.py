@@ -42,7 +42,7 @@ class Refusal:
 class RuleTable(Mapping, Generic[R]):
     """A consumer's checked, read-only table ``{layer class: rule or Refusal}``."""
 
-    __slots__ = ("consumer", "_rules")
+    __slots__ = ("_rules", "consumer")
 
     def __init__(self, consumer: str, rules: Mapping[type, R | Refusal]):
         self.consumer = consumer

@@ -12,7 +12,7 @@ cannot reach the exporter without an explicit entry. A refused kind is an
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ir
 from export.rules import heads, layers
@@ -43,4 +43,4 @@ ONNX_RULES: ir.RuleTable[EmitRule] = ir.check_table("onnx export", {
     ir.Section: ir.Refusal("darkslim does not execute it"),
 })
 
-__all__ = ["EmitRule", "ONNX_RULES"]
+__all__ = ["ONNX_RULES", "EmitRule"]

@@ -129,7 +129,7 @@ def local_avgpool(layer: ir.LocalAvgPool, b, index: int, inputs) -> str:
     """Zero Pad, AveragePool (the window sum / size²), times size² / the number of
     in-image taps of each window (a constant map, the same
     `ir.kinds.local_avgpool.windows` on ones)."""
-    c, h, w = b.shape(inputs[0])
+    _, h, w = b.shape(inputs[0])
     lo = layer.pad_total // 2
     hi = layer.pad_total - lo
     x = inputs[0]

@@ -13,12 +13,11 @@ writes the grid decode every detection head shares (`ir.kinds.yolo.grid_boxes`).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ir.activations import Activation
-
 
 # ------------------------------------------------------------------- small helpers
 

@@ -21,9 +21,21 @@ import ir
 from ir.activations import activate_xp
 from ir.kinds.crop import adjust
 from ir.kinds.route import take_group
-from passes.rules.flow import (IMAGE, DropContext, Flow, FlowContext, PassRule, Segment,
-                               Segments, blocking, first_input_const, no_drops, opaque,
-                               pass_through, slice_segments)
+from passes.rules.flow import (
+    IMAGE,
+    DropContext,
+    Flow,
+    FlowContext,
+    PassRule,
+    Segment,
+    Segments,
+    blocking,
+    first_input_const,
+    no_drops,
+    opaque,
+    pass_through,
+    slice_segments,
+)
 from passes.rules.weighted import CONNECTED, CONV
 
 
@@ -83,8 +95,8 @@ def _product_dropped(layer, ctx: DropContext):
 def _scale_channels_channels(layer: ir.ScaleChannels, ctx: FlowContext) -> Flow:
     scale, feature = ctx.in_segments
     if layer.scale_wh:
-        return Flow(feature, block=((feature + scale, f"scaled per pixel by [scale_channels] "
-                                                      f"{ctx.where} (scale_wh=1)"),))
+        why = f"scaled per pixel by [scale_channels] {ctx.where} (scale_wh=1)"
+        return Flow(feature, block=((feature + scale, why),))
     return Flow(feature, couple=((feature, scale),))
 
 

@@ -11,8 +11,9 @@ inputs and lose dropped channels.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from ir.shapes import Shape
 
@@ -170,6 +171,20 @@ def blocking(reason: str) -> PassRule:
     return PassRule(channels=blocked, dropped=no_drops)
 
 
-__all__ = ["DropContext", "Flow", "FlowContext", "IMAGE", "PassRule", "Segment",
-           "Segments", "first_input_const", "no_drops", "no_fold", "no_slice", "opaque",
-           "pass_through", "blocking", "slice_segments"]
+__all__ = [
+    "IMAGE",
+    "DropContext",
+    "Flow",
+    "FlowContext",
+    "PassRule",
+    "Segment",
+    "Segments",
+    "blocking",
+    "first_input_const",
+    "no_drops",
+    "no_fold",
+    "no_slice",
+    "opaque",
+    "pass_through",
+    "slice_segments",
+]

@@ -21,7 +21,8 @@ import numpy as np
 
 import ir
 from ir.activations import activate_xp
-from ir.kinds.connected import BIAS as DENSE_BIAS, KERNEL as DENSE_KERNEL
+from ir.kinds.connected import BIAS as DENSE_BIAS
+from ir.kinds.connected import KERNEL as DENSE_KERNEL
 from ir.kinds.conv import BETA, BIAS, GAMMA, KERNEL, MEAN, VAR
 from passes.rules.flow import DropContext, Flow, FlowContext, PassRule, Segment
 
