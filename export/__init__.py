@@ -1,5 +1,5 @@
-"""ONNX export: a backend of the IR, one emit rule per layer kind (``KindSpec.onnx``,
-written beside the kind's other rules in ``ir.kinds``).
+"""ONNX export: a backend of the IR, one emit rule per layer kind in its own checked
+table (`export.rules.ONNX_RULES`, beside this code; `ir.check_table`).
 
 `export_onnx(graph, variables, ExportOptions(...))` returns an ``onnx.ModelProto``;
 `export.runtimes` runs one with onnxruntime or OpenVINO and times it. ``onnx``,

@@ -1,9 +1,9 @@
 """`OnnxBuilder`: the small object the per-kind emit rules write an ONNX graph through.
 
-The rules (``KindSpec.onnx`` in ``ir.kinds``) never import ``onnx``: they call ``b.node``,
-``b.const``, ``b.params``, ``b.shape`` and friends, and this class turns those calls
-into ``onnx.helper`` nodes and ``numpy_helper`` initializers. That keeps each rule a
-plain function of numpy that lives beside its layer kind's other rules.
+The rules (`export.rules`) never import ``onnx``: they call ``b.node``, ``b.const``,
+``b.params``, ``b.shape`` and friends, and this class turns those calls into
+``onnx.helper`` nodes and ``numpy_helper`` initializers. That keeps each rule a plain
+function of numpy, in the exporter's own rule table.
 
 Names: the driver opens a group per layer with `OnnxBuilder.begin` (``layer_7_convolutional``);
 every node and constant made until the next ``begin`` is named ``layer_7_convolutional/<Op>``

@@ -2,7 +2,7 @@
 
 The driver is an interpreter like the runtime's: it walks the layers in order, keeps
 each layer's output tensor name in an environment keyed by layer index (``-1`` is the
-image) and dispatches each layer to its kind's emit rule, ``ir.spec_of(layer).onnx``.
+image) and dispatches each layer to its kind's emit rule in `export.rules.ONNX_RULES`.
 Then it names the outputs, as `runtime.model.collect_outputs` defines them:
 
 - ``head_0``, ``head_1``, ...: the raw NCHW map feeding each detection layer
@@ -25,6 +25,7 @@ import numpy as np
 import ir
 import passes
 from export.builder import OnnxBuilder, live_nodes, tensor_type
+from export.rules import ONNX_RULES
 
 
 class ExportError(ir.CfgError):
@@ -81,10 +82,11 @@ def check_exportable(graph: ir.Graph) -> None:
             what = f" {reason}" if reason else ""
             raise ExportError(f"(layer {index}){what} not supported: cannot export it",
                               **where)
-        if ir.spec_of(layer).onnx is None:
-            exportable = sorted(s.name for s in ir.KINDS if s.onnx is not None)
-            raise ExportError(f"(layer {index}): no ONNX emit rule for this layer kind "
-                              f"(exportable: {', '.join(exportable)})", **where)
+        refused = ONNX_RULES.refusal(layer)
+        if refused is not None:
+            exportable = sorted(s.name for s in ONNX_RULES.handled())
+            raise ExportError(f"(layer {index}): no ONNX emit rule for this layer kind, "
+                              f"{refused} (exportable: {', '.join(exportable)})", **where)
 
 
 def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptions()):
@@ -119,7 +121,7 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
     for index, layer in enumerate(graph.layers):
         b.begin(index, layer.kind)
         inputs = [env[j] for j in ir.layer_inputs(graph, index)]
-        env[index] = ir.spec_of(layer).onnx(layer, b, index, inputs)
+        env[index] = ONNX_RULES.of(layer)(layer, b, index, inputs)
         b.set_shape(env[index], shapes[index])
 
     batch = "N" if options.dynamic_batch else options.batch

@@ -28,6 +28,7 @@ import numpy as np
 
 import ir
 from frontends._atomic import write_chunks
+from frontends.weights_order import file_order
 from frontends.errors import WeightsError
 from frontends.variables import (LoadedWeights, Variables, check_variables,
                                  default_variables, layer_key, unsupported_weighted_layers,
@@ -169,7 +170,7 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
             raise WeightsError(f"{source}: byte offset {header.size + 4 * pos}: "
                                f"{where(graph, index)} holds weights darkslim cannot read "
                                "yet")
-        order = ir.spec_of(layer).weights_file(layer)
+        order = file_order(layer)
         if not order:
             continue
         leaf_shapes = shapes[index]
@@ -218,7 +219,7 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
 def weighted_layers(graph: ir.Graph) -> tuple[int, ...]:
     """Indices of the layers that hold weights in a ``.weights`` file, in file order."""
     return tuple(i for i, layer in enumerate(graph.layers)
-                 if ir.spec_of(layer).weights_file(layer))
+                 if file_order(layer))
 
 
 def _from_file(flat: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndarray:
@@ -251,7 +252,7 @@ def darknet_chunks(graph: ir.Graph, variables: Variables,
     for index in weighted_layers(graph):
         layer = graph.layers[index]
         key = layer_key(index)
-        for (collection, part, name), layout in ir.spec_of(layer).weights_file(layer):
+        for (collection, part, name), layout in file_order(layer):
             # HWIO -> OIHW; for kernels read by `read_darknet` this is the original buffer.
             yield _to_file(variables[collection][key][part][name], layout)
 

@@ -14,6 +14,7 @@ from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Detection, Dropout,
                        ScaleChannels, Section, Shortcut, Softmax, Upsample, Yolo, consumers,
                        layer_inputs, layer_refs)
 from ir.resize import narrow, with_input_size
+from ir.rules import Refusal, RuleTable, check_table
 from ir.shapes import Shape, input_shape, verify
 from ir.variables import check_variables, expected_shapes, init_variables, layer_key
 
@@ -21,9 +22,9 @@ __all__ = [
     "AvgPool", "Connected", "Cost", "Crop", "Detection", "Dropout", "GaussianYolo", "LocalAvgPool", "Region",
     "Reorg", "Reorg3d", "Sam", "ScaleChannels", "Softmax",
     "Activation", "CfgError", "Conv", "KINDS", "KindSpec", "Graph", "Layer", "LayerCost",
-    "MaxPool", "Route", "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables",
+    "MaxPool", "Refusal", "Route", "RuleTable", "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables",
     "consumers", "count_flops", "count_params", "expected_shapes", "init_variables",
     "input_shape", "layer_costs", "layer_inputs", "layer_key", "layer_refs", "narrow", "parse_cfg",
-    "spec_of", "unsupported_reason", "variables_owner", "verify",
+    "check_table", "spec_of", "unsupported_reason", "variables_owner", "verify",
     "with_input_size", "write_cfg",
 ]

@@ -1,6 +1,6 @@
 """Layer dataclasses and the `Graph` that holds them.
 
-Layer kinds live in `ir.kinds`, one module each (dataclass and every rule); they are
+Layer kinds live in `ir.kinds`, one module each (dataclass and what the kind is); they are
 re-exported here. Every layer is a frozen, slotted, keyword-only dataclass of ints, floats, strings,
 enums and tuples, so graphs are hashable and can be static arguments of `jax.jit`.
 References to other layers are absolute indices, resolved once at parse time.

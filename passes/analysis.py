@@ -2,7 +2,7 @@
 
 Every tensor in the graph is described as a concatenation of *segments*, each a channel
 range of some *space*: the output channels of one conv (its index), the image (-1) or
-an opaque tensor. Each layer kind's channel rule (`ir.kinds`, ``KindSpec.channels``)
+an opaque tensor. Each layer kind's channel rule (`passes.rules.PASS_RULES`)
 says how: `[route]` concatenates segments, `[route] groups` slices them (and asks for
 group-balanced masks), `[upsample]` and `[maxpool]` pass them through. Element-wise
 combinations (`[shortcut]`, `[sam]`, `[scale_channels]`, a depthwise conv) *couple* the
@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal
 
-from ir import Conv, Graph, Layer, layer_inputs, spec_of, unsupported_reason
-from ir.kinds.base import IMAGE, Flow, FlowContext, Segment, Segments
+from ir import Conv, Graph, Layer, layer_inputs, unsupported_reason
 from ir.shapes import input_shape, verify
 from passes.errors import PruneError
+from passes.rules import IMAGE, Flow, FlowContext, Segment, Segments, pass_rule
 
 Mode = Literal["regular", "shortcut"]
 
@@ -39,7 +39,7 @@ def _flows(graph: Graph) -> tuple[tuple[Segments, ...], tuple[Flow, ...]]:
             in_shapes=tuple(input_shape(graph) if j < 0 else shapes[j] for j in inputs),
             out_shape=shapes[i], where=f"layer {i} (cfg line {layer.line})",
             earlier=tuple(segments))
-        flow = spec_of(layer).channels(layer, ctx)
+        flow = pass_rule(layer).channels(layer, ctx)
         reason = unsupported_reason(layer)
         if reason is not None:  # fail closed: nothing flows through what is not described
             why = f"read by [{layer.kind}] {ctx.where}, " + (

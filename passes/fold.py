@@ -3,7 +3,7 @@
 Folding, in one paragraph. With γ_c = 0 a BN conv's channel c emits the constant
 ``act(β_c)`` everywhere. That constant travels through ``[route]`` (concat),
 ``[upsample]`` and ``[maxpool]`` unchanged and through ``[shortcut]`` as
-``act_s(Σ inputs)``: each kind's ``dropped`` rule (`ir.kinds`) says what it becomes. A consumer conv reading it adds ``Σ_{kh,kw} W[kh, kw, c, o] · K_c``
+``act_s(Σ inputs)``: each kind's ``dropped`` rule (`passes.rules`) says what it becomes. A consumer conv reading it adds ``Σ_{kh,kw} W[kh, kw, c, o] · K_c``
 to output o, which it can absorb: subtracted from its BN running mean, or added to its
 conv bias. This is exact for 1×1 consumers and away from the zero-padded border of k×k
 consumers (at the border part of the window reads padding, not the constant).
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ir import Graph, layer_inputs, spec_of
-from ir.kinds.base import DropContext
+from ir import Graph, layer_inputs
 from ir.shapes import verify
 from passes import tree
 from passes.analysis import channel_segments
 from passes.arrays import namespace
 from passes.masks import ChannelMasks, check_masks
+from passes.rules import DropContext, pass_rule
 
 
 def tensor_keeps(graph: Graph, masks: ChannelMasks) -> tuple[np.ndarray, ...]:
@@ -50,7 +50,7 @@ def _dropped_constants(graph: Graph, variables, masks: ChannelMasks, keeps, xp):
             dropped=tuple(no_drop if j < 0 else ~keeps[j] for j in inputs),
             out_shape=shapes[i], own_keep=by_space.get(i),
             params=tree.leaves_of(variables, i))
-        const = spec_of(layer).dropped(layer, ctx)
+        const = pass_rule(layer).dropped(layer, ctx)
         consts.append(xp.where(xp.asarray(keeps[i]), 0.0, const))
     return consts
 
@@ -115,9 +115,9 @@ class FoldPrunedBias:
             leaves = tree.leaves_of(variables, i)
             if not leaves:
                 continue
-            new = spec_of(layer).fold(layer, xp, leaves, _input_of(graph, i, consts, None),
-                                      _input_of(graph, i, keeps, None), by_space.get(i),
-                                      self.zero_dropped_inputs)
+            new = pass_rule(layer).fold(layer, xp, leaves, _input_of(graph, i, consts, None),
+                                       _input_of(graph, i, keeps, None), by_space.get(i),
+                                       self.zero_dropped_inputs)
             updates.update({(i, leaf): value for leaf, value in new.items()})
         return graph, tree.with_updates(variables, updates)
 
@@ -145,8 +145,9 @@ class SliceChannels:
             leaves = tree.leaves_of(variables, i)
             if not leaves:
                 continue
-            new_layer, new = spec_of(layer).slice(layer, namespace(*leaves.values()), leaves,
-                                                  _input_of(graph, i, keeps, image), keeps[i])
+            new_layer, new = pass_rule(layer).slice(layer, namespace(*leaves.values()), leaves,
+                                                    _input_of(graph, i, keeps, image),
+                                                    keeps[i])
             layers[i] = new_layer
             updates.update({(i, leaf): value for leaf, value in new.items()})
         return graph.replace_layers(layers), tree.with_updates(variables, updates)

@@ -11,7 +11,6 @@ of their scale (`tests.test_export.check_parity`).
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ import ir
 import passes
 from darkslim.testing import random_variables
 from export import ExportError, ExportOptions, export_onnx
+from export.rules import ONNX_RULES
 from tests.test_export import check_parity
 
 NET = "[net]\nwidth={size}\nheight={size}\nchannels=3\n"
@@ -157,8 +157,7 @@ def kind_variables(graph: ir.Graph, seed: int, sparsity: float = 0.0) -> dict:
 def test_nets_cover_every_kind_and_activation():
     kinds = {type(layer) for name in NETS for layer in network(name).layers}
     # YOLOv1's [detection] is exported and checked in tests/test_detection_kind.py
-    assert kinds | {ir.Detection} == {spec.layer for spec in ir.KINDS
-                                       if spec.onnx is not None}
+    assert kinds | {ir.Detection} == {spec.layer for spec in ONNX_RULES.handled()}
     activations = {layer.activation for layer in network("activations").layers
                    if hasattr(layer, "activation")}
     assert activations == set(ir.Activation)
@@ -249,8 +248,10 @@ def test_unsupported_layer_is_refused_by_the_exporter_naming_its_line():
 
 def test_a_kind_without_an_emit_rule_names_its_cfg_line(monkeypatch):
     graph = network("local-avgpool")
-    spec = ir.spec_of(graph.layers[1])
-    monkeypatch.setitem(ir.kinds._BY_TYPE, spec.layer, dataclasses.replace(spec, onnx=None))
+    refused = ir.check_table("onnx export", {
+        **ONNX_RULES, ir.LocalAvgPool: ir.Refusal("no rule written yet")})
+    monkeypatch.setattr("export.driver.ONNX_RULES", refused)
     with pytest.raises(ExportError, match=r"<text>:\d+: \[local_avgpool\] \(layer 1\): "
-                                          r"no ONNX emit rule"):
+                                          r"no ONNX emit rule for this layer kind, no rule "
+                                          r"written yet"):
         export_onnx(graph, kind_variables(graph, 0))

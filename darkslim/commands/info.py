@@ -26,7 +26,7 @@ def _describe(layer: ir.Layer) -> str:
 
 
 #: (text in the full reason, the table's words), the first match wins: the specific
-#: reasons the kinds' channel rules (`ir.kinds`) and the analysis give, then the
+#: reasons the kinds' channel rules (`passes.rules`) and the analysis give, then the
 #: catch-alls.
 _SHORT = (("feeds [yolo]", "feeds yolo"), ("feeds [Gaussian_yolo]", "feeds Gaussian_yolo"),
           ("feeds [region]", "feeds region"), ("no BatchNorm", "no BN"),

@@ -1,10 +1,12 @@
 """The registry of layer kinds: one `KindSpec` per Darknet section kind.
 
-Adding a kind is one module here (its dataclass and every rule, see `ir.kinds.base`)
-plus one line in `KINDS`. At import the registry checks that every spec has every
-rule and that section names are unique, so an incomplete kind fails at import rather
-than silently at use. Whatever has no spec of its own is an `ir.Section` (fail closed:
-kept, shaped where possible, never executed or pruned through).
+Adding a kind is one module here (its dataclass and every rule of what it is, see
+`ir.kinds.base`) plus one line in `KINDS`, and one checked entry in each consumer's
+table (`ir.check_table`; docs/extending.md lists them). At import the registry checks
+that every spec has every rule and that section names are unique, so an incomplete
+kind fails at import rather than silently at use. Whatever has no spec of its own is
+an `ir.Section` (fail closed: kept, shaped where possible, never executed, and refused
+by every consumer).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ KINDS: tuple[KindSpec, ...] = (
     reorg.REORG, avgpool.SPEC, local_avgpool.SPEC, dropout.SPEC, softmax.SPEC,
     connected.SPEC, cost.SPEC, crop.SPEC, detection.SPEC, section.SPEC)
 
-_OPTIONAL = frozenset({"decode", "boxes", "onnx"})
+_OPTIONAL = frozenset({"decode", "boxes"})
 
 
 def _check(kinds: tuple[KindSpec, ...]) -> tuple[dict[type, KindSpec], dict[str, KindSpec]]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, Shape, first_input_const, no_cost, no_fold,
-                           no_slice, no_variables, pass_through, previous_input, same_layer)
+from ir.kinds.base import (KindSpec, Options, Shape, no_cost, no_variables, previous_input,
+                           same_layer)
 from ir.options import SectionReader
 
 
@@ -33,7 +33,5 @@ SPEC = KindSpec(
     write=lambda layer, index: [], keys={},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: Shape(ins[0].c, 1, 1), cost=no_cost, variables=no_variables,
-    channels=pass_through, dropped=first_input_const, fold=no_fold, slice=no_slice,
     forward=lambda layer, tools, inputs: inputs[0].mean(axis=(1, 2), keepdims=True),
-    describe=lambda layer: "global",
-    onnx=lambda layer, b, index, inputs: b.node("GlobalAveragePool", inputs[:1]))
+    describe=lambda layer: "global")

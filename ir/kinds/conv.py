@@ -12,13 +12,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from ir.activations import Activation
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, KeyRule, Options,
-                           Segment, Shape, ShapeError, equals, inert, previous_input,
-                           variables_owner)
-from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, equals, inert,
+                           previous_input)
 from ir.options import SectionReader
 
 KERNEL = ("params", "conv", "kernel")
@@ -148,114 +145,6 @@ def _variables(layer: Conv, ins) -> dict:
     return {"params": {"conv": {"kernel": kernel, "bias": (f,)}}}
 
 
-def _channels(layer: Conv, ctx: FlowContext) -> Flow:
-    own = ctx.own(layer.filters)
-    if layer.share is not None:
-        # One kernel serves both convs: neither may lose input or output channels.
-        why = f"shares its weights with layer {layer.share} ({ctx.where}: share_index)"
-        owner = (Segment(layer.share, 0, layer.filters),)
-        owner_in = ctx.earlier[layer.share - 1] if layer.share > 0 else ()
-        return Flow(own, block=((ctx.in_segments[0] + owner + owner_in, why),), own=why)
-    why = None if layer.batch_normalize else "no BatchNorm: no γ to rank its channels by"
-    if layer.activation.across_channels:
-        why = f"activation={layer.activation.value} normalises across channels"
-    if layer.groups == 1:
-        return Flow(own, own=why)
-    source = ctx.in_segments[0]
-    if layer.groups == ctx.in_shapes[0].c == layer.filters:
-        # Depthwise: input channel c feeds output c only, so the two move together.
-        return Flow(own, couple=((source, own),), own=why)
-    why = f"grouped conv {ctx.where} (groups={layer.groups}) is not depthwise"
-    return Flow(own, block=((source, why),), own=why)
-
-
-def _dropped(layer: Conv, ctx: DropContext):
-    if ctx.own_keep is None or not layer.batch_normalize:
-        return ctx.zeros()
-    from ir.activations import activate_xp
-    return activate_xp(ctx.xp, layer.activation, ctx.params[BETA])
-
-
-def _grouped_offset(xp, kernel, const, groups: int):
-    """``Σ_{kh,kw,c} W[kh, kw, c, o] · const[c]`` for a (grouped) HWIO kernel."""
-    per_group_in, out = kernel.shape[2], kernel.shape[3]
-    oihw = kernel.transpose(3, 2, 0, 1)
-    if xp is np and groups == 1 and oihw.flags.c_contiguous:
-        # A file's OIHW buffer: one matrix-vector product reads it once, in memory
-        # order (yolov3: 0.15 s for the reductions below, 0.03 s this way).
-        taps = kernel.shape[0] * kernel.shape[1]
-        return oihw.reshape(out, -1) @ np.repeat(np.asarray(const, kernel.dtype), taps)
-    summed = kernel.sum(axis=(0, 1)).reshape(per_group_in, groups, out // groups)
-    const = xp.asarray(const, summed.dtype).reshape(groups, per_group_in)
-    return xp.einsum("jgo,gj->go", summed, const).reshape(out)
-
-
-def fold_consumer(xp, leaves, offset, batch_normalize: bool) -> dict:
-    """A consumer absorbs ``offset`` (what dropped inputs added to each output): into
-    its BN running mean (subtracted) or its bias (added)."""
-    if batch_normalize:
-        return {MEAN: leaves[MEAN] - offset}
-    bias = BIAS if BIAS in leaves else ("params", "dense", "bias")
-    return {bias: leaves[bias] + offset}
-
-
-def zero_dropped_outputs(xp, leaves, own_keep) -> dict:
-    """γ and β of dropped output channels set to 0 (their BN then emits exactly 0)."""
-    keep = xp.asarray(own_keep)
-    return {leaf: xp.where(keep, leaves[leaf], 0.0) for leaf in (GAMMA, BETA)}
-
-
-def _fold(layer: Conv, xp, leaves, const_in, in_keep, own_keep, zero_inputs: bool) -> dict:
-    updates = {}
-    if own_keep is not None and not own_keep.all():
-        updates.update(zero_dropped_outputs(xp, leaves, own_keep))
-    if in_keep is None or in_keep.all():
-        return updates
-    kernel = leaves[KERNEL]
-    offset = _grouped_offset(xp, kernel, const_in, layer.groups)
-    updates.update(fold_consumer(xp, leaves, offset, layer.batch_normalize))
-    if layer.groups == 1 and zero_inputs:
-        updates[KERNEL] = kernel * xp.asarray(in_keep, kernel.dtype)[:, None]
-    return updates
-
-
-def _gather_kernel(kernel, in_idx: np.ndarray, out_idx: np.ndarray, xp):
-    """``kernel[:, :, in_idx][..., out_idx]`` for an HWIO kernel, in memory order.
-
-    Kernels read from Darknet or torch files are HWIO views of OIHW buffers; gathering
-    along the OIHW axes reads memory in order (yolov3: 0.07 s instead of 0.8 s) and
-    leaves an OIHW-contiguous result that writes back without a copy.
-    """
-    if xp is np and kernel.transpose(3, 2, 0, 1).flags.c_contiguous:
-        oihw = np.take(kernel.transpose(3, 2, 0, 1), out_idx, axis=0)
-        return np.take(oihw, in_idx, axis=1).transpose(2, 3, 1, 0)
-    return kernel[:, :, xp.asarray(in_idx)[:, None], xp.asarray(out_idx)[None, :]]
-
-
-def slice_outputs(xp, leaves, out_idx, leaves_to_slice) -> dict:
-    return {leaf: xp.take(leaves[leaf], xp.asarray(out_idx)) for leaf in leaves_to_slice
-            if leaf in leaves}
-
-
-def _slice(layer: Conv, xp, leaves, in_keep, out_keep):
-    kernel = leaves[KERNEL]
-    out_idx = np.flatnonzero(out_keep)
-    in_idx = np.flatnonzero(in_keep)
-    updates = {}
-    if layer.groups > 1:  # depthwise (coupled): each group keeps one input
-        new = dataclasses.replace(layer, filters=len(out_idx), groups=len(out_idx))
-        if len(out_idx) < layer.filters:
-            updates[KERNEL] = kernel[..., xp.asarray(out_idx)]
-    else:
-        new = dataclasses.replace(layer, filters=len(out_idx))
-        if len(in_idx) < kernel.shape[2] or len(out_idx) < layer.filters:
-            updates[KERNEL] = _gather_kernel(kernel, in_idx, out_idx, xp)
-    if len(out_idx) < layer.filters:
-        updates.update(slice_outputs(xp, leaves, out_idx, (GAMMA, BETA, MEAN, VAR, BIAS)))
-        return new, updates
-    return layer, updates
-
-
 def _forward(layer: Conv, tools, inputs):
     p = layer.pad_pixels
     y = tools.conv(inputs[0], features=layer.filters, size=layer.size, stride=layer.stride,
@@ -264,28 +153,6 @@ def _forward(layer: Conv, tools, inputs):
     if layer.batch_normalize:
         y = tools.batch_norm(y)
     return tools.activate(layer.activation, y)
-
-
-def _onnx(layer: Conv, b, index: int, inputs) -> str:
-    """Conv (OIHW kernel, symmetric zero padding ``pad · dilation``, groups,
-    dilations), BatchNormalization when the layer still has BN (the exporter folds it
-    by default), then the activation."""
-    p = b.params(variables_owner(layer, index))
-    kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # HWIO -> OIHW
-    args = [inputs[0], b.const(kernel, name="weight")]
-    if "bias" in p:
-        args.append(b.const(p["bias"], name="bias"))
-    pad = layer.pad_pixels * layer.dilation
-    d = layer.dilation
-    y = b.node("Conv", args, kernel_shape=[layer.size, layer.size],
-               strides=[layer.stride, layer.stride], pads=[pad] * 4, group=layer.groups,
-               dilations=[d, d])
-    if layer.batch_normalize:
-        y = b.node("BatchNormalization",
-                   [y, b.const(p["scale"], name="scale"), b.const(p["beta"], name="beta"),
-                    b.const(p["mean"], name="mean"), b.const(p["var"], name="var")],
-                   epsilon=b.bn_eps)
-    return ops.emit_activation(b, layer.activation, y)
 
 
 def _describe(layer: Conv) -> str:
@@ -303,18 +170,7 @@ def _renumber(layer: Conv, renumber):
     return dataclasses.replace(layer, share=renumber(layer.share))
 
 
-def _weights_file(layer: Conv):
-    if layer.share is not None:
-        return ()  # load_weights skips a conv with a share_layer
-    # load_convolutional_weights: biases (β with BN), [scales, mean, variance], weights.
-    if layer.batch_normalize:
-        return ((BETA, "vector"), (GAMMA, "vector"), (MEAN, "vector"), (VAR, "vector"),
-                (KERNEL, "oihw"))
-    return ((BIAS, "vector"), (KERNEL, "oihw"))
-
-
 SPEC = KindSpec(
     layer=Conv, sections=("convolutional", "conv"), parse=_parse, write=_write, keys=_KEYS,
     inputs=previous_input, renumber=_renumber, shape=_shape, cost=_cost,
-    variables=_variables, channels=_channels, dropped=_dropped, fold=_fold, slice=_slice,
-    forward=_forward, describe=_describe, weights_file=_weights_file, onnx=_onnx)
+    variables=_variables, forward=_forward, describe=_describe)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, first_input_const, inert, no_cost, no_fold,
-                           no_slice, no_variables, pass_through, previous_input, same_layer)
+from ir.kinds.base import (KindSpec, Options, inert, no_cost, no_variables, previous_input,
+                           same_layer)
 from ir.options import SectionReader
 
 
@@ -35,7 +35,5 @@ SPEC = KindSpec(
     write=lambda layer, index: [f"type={layer.type}"],
     keys={k: inert("(training only)") for k in ("scale", "ratio", "noobject_scale", "thresh")},
     inputs=previous_input, renumber=same_layer, shape=lambda layer, ins: ins[0],
-    cost=no_cost, variables=no_variables, channels=pass_through, dropped=first_input_const,
-    fold=no_fold, slice=no_slice, forward=lambda layer, tools, inputs: inputs[0],
-    onnx=lambda layer, b, index, inputs: b.node("Identity", inputs[:1]),
+    cost=no_cost, variables=no_variables, forward=lambda layer, tools, inputs: inputs[0],
     describe=lambda layer: layer.type)

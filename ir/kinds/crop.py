@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (DropContext, KindSpec, Options, Shape, ShapeError, inert, no_cost,
-                           no_fold, no_slice, no_variables, pass_through, previous_input,
-                           same_layer)
-from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, inert, no_cost,
+                           no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 
@@ -49,29 +47,16 @@ def _shape(layer: Crop, ins: tuple[Shape, ...]) -> Shape:
     return Shape(x.c, layer.crop_height, layer.crop_width)
 
 
-def _adjust(layer: Crop, x):
+def adjust(layer: Crop, x):
+    """``2x - 1`` (``x`` with ``noadjust=1``)."""
     return x if layer.noadjust else x * 2.0 - 1.0
-
-
-def _dropped(layer: Crop, ctx: DropContext):
-    return _adjust(layer, ctx.consts[0])
 
 
 def _forward(layer: Crop, tools, inputs):
     x = inputs[0]
     dh = (x.shape[1] - layer.crop_height) // 2
     dw = (x.shape[2] - layer.crop_width) // 2
-    return _adjust(layer, x[:, dh:dh + layer.crop_height, dw:dw + layer.crop_width])
-
-
-def _onnx(layer: Crop, b, index: int, inputs) -> str:
-    """The centre window as one Slice on H and W, then ``2x - 1``."""
-    _, h, w = b.shape(inputs[0])
-    dh, dw = (h - layer.crop_height) // 2, (w - layer.crop_width) // 2
-    y = b.node("Slice", [inputs[0], b.ints([dh, dw], "starts"),
-                         b.ints([dh + layer.crop_height, dw + layer.crop_width], "ends"),
-                         b.ints([2, 3], "axes")])
-    return y if layer.noadjust else ops.add(b, ops.mul(b, y, 2.0), -1.0)
+    return adjust(layer, x[:, dh:dh + layer.crop_height, dw:dw + layer.crop_width])
 
 
 SPEC = KindSpec(
@@ -79,6 +64,5 @@ SPEC = KindSpec(
     keys={k: inert("(training only)") for k in ("flip", "angle", "saturation", "exposure",
                                                   "shift")},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=pass_through, dropped=_dropped, fold=no_fold,
-    slice=no_slice, forward=_forward, onnx=_onnx,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: f"{layer.crop_height}x{layer.crop_width}")

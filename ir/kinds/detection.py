@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, inert, no_cost, no_drops,
-                           no_fold, no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import head_channels
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, inert, no_cost,
+                           no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 _TRAINING = ("class_scale", "coord_scale", "forced", "jitter", "max", "noobject_scale",
@@ -117,48 +116,6 @@ def _decode(layer: Detection, xp, head, input_hw):
     return out.reshape(n, cells * k, 5 + layer.classes)
 
 
-def _onnx(layer: Detection, b, index: int, inputs) -> str:
-    """`_forward` and `_decode` in ONNX: slices of the NCHW-flattened input."""
-    import numpy as np
-
-    c, h, w = b.shape(inputs[0])
-    s, k, n_cls = layer.side, layer.num, layer.classes
-    cells = s * s
-    flat = b.node("Reshape", [inputs[0], b.ints([0, -1], "shape")])
-    classes = b.node("Reshape", [b.slice(flat, 0, cells * n_cls, axis=1),
-                                 b.ints([0, cells, n_cls], "shape")])
-    if layer.softmax:
-        classes = b.node("Softmax", [classes], axis=2)
-    rest = b.slice(flat, cells * n_cls, c * h * w, axis=1)
-    out = b.node("Reshape", [b.node("Concat", [b.node("Reshape", [classes, b.ints(
-        [0, -1], "shape")]), rest], axis=1), b.ints([0, c, h, w], "shape")])
-    if b.decode:
-        start = cells * n_cls
-        scale = b.node("Reshape", [b.slice(flat, start, start + cells * k, axis=1),
-                                   b.ints([0, cells, k, 1], "shape")])
-        boxes = b.node("Reshape", [b.slice(flat, start + cells * k, c * h * w, axis=1),
-                                   b.ints([0, cells, k, 4], "shape")])
-        in_h, in_w = b.input_hw
-        grid = np.zeros((1, cells, 1, 2), np.float32)
-        grid[0, :, 0, 0] = [i % s for i in range(cells)]
-        grid[0, :, 0, 1] = [i // s for i in range(cells)]
-        pixels = np.array([in_w, in_h], np.float32).reshape(1, 1, 1, 2)
-        xy = b.node("Mul", [b.node("Add", [b.slice(boxes, 0, 2, axis=3),
-                                           b.const(grid, name="grid")]),
-                            b.const(pixels / s, name="cell_pixels")])
-        wh = b.slice(boxes, 2, 4, axis=3)
-        if layer.sqrt:
-            wh = b.node("Mul", [wh, wh])
-        wh = b.node("Mul", [wh, b.const(pixels, name="pixels")])
-        spread = b.node("Mul", [b.node("Reshape", [classes, b.ints([0, cells, 1, n_cls],
-                                                                   "shape")]),
-                                b.const(np.ones((1, 1, k, 1), np.float32), name="ones")])
-        det = b.node("Concat", [xy, wh, scale, spread], axis=3)
-        b.add_detections(b.node("Reshape", [det, b.ints([0, cells * k, 5 + n_cls],
-                                                        "shape")]))
-    return out
-
-
 def _boxes(layer: Detection, shape) -> int:
     """YOLOv1 reads a flat input: ``num`` boxes in each of ``side²`` cells."""
     return layer.side * layer.side * layer.num
@@ -168,7 +125,6 @@ SPEC = KindSpec(
     layer=Detection, sections=("detection",), parse=_parse, write=_write,
     keys={k: inert("(training only)") for k in _TRAINING},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=head_channels, dropped=no_drops, fold=no_fold,
-    slice=no_slice, forward=_forward,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: f"side {layer.side}, {layer.num} boxes, {layer.classes} classes",
-    decode=_decode, boxes=_boxes, refuse=_refuse, onnx=_onnx)
+    decode=_decode, boxes=_boxes, refuse=_refuse)

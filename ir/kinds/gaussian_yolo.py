@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from ir.kinds.base import (KindSpec, Options, fmt, inert, no_cost, no_drops, no_fold,
-                           no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import (TRAINING_KEYS, anchor_boxes, grid_boxes, head_channels,
-                           head_shape, parse_anchors, write_anchors)
-from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (KindSpec, Options, fmt, inert, no_cost, no_variables,
+                           previous_input, same_layer)
+from ir.kinds.yolo import (TRAINING_KEYS, anchor_boxes, grid_boxes, head_shape,
+                           parse_anchors, write_anchors)
 from ir.options import SectionReader
 
 _POINTS = ("center", "left_top", "right_bottom")
@@ -97,50 +95,11 @@ def _decode(layer: GaussianYolo, xp, head, input_hw):
     return grid_boxes(xp, layer, p, xy, wh, rest, input_hw)
 
 
-def _onnx(layer: GaussianYolo, b, index: int, inputs) -> str:
-    """`_entries` on the per-anchor view (the layer's own output) and, with
-    ``b.decode``, `_decode`'s boxes registered with ``b.add_detections``."""
-    a = len(layer.mask)
-    c, _, _ = b.shape(inputs[0])
-    p, f, h, w = ops.per_anchor(b, inputs[0], a)
-    sig = ops.sigmoid(b, p)
-    s = float(layer.scale_x_y)
-
-    def mu(k):
-        t = ops.fields(b, sig, k, k + 1)
-        return t if s == 1.0 else ops.add(b, ops.mul(b, t, s), -(s - 1) / 2)
-
-    mu_x, mu_y = mu(0), mu(2)
-    sigmas = [ops.fields(b, sig, k, k + 1) for k in (1, 3, 5, 7)]
-    mu_w, mu_h = ops.fields(b, p, 4, 5), ops.fields(b, p, 6, 7)
-    objectness = ops.fields(b, sig, 8, 9)
-    classes = ops.fields(b, sig, 9, f)
-    out = ops.flat_map(b, b.node("Concat", [mu_x, sigmas[0], mu_y, sigmas[1], mu_w,
-                                            sigmas[2], mu_h, sigmas[3], objectness, classes],
-                                 axis=2), c, h, w)
-    if b.decode:
-        anchors = ops.anchor_const(b, layer.head_anchors, a)
-        wh = b.node("Mul", [b.node("Exp", [b.node("Concat", [mu_w, mu_h], axis=2)]), anchors])
-        xy = b.node("Concat", [mu_x, mu_y], axis=2)
-        if layer.yolo_point != "center":
-            in_h, in_w = b.input_hw
-            cell = np.array([in_w / w, in_h / h], np.float32).reshape(1, 1, 2, 1, 1)
-            shift = ops.mul(b, b.node("Div", [wh, b.const(cell, name="cell")]), 0.5)
-            xy = b.node("Add" if layer.yolo_point == "left_top" else "Sub", [xy, shift])
-        total = b.node("Add", [b.node("Add", [b.node("Add", sigmas[:2]), sigmas[2]]),
-                               sigmas[3]])
-        certainty = b.node("Sub", [b.const(1.0, name="one"), ops.mul(b, total, 0.25)])
-        rest = b.node("Concat", [objectness, b.node("Mul", [classes, certainty])], axis=2)
-        ops.head_boxes(b, xy, wh, rest, a, h, w)
-    return out
-
-
 SPEC = KindSpec(
     layer=GaussianYolo, sections=("Gaussian_yolo",), parse=_parse, write=_write,
     keys={key: inert("(training or post-processing only)") for key in TRAINING_KEYS},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: head_shape(layer, ins, layer.classes + 9), cost=no_cost,
-    variables=no_variables, channels=head_channels, dropped=no_drops, fold=no_fold,
-    slice=no_slice, forward=_forward,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: f"mask {','.join(map(str, layer.mask))}, {layer.classes} classes",
-    decode=_decode, boxes=anchor_boxes, onnx=_onnx)
+    decode=_decode, boxes=anchor_boxes)

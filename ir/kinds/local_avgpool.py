@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, first_input_const,
-                           no_cost, no_fold, no_slice, no_variables, pass_through,
-                           previous_input, same_layer)
+from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, no_cost,
+                           no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 
@@ -59,7 +57,7 @@ def _shape(layer: LocalAvgPool, ins: tuple[Shape, ...]) -> Shape:
     return Shape(x.c, h, w)
 
 
-def _windows(xp, x, layer: LocalAvgPool):
+def windows(xp, x, layer: LocalAvgPool):
     lo = layer.pad_total // 2
     hi = layer.pad_total - lo
     x = xp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
@@ -78,24 +76,7 @@ def _forward(layer: LocalAvgPool, tools, inputs):
     xp = tools.xp
     x = inputs[0]
     ones = xp.ones((1, *x.shape[1:3], 1), x.dtype)
-    return _windows(xp, x, layer) / _windows(xp, ones, layer)
-
-
-def _onnx(layer: LocalAvgPool, b, index: int, inputs) -> str:
-    """Zero Pad, AveragePool (the window sum / size²), times size² / the number of
-    in-image taps of each window (a constant map, the same `_windows` on ones)."""
-    c, h, w = b.shape(inputs[0])
-    lo = layer.pad_total // 2
-    hi = layer.pad_total - lo
-    x = inputs[0]
-    if lo or hi:
-        x = b.node("Pad", [x, b.ints([0, 0, lo, lo, 0, 0, hi, hi], "pads")])
-    k, s = layer.size, layer.stride
-    mean = b.node("AveragePool", [x], kernel_shape=[k, k], strides=[s, s])
-    count = _windows(np, np.ones((1, h, w, 1), np.float64), layer)[0, :, :, 0]
-    with np.errstate(divide="ignore"):
-        factor = (k * k) / count  # a window wholly in the padding: 0 / 0 as the runtime
-    return b.node("Mul", [mean, b.const(factor[None, None], name="taps")])
+    return windows(xp, x, layer) / windows(xp, ones, layer)
 
 
 def _same_stride(layer, value: str) -> bool:
@@ -107,6 +88,5 @@ SPEC = KindSpec(
     keys={"stride_x": KeyRule(_same_stride, "the value of stride="),
           "stride_y": KeyRule(_same_stride, "the value of stride=")},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=pass_through, dropped=first_input_const, fold=no_fold,
-    slice=no_slice, forward=_forward, onnx=_onnx,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: f"{layer.size}x{layer.size}/{layer.stride}")

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from ir.kinds.base import (KeyRule, KindSpec, Options, inert, no_cost, no_drops, no_fold,
-                           no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import (anchor_boxes, grid_boxes, head_channels, head_shape,
-                           write_anchors)
-from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (KeyRule, KindSpec, Options, inert, no_cost, no_variables,
+                           previous_input, same_layer)
+from ir.kinds.yolo import anchor_boxes, grid_boxes, head_shape, write_anchors
 from ir.options import SectionReader
 
 _TRAINING = ("absolute", "bias_match", "class_scale", "classfix", "coord_scale",
@@ -99,29 +96,6 @@ def _decode(layer: Region, xp, head, input_hw):
     return grid_boxes(xp, layer, p, _sig(xp, p[..., :2]), wh, p[..., 4:], input_hw)
 
 
-def _onnx(layer: Region, b, index: int, inputs) -> str:
-    """`_entries` on the per-anchor view (softmax over the class fields) and, with
-    ``b.decode``, `_decode`'s boxes (anchors in grid cells, scaled to pixels)."""
-    c, _, _ = b.shape(inputs[0])
-    p, f, h, w = ops.per_anchor(b, inputs[0], layer.num)
-    objectness = ops.sigmoid(b, ops.fields(b, p, 4, 5))
-    classes = ops.fields(b, p, 5, f)
-    if layer.softmax:
-        classes = b.node("Softmax", [classes], axis=2)
-    out = ops.flat_map(b, b.node("Concat", [ops.fields(b, p, 0, 4), objectness, classes],
-                                 axis=2), c, h, w)
-    if b.decode:
-        in_h, in_w = b.input_hw
-        cell = np.array([in_w / w, in_h / h], np.float32).reshape(1, 1, 2, 1, 1)
-        wh = b.node("Mul", [b.node("Exp", [ops.fields(b, p, 2, 4)]),
-                            ops.anchor_const(b, layer.anchors, layer.num)])
-        wh = b.node("Mul", [wh, b.const(cell, name="cell")])
-        xy = ops.sigmoid(b, ops.fields(b, p, 0, 2))
-        rest = b.node("Concat", [objectness, classes], axis=2)
-        ops.head_boxes(b, xy, wh, rest, layer.num, h, w)
-    return out
-
-
 SPEC = KindSpec(
     layer=Region, sections=("region",), parse=_parse, write=_write,
     keys={**{k: inert("(training only)") for k in _TRAINING},
@@ -129,8 +103,7 @@ SPEC = KindSpec(
           "map": KeyRule(lambda layer, value: False, "no class map")},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: head_shape(layer, ins, layer.coords + 1 + layer.classes),
-    cost=no_cost, variables=no_variables, channels=head_channels, dropped=no_drops,
-    fold=no_fold, slice=no_slice, forward=_forward,
+    cost=no_cost, variables=no_variables, forward=_forward,
     describe=lambda layer: f"{layer.num} anchors, {layer.classes} classes"
     + (", softmax" if layer.softmax else ""), decode=_decode, boxes=anchor_boxes,
-    refuse=_refuse, onnx=_onnx)
+    refuse=_refuse)

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError,
-                           no_cost, no_drops, no_fold, no_slice, no_variables,
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables,
                            previous_input, same_layer)
 from ir.options import SectionReader
 
@@ -114,29 +113,11 @@ def _forward(layer, tools, inputs):
     return gathered.reshape(n, out.c, out.h, out.w).transpose(0, 2, 3, 1)
 
 
-def _onnx(layer, b, index: int, inputs) -> str:
-    """The same gather: Flatten (NCHW order), Gather with `reorg_index`, Reshape."""
-    c, h, w = b.shape(inputs[0])
-    out = _shape(layer, (Shape(c, h, w),))
-    if isinstance(layer, Reorg3d):
-        index_ = reorg_index(out.w, out.h, out.c, layer.stride, layer.reverse)
-    else:
-        index_ = reorg_index(w, h, c, layer.stride, layer.reverse)
-    flat = b.node("Flatten", [inputs[0]], axis=1)
-    gathered = b.node("Gather", [flat, b.const(index_, np.int64, name="index")], axis=1)
-    return b.node("Reshape", [gathered, b.ints([0, out.c, out.h, out.w], "shape")])
-
-
-def _channels(layer, ctx: FlowContext) -> Flow:
-    return ctx.blocked(layer.kind, "moves channels across positions")
-
-
 def _spec(cls, section: str) -> KindSpec:
     return KindSpec(
         layer=cls, sections=(section,), parse=_parser(cls), write=_write, keys={},
         inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-        variables=no_variables, channels=_channels, dropped=no_drops, fold=no_fold,
-        slice=no_slice, forward=_forward, onnx=_onnx,
+        variables=no_variables, forward=_forward,
         describe=lambda layer: f"/{layer.stride}" + (" reverse" if layer.reverse else ""))
 
 

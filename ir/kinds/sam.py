@@ -4,20 +4,15 @@ the ``from=`` layer (YOLOv4's modified SAM).
 Darknet: ``parse_sam``, ``forward_sam_layer``: ``out = prev · from`` (same shapes),
 then ``activate_array`` (no case for swish, mish, ...: Darknet outputs 0, darkslim
 refuses them). The sigmoid of SAM is the conv before it.
-
-Pruning: a product couples the two channel spaces (they must drop the same channels);
-a dropped channel emits ``act(k_prev · k_from)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.activations import Activation, activate_xp
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
-                           ShapeError, no_cost, no_fold, no_slice, no_variables, rel,
+from ir.activations import Activation
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables, rel,
                            renumber_inputs)
-from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
 #: Activations `activate_array` has no case for: Darknet outputs 0 after them.
@@ -66,29 +61,12 @@ def _shape(layer: Sam, ins: tuple[Shape, ...]) -> Shape:
     return ins[0]
 
 
-def _channels(layer: Sam, ctx: FlowContext) -> Flow:
-    return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
-
-
-def product_constant(layer, ctx: DropContext):
-    if not any(bool(d.any()) for d in ctx.dropped):
-        return ctx.zeros()
-    return activate_xp(ctx.xp, layer.activation, ctx.consts[0] * ctx.consts[1])
-
-
 def _forward(layer: Sam, tools, inputs):
     return tools.activate(layer.activation, inputs[0] * inputs[1])
-
-
-def product_onnx(layer, b, index: int, inputs) -> str:
-    """``inputs[0] · inputs[1]`` (broadcast) then the activation."""
-    return ops.emit_activation(b, layer.activation, b.node("Mul", [inputs[1], inputs[0]]))
 
 
 SPEC = KindSpec(
     layer=Sam, sections=("sam",), parse=_parse, write=_write, keys={},
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
-    cost=no_cost, variables=no_variables, channels=_channels, dropped=product_constant,
-    fold=no_fold, slice=no_slice, forward=_forward,
-    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=refuse_special,
-    onnx=product_onnx)
+    cost=no_cost, variables=no_variables, forward=_forward,
+    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=refuse_special)

@@ -5,10 +5,6 @@ Darknet: ``parse_scale_channels``, ``forward_scale_channels_layer``: with
 ``scale_wh=0`` the previous layer is ``C×1×1`` and ``out[c] = from[c] · prev[c]``; with
 ``scale_wh=1`` it is ``1×H×W`` and ``out[c, y, x] = from[c, y, x] · prev[y, x]``. Then
 ``activate_array``. The output has the ``from`` layer's shape.
-
-Pruning: per-channel scaling couples the feature and the scale channel spaces; a
-per-pixel scale makes a dropped channel's output vary over the image, so the feature
-space is kept whole.
 """
 
 from __future__ import annotations
@@ -16,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError, no_cost,
-                           no_fold, no_slice, no_variables, rel, renumber_inputs)
-from ir.kinds.sam import product_constant, product_onnx, refuse_special
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables, rel,
+                           renumber_inputs)
+from ir.kinds.sam import refuse_special
 from ir.options import SectionReader
 
 
@@ -66,14 +62,6 @@ def _shape(layer: ScaleChannels, ins: tuple[Shape, ...]) -> Shape:
     return feature
 
 
-def _channels(layer: ScaleChannels, ctx: FlowContext) -> Flow:
-    scale, feature = ctx.in_segments
-    if layer.scale_wh:
-        return Flow(feature, block=((feature + scale, f"scaled per pixel by [scale_channels] "
-                                                      f"{ctx.where} (scale_wh=1)"),))
-    return Flow(feature, couple=((feature, scale),))
-
-
 def _forward(layer: ScaleChannels, tools, inputs):
     return tools.activate(layer.activation, inputs[1] * inputs[0])
 
@@ -81,8 +69,6 @@ def _forward(layer: ScaleChannels, tools, inputs):
 SPEC = KindSpec(
     layer=ScaleChannels, sections=("scale_channels",), parse=_parse, write=_write, keys={},
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
-    cost=no_cost, variables=no_variables, channels=_channels, dropped=product_constant,
-    fold=no_fold, slice=no_slice, forward=_forward,
+    cost=no_cost, variables=no_variables, forward=_forward,
     describe=lambda layer: f"{layer.inputs[1]} x {layer.inputs[0]}"
-    + (" per pixel" if layer.scale_wh else ""), refuse=refuse_special,
-    onnx=product_onnx)
+    + (" per pixel" if layer.scale_wh else ""), refuse=refuse_special)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError,
-                           no_cost, no_drops, no_fold, no_slice, no_variables, rel,
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables, rel,
                            renumber_inputs)
 from ir.options import SectionReader
 
@@ -76,10 +75,6 @@ def _shape(layer: Section, ins: tuple[Shape, ...]) -> Shape:
     raise ShapeError(f"[{layer.type}] has no shape rule in darkslim")
 
 
-def _channels(layer: Section, ctx: FlowContext) -> Flow:
-    return ctx.blocked(layer.type, "which darkslim does not execute")
-
-
 def _forward(layer: Section, tools, inputs):
     raise NotImplementedError(f"[{layer.type}] has no runtime rule")
 
@@ -87,6 +82,5 @@ def _forward(layer: Section, tools, inputs):
 SPEC = KindSpec(
     layer=Section, sections=("section",), parse=parse_section, write=_write, keys={},
     inputs=_inputs, renumber=lambda layer, fn: renumber_inputs(layer, fn) if layer.inputs
-    else layer, shape=_shape, cost=no_cost, variables=no_variables, channels=_channels,
-    dropped=no_drops, fold=no_fold, slice=no_slice, forward=_forward,
+    else layer, shape=_shape, cost=no_cost, variables=no_variables, forward=_forward,
     describe=lambda layer: "", refuse=lambda layer: "")

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.activations import Activation, activate_xp
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
-                           ShapeError, equals, no_cost, no_fold, no_slice, no_variables,
-                           rel, renumber_inputs)
+from ir.activations import Activation
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, equals, no_cost,
+                           no_variables, rel, renumber_inputs)
 from ir.kinds.base import KeyRule
-from ir.kinds import onnx_ops as ops
 from ir.options import SectionReader
 
 
@@ -56,20 +54,6 @@ def _shape(layer: Shortcut, ins: tuple[Shape, ...]) -> Shape:
     return ins[0]
 
 
-def _channels(layer: Shortcut, ctx: FlowContext) -> Flow:
-    if layer.activation.across_channels:
-        return ctx.blocked("shortcut", f"activation={layer.activation.value} "
-                           "normalises across channels")
-    return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
-
-
-def _dropped(layer: Shortcut, ctx: DropContext):
-    if not any(bool(d.any()) for d in ctx.dropped):
-        return ctx.zeros()
-    # Coupled inputs drop the same channels, each emitting its constant there.
-    return activate_xp(ctx.xp, layer.activation, sum(ctx.consts))
-
-
 #: Activations forward_shortcut_layer does not handle: CPU Darknet outputs 0 after them.
 _NOT_IN_SHORTCUT = frozenset({Activation.HARD_MISH, Activation.NORMALIZE_CHANNELS,
                               Activation.NORMALIZE_CHANNELS_SOFTMAX,
@@ -96,24 +80,8 @@ def _forward(layer: Shortcut, tools, inputs):
     return tools.activate(layer.activation, out)
 
 
-def _onnx(layer: Shortcut, b, index: int, inputs) -> str:
-    """Darknet's sum over the common channels, keeping the first input's count: a
-    wider addend is sliced, a narrower one zero-padded on the channel axis."""
-    out = inputs[0]
-    channels = b.shape(inputs[0])[0]
-    for x in inputs[1:]:
-        c = b.shape(x)[0]
-        if c > channels:
-            x = b.slice(x, 0, channels, axis=1)
-        elif c < channels:
-            x = b.node("Pad", [x, b.ints([0, 0, 0, 0, 0, channels - c, 0, 0], "pads")])
-        out = b.node("Add", [out, x])
-    return ops.emit_activation(b, layer.activation, out)
-
-
 SPEC = KindSpec(
     layer=Shortcut, sections=("shortcut",), parse=_parse, write=_write, keys=_KEYS,
     inputs=lambda layer, index: layer.inputs, renumber=renumber_inputs, shape=_shape,
-    cost=no_cost, variables=no_variables, channels=_channels, dropped=_dropped,
-    fold=no_fold, slice=no_slice, forward=_forward,
-    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=_refuse, onnx=_onnx)
+    cost=no_cost, variables=no_variables, forward=_forward,
+    describe=lambda layer: ",".join(map(str, layer.inputs)), refuse=_refuse)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (Flow, FlowContext, KindSpec, KeyRule, Options, Shape, ShapeError,
-                           equals, inert, no_cost, no_drops, no_fold, no_slice, no_variables,
-                           previous_input, same_layer)
+from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, equals, inert,
+                           no_cost, no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 
@@ -50,10 +49,6 @@ def _shape(layer: Softmax, ins: tuple[Shape, ...]) -> Shape:
     return x
 
 
-def _channels(layer: Softmax, ctx: FlowContext) -> Flow:
-    return ctx.blocked("softmax", "normalises across channels")
-
-
 def _forward(layer: Softmax, tools, inputs):
     xp = tools.xp
     x = inputs[0]
@@ -64,22 +59,11 @@ def _forward(layer: Softmax, tools, inputs):
     return y.reshape(n, c, h, w).transpose(0, 2, 3, 1)
 
 
-def _onnx(layer: Softmax, b, index: int, inputs) -> str:
-    """Softmax over ``groups`` chunks of the flat NCHW buffer, after ÷ temperature."""
-    c, h, w = b.shape(inputs[0])
-    flat = b.node("Reshape", [inputs[0], b.ints([0, layer.groups, -1], "shape")])
-    if layer.temperature != 1:
-        flat = b.node("Div", [flat, b.const(layer.temperature, name="temperature")])
-    y = b.node("Softmax", [flat], axis=2)
-    return b.node("Reshape", [y, b.ints([0, c, h, w], "shape")])
-
-
 SPEC = KindSpec(
     layer=Softmax, sections=("softmax", "soft"), parse=_parse, write=_write,
     keys={"noloss": inert("(training only)"), "spatial": equals(0),
           "tree": KeyRule(lambda layer, value: False, "no softmax tree")},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=_channels, dropped=no_drops, fold=no_fold,
-    slice=no_slice, forward=_forward, onnx=_onnx,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: f"groups {layer.groups}" + (
         f", T={layer.temperature:g}" if layer.temperature != 1 else ""))

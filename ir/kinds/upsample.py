@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (DropContext, KindSpec, Options, Shape, ShapeError, fmt,
-                           no_cost, no_fold, no_slice, no_variables, pass_through,
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, fmt, no_cost, no_variables,
                            previous_input, same_layer)
 from ir.options import SectionReader
 
@@ -54,29 +53,13 @@ def _refuse(layer: Upsample) -> str | None:
     return None
 
 
-def _dropped(layer: Upsample, ctx: DropContext):
-    return ctx.consts[0] * layer.scale
-
-
 def _forward(layer: Upsample, tools, inputs):
     x = inputs[0].repeat(layer.stride, axis=1).repeat(layer.stride, axis=2)
     return x if layer.scale == 1.0 else x * layer.scale
 
 
-def _onnx(layer: Upsample, b, index: int, inputs) -> str:
-    """Nearest-neighbour repeat by ``stride``: Resize with ``asymmetric`` coordinates
-    and ``floor`` rounding maps output pixel i to input pixel i // stride, exactly
-    Darknet's repeat; then times ``scale``."""
-    s = float(layer.stride)
-    y = b.node("Resize", [inputs[0], "", b.const([1.0, 1.0, s, s], name="scales")],
-               mode="nearest", coordinate_transformation_mode="asymmetric",
-               nearest_mode="floor")
-    return y if layer.scale == 1.0 else b.node("Mul", [y, b.const(layer.scale, name="scale")])
-
-
 SPEC = KindSpec(
     layer=Upsample, sections=("upsample",), parse=_parse, write=_write, keys={},
     inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,
-    variables=no_variables, channels=pass_through, dropped=_dropped, fold=no_fold,
-    slice=no_slice, forward=_forward, describe=lambda layer: f"x{layer.stride}",
-    refuse=_refuse, onnx=_onnx)
+    variables=no_variables, forward=_forward, describe=lambda layer: f"x{layer.stride}",
+    refuse=_refuse)

@@ -15,10 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError, fmt,
-                           inert, no_cost, no_drops, no_fold, no_slice, no_variables,
-                           previous_input, same_layer)
-from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, fmt, inert, no_cost,
+                           no_variables, previous_input, same_layer)
 from ir.options import SectionReader
 
 #: parse_yolo's keys that only matter for training or post-processing.
@@ -109,11 +107,6 @@ def anchor_boxes(layer, shape: Shape) -> int:
     return len(layer.mask) * shape.h * shape.w
 
 
-def head_channels(layer, ctx: FlowContext) -> Flow:
-    return Flow(ctx.in_segments[0], block=((ctx.in_segments[0],
-                                            f"feeds [{layer.kind}] {ctx.where}"),))
-
-
 def _xy(xp, t, s: float):
     return t * s - (s - 1) / 2
 
@@ -152,41 +145,11 @@ def _decode(layer: Yolo, xp, head, input_hw):
         wh = (2.0 * p[..., 2:4]) ** 2 * anchor_wh
         rest = p[..., 4:]
     else:
-        sig = lambda v: 0.5 * (1.0 + xp.tanh(0.5 * v))  # noqa: E731  (overflow-free)
+        sig = lambda v: 0.5 * (1.0 + xp.tanh(0.5 * v))  # noqa: E731  (finite for any v)
         xy = _xy(xp, sig(p[..., :2]), layer.scale_x_y)
         wh = xp.exp(p[..., 2:4]) * anchor_wh
         rest = sig(p[..., 4:])
     return grid_boxes(xp, layer, p, xy, wh, rest, input_hw)
-
-
-def _onnx(layer: Yolo, b, index: int, inputs) -> str:
-    """The layer's own output (`_forward`) and, with ``b.decode``, its boxes as
-    `_decode` makes them, registered with ``b.add_detections``; the map is viewed per
-    anchor (`onnx_ops.per_anchor`)."""
-    a = len(layer.mask)
-    c, _, _ = b.shape(inputs[0])
-    p, f, h, w = ops.per_anchor(b, inputs[0], a)
-    s = float(layer.scale_x_y)
-
-    def xy_of(t):
-        return t if s == 1.0 else ops.add(b, ops.mul(b, t, s), -(s - 1) / 2)
-
-    raw_wh = ops.fields(b, p, 2, 4)
-    if layer.new_coords:
-        xy, rest = xy_of(ops.fields(b, p, 0, 2)), ops.fields(b, p, 4, f)
-    else:
-        xy = xy_of(ops.sigmoid(b, ops.fields(b, p, 0, 2)))
-        rest = ops.sigmoid(b, ops.fields(b, p, 4, f))
-    out = ops.flat_map(b, b.node("Concat", [xy, raw_wh, rest], axis=2), c, h, w)
-    if b.decode:
-        anchors = ops.anchor_const(b, layer.head_anchors, a)
-        if layer.new_coords:
-            wh = b.node("Mul", [ops.mul(b, raw_wh, 2.0), ops.mul(b, raw_wh, 2.0)])
-            wh = b.node("Mul", [wh, anchors])
-        else:
-            wh = b.node("Mul", [b.node("Exp", [raw_wh]), anchors])
-        ops.head_boxes(b, xy, wh, rest, a, h, w)
-    return out
 
 
 SPEC = KindSpec(
@@ -194,8 +157,7 @@ SPEC = KindSpec(
     keys={key: inert("(training or post-processing only)") for key in TRAINING_KEYS},
     inputs=previous_input, renumber=same_layer,
     shape=lambda layer, ins: head_shape(layer, ins, layer.classes + 5), cost=no_cost,
-    variables=no_variables, channels=head_channels, dropped=no_drops, fold=no_fold,
-    slice=no_slice, forward=_forward,
+    variables=no_variables, forward=_forward,
     describe=lambda layer: (f"mask {','.join(map(str, layer.mask))}, {layer.classes} "
                             "classes" + (", new_coords" if layer.new_coords else "")),
-    decode=_decode, boxes=anchor_boxes, onnx=_onnx)
+    decode=_decode, boxes=anchor_boxes)

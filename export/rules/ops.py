@@ -1,10 +1,10 @@
-"""ONNX building blocks the kinds' ``onnx`` emit rules share.
+"""ONNX building blocks the emit rules (`export.rules`) share.
 
-The emit rules (`KindSpec.onnx`, ``(layer, b, index, inputs) -> output name``) never
-import ``onnx``: they call the methods of the builder ``b`` the exporter passes in
+The emit rules (``(layer, b, index, inputs) -> output name``) never import ``onnx``:
+they call the methods of the builder ``b`` the exporter passes in
 (``export.builder.OnnxBuilder``: ``node``, ``const``, ``ints``, ``slice``, ``params``,
-``shape``, ``add_detections``) and numpy. Everything here is such calls too, so ``ir``
-stays numpy-only. Tensors are NCHW, channels on axis 1.
+``shape``, ``add_detections``) and numpy. Everything here is such calls too. Tensors
+are NCHW, channels on axis 1.
 
 `emit_activation` writes each of Darknet's activations exactly as `ir.activations`
 computes it (the ``normalize_channels`` family over the channel axis); `head_boxes`
@@ -13,12 +13,11 @@ writes the grid decode every detection head shares (`ir.kinds.yolo.grid_boxes`).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ir.activations import Activation
-
 
 # ------------------------------------------------------------------- small helpers
 
