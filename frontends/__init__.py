@@ -25,7 +25,8 @@ from pathlib import Path
 
 import ir
 from frontends._atomic import atomic_path, write_atomic
-from frontends.darknet import DarknetHeader, read_darknet, write_darknet
+from frontends.darknet import (PARTIAL_HEADER, DarknetHeader, read_darknet, write_darknet,
+                               write_partial)
 from frontends.errors import CheckpointError, WeightsError
 from frontends.msgpack import read_msgpack, write_msgpack
 from frontends.torch_ckpt import (DEFAULT_BN_EPS, LAYOUTS, CheckpointMeta, read_torch,
@@ -39,7 +40,8 @@ __all__ = [
     "check_variables", "darknet_header_of", "default_variables", "expected_shapes",
     "format_of", "is_backbone_name",
     "load_variables", "read_darknet", "read_msgpack", "read_torch", "save_variables",
-    "state_dict_from_variables", "write_darknet", "write_msgpack", "write_torch",
+    "state_dict_from_variables", "write_darknet", "write_msgpack", "write_partial",
+    "write_torch", "PARTIAL_HEADER",
 ]
 
 FORMATS = ("darknet", "torch", "msgpack")
@@ -71,7 +73,8 @@ def is_backbone_name(path: str | os.PathLike) -> bool:
 
 def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
                    bn_eps: float | None = None, layout: str | None = None,
-                   seed: int = 0, allow_partial: bool = True) -> LoadedWeights:
+                   seed: int = 0, allow_partial: bool = True,
+                   upto: int | None = None) -> LoadedWeights:
     """Read a weights file of any supported format (by suffix) for ``graph``.
 
     Args:
@@ -97,8 +100,9 @@ def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
     """
     fmt = format_of(path)
     if fmt == "darknet":
-        loaded = read_darknet(graph, path, seed=seed)
-        if loaded.partial and not allow_partial and not is_backbone_name(path):
+        loaded = read_darknet(graph, path, seed=seed, upto=upto)
+        if (loaded.partial and not allow_partial and not is_backbone_name(path)
+                and upto is None):
             held = (f"{loaded.loaded_convs} of {loaded.total_convs}" if loaded.loaded_convs
                     else f"0 of {loaded.total_convs} (only the header)")
             raise WeightsError(
