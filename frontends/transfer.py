@@ -17,10 +17,15 @@ when given, else the target cfg itself when the file fits it (or is a backbone p
 of it), else the target cfg with its ``[yolo]`` heads retargeted to the one class
 count that makes the file's size come out exactly (80 for a COCO file).
 
->>> fresh = init_head_biases(graph, init_variables(graph, seed))  # the caller's init
->>> t = transfer_variables(graph, "yolov3-tiny.weights", fresh, reinit_heads=True)
->>> t.report.reinitialised_indices
-(15, 22)
+>>> import frontends
+>>> coco = ir.parse_cfg("yolov3-tiny.cfg")  # 80 classes
+>>> frontends.save_variables(coco, frontends.default_variables(coco), "coco.weights")
+()
+>>> mine = retarget_heads(coco, 1)  # classes=1, filters=18 before each [yolo]
+>>> fresh = frontends.default_variables(mine, seed=1)  # train uses the runtime's init
+>>> t = transfer_variables(mine, "coco.weights", fresh, reinit_heads=True)
+>>> t.report.reinitialised_indices, len(t.report.loaded)
+((15, 22), 11)
 """
 
 from __future__ import annotations
