@@ -9,8 +9,8 @@ latter, layer for layer, and says exactly what it did (`TransferReport`):
 - every layer whose variables have the same shapes in the file is loaded;
 - with ``reinit_heads``, each conv that feeds a detection head is re-initialised, and
   so is any other layer whose shapes differ (reported with both shapes);
-- without it, any difference is an error naming ``--reinit-heads``, so a file made
-  for another cfg never loads silently.
+- without it, any difference is an error naming ``reinit_heads=True`` (the CLI's
+  ``--reinit-heads``), so a file made for another cfg never loads silently.
 
 A Darknet ``.weights`` file carries no shapes: the cfg it was written for is ``source``
 when given, else the target cfg itself when the file fits it (or is a backbone prefix
@@ -211,8 +211,9 @@ def transfer_variables(graph: ir.Graph, path: str | os.PathLike, init: Variables
 
     Raises:
         WeightsError: the file is for another cfg (shapes differ) and not
-            ``reinit_heads``, naming the layers and ``--reinit-heads``; or it cannot
-            be read for ``source``.
+            ``reinit_heads``, naming the layers and ``reinit_heads=True``; or it cannot
+            be read for ``source`` (naming ``--weights-cfg`` when ``source`` was not
+            given). CheckpointError: a torch file that cannot be read.
     """
     from frontends import format_of, load_variables  # the package imports this module
 
@@ -233,8 +234,9 @@ def transfer_variables(graph: ir.Graph, path: str | os.PathLike, init: Variables
     except (WeightsError, CheckpointError) as exc:
         if source is not graph:
             raise
-        raise type(exc)(f"{exc}\nIf {src_path} was trained for another cfg, name it: "
-                        "source=that cfg (darkslim train --weights-cfg SRC.cfg)") from None
+        raise type(exc)(f"{exc}\nIf {src_path} was trained for another cfg, name that "
+                        "cfg (transfer_variables(source=...), darkslim train "
+                        "--weights-cfg SRC.cfg)") from None
     held = set(weighted_layers(source)[:loaded.loaded_convs])
     feeds = head_feeds(graph) if reinit_heads else {}
     variables = {"params": dict(init["params"]),
@@ -274,7 +276,7 @@ def transfer_variables(graph: ir.Graph, path: str | os.PathLike, init: Variables
             f"{src_path}: written for {described}, not {graph.path}: {len(differing)} layer(s) differ in shape:\n{shown}\n"
             "To start from it anyway (transfer learning: load every layer whose shapes "
             "match, re-initialise the detection heads and the layers that differ), pass "
-            "--reinit-heads (reinit_heads=True)")
+            "reinit_heads=True")
     report = TransferReport(source=src_path, source_cfg=described,
                             loaded=tuple(loaded_layers), changed=tuple(changes),
                             # read_darknet's only warning is the partial file's, which

@@ -170,7 +170,7 @@ def _check_transfer(graph: ir.Graph, source_vars: dict, transfer, fresh: dict) -
 def test_other_heads_are_an_error_naming_the_flag(tiny80):
     graph, _, weights = tiny80
     one = _one_class(graph)
-    with pytest.raises(frontends.WeightsError, match="--reinit-heads") as info:
+    with pytest.raises(frontends.WeightsError, match="reinit_heads=True") as info:
         transfer_variables(one, weights, _fresh(one))
     text = str(info.value)
     assert "classes=80" in text and "layer 15" in text and "layer 22" in text
@@ -323,7 +323,8 @@ def test_train_reinit_heads_and_freeze(tiny80, tmp_path, capsys):
     cfg = tmp_path / "one.cfg"
     cfg.write_text(ir.write_cfg(_one_class(graph)))
     assert _train(data, cfg, weights, tmp_path / "no") == 2
-    assert "--reinit-heads" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "pass --reinit-heads" in err and "255 filters" in err
     assert not (tmp_path / "no" / "last.weights").exists()
 
     out = tmp_path / "run"
@@ -366,3 +367,17 @@ def test_train_flag_refusals(tiny80, tmp_path, capsys, flags, words):
     cfg.write_text(ir.write_cfg(_one_class(graph)))
     assert _train(data, cfg, weights, tmp_path / "x", *flags) == 2
     assert words in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_msgpack_for_other_heads_needs_its_cfg(tiny80, tmp_path):
+    """Only a Darknet file's class count is inferred (from its size); for the other
+    formats the error names --weights-cfg, and with the source cfg they transfer."""
+    graph, variables, _ = tiny80
+    path = tmp_path / "tiny80.msgpack"
+    frontends.save_variables(graph, variables, path)
+    one = _one_class(graph)
+    with pytest.raises(frontends.WeightsError, match="--weights-cfg"):
+        transfer_variables(one, path, _fresh(one), reinit_heads=True)
+    fresh = _fresh(one)
+    _check_transfer(one, variables, transfer_variables(one, path, fresh, reinit_heads=True,
+                                                       source=graph), fresh)
