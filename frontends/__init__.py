@@ -4,7 +4,9 @@
   (``darknet53.conv.74``: a numeric suffix also means Darknet);
 - torch ``.pt``/``.pth`` checkpoints of the ultralytics and eriklindernoren projects
   (`frontends.torch_ckpt`; torch is imported only when one is read or written);
-- Flax ``.msgpack`` (`frontends.msgpack`).
+- Flax ``.msgpack`` (`frontends.msgpack`);
+- weights of another cfg as the start of yours (`frontends.transfer`: load what
+  matches, re-initialise the heads) and Darknet's ``partial`` (`write_partial`).
 
 >>> save_variables(graph, variables, "yolov3.weights", header=DarknetHeader(0, 2, 5, 64))
 ()
@@ -33,6 +35,8 @@ from frontends.torch_ckpt import (DEFAULT_BN_EPS, LAYOUTS, CheckpointMeta, read_
                                   state_dict_from_variables, write_torch)
 from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
                                  check_variables, default_variables, expected_shapes)
+from frontends.transfer import (LayerChange, Transfer, TransferReport, retarget_heads,
+                                transfer_variables)
 
 __all__ = [
     "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
@@ -41,7 +45,8 @@ __all__ = [
     "format_of", "is_backbone_name",
     "load_variables", "read_darknet", "read_msgpack", "read_torch", "save_variables",
     "state_dict_from_variables", "write_darknet", "write_msgpack", "write_partial",
-    "write_torch", "PARTIAL_HEADER",
+    "write_torch", "PARTIAL_HEADER", "LayerChange", "Transfer", "TransferReport",
+    "retarget_heads", "transfer_variables",
 ]
 
 FORMATS = ("darknet", "torch", "msgpack")

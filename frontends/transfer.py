@@ -142,7 +142,7 @@ def infer_darknet_source(graph: ir.Graph, path: str | os.PathLike) -> ir.Graph |
     ``graph`` has no ``[yolo]`` head.
     """
     heads = graph.yolo_indices()
-    if not heads:
+    if not heads or len({graph.layers[i].classes for i in heads}) > 1:
         return None
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -215,12 +215,14 @@ def transfer_variables(graph: ir.Graph, path: str | os.PathLike, init: Variables
             be read for ``source`` (naming ``--weights-cfg`` when ``source`` was not
             given). CheckpointError: a torch file that cannot be read.
     """
-    from frontends import format_of, load_variables  # the package imports this module
+    # the package's __init__ imports this module
+    from frontends import format_of, is_backbone_name, load_variables
 
     src_path = str(path)
     fmt = format_of(path)
     described = "the target cfg"
-    if source is None and fmt == "darknet":
+    if source is None and fmt == "darknet" and not is_backbone_name(path):
+        # a *.conv.N backbone is a prefix of the target, whatever its size
         source = infer_darknet_source(graph, path)
         if source is not None:
             classes = source.layers[source.yolo_indices()[0]].classes
