@@ -54,7 +54,8 @@ def run(args) -> int:
         raise ValueError(f"--size {width} {height}: expected positive sizes")
     k = args.num
     if k is None:
-        k = len(cfg_anchors(graph)) if graph is not None and graph.yolo_indices() else 9
+        heads = graph.yolo_indices() if graph is not None else ()
+        k = len(graph.layers[heads[0]].anchors) if heads else 9
     dataset = load_dataset(args.data, "train")
     wh = box_shapes((s.labels for s in dataset.samples), width, height)
     result = kmeans_anchors(wh, k, seed=args.seed, restarts=args.restarts)
