@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "convert": "convert weights between .weights, .pt/.pth and .msgpack",
     "export": "write the network as ONNX (opset 17)",
     "prune": "prune BN channels by |γ| (network slimming) and residual blocks",
+    "anchors": "k-means anchors for a dataset (and a cfg that uses them)",
     "train": "train or sparse-train a Darknet network (also fine-tuning)",
     "eval": "mAP of a network on a Darknet dataset",
     "bench": "forward latency and train-step time of a network on this machine",

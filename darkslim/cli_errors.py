@@ -31,10 +31,11 @@ FLAGS = {
     "ignore": "--ignore", "min_keep": "--min-keep", "round_to": "--round-to",
     "bn_eps": "--bn-eps", "layout": "--layout", "seed": "--seed",
     "allow_partial": "--allow-partial", "anchor_buffers": "--anchor-buffers",
+    "reinit_heads": "--reinit-heads",
 }
 # `passes.RemoveBlocks(n=..., threshold=...)` is `prune --layers/--layer-threshold`.
 REMOVE_BLOCKS_FLAGS = {"n": "--layers", "threshold": "--layer-threshold"}
-_BOOLEAN_FLAGS = frozenset({"--allow-partial", "--anchor-buffers"})
+_BOOLEAN_FLAGS = frozenset({"--allow-partial", "--anchor-buffers", "--reinit-heads"})
 
 # What each argument holds: (how the user wrote it, what it must be).
 _ROLES = {

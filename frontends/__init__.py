@@ -4,7 +4,9 @@
   (``darknet53.conv.74``: a numeric suffix also means Darknet);
 - torch ``.pt``/``.pth`` checkpoints of the ultralytics and eriklindernoren projects
   (`frontends.torch_ckpt`; torch is imported only when one is read or written);
-- Flax ``.msgpack`` (`frontends.msgpack`).
+- Flax ``.msgpack`` (`frontends.msgpack`);
+- weights of another cfg as the start of yours (`frontends.transfer`: load what
+  matches, re-initialise the heads) and Darknet's ``partial`` (`write_partial`).
 
 >>> save_variables(graph, variables, "yolov3.weights", header=DarknetHeader(0, 2, 5, 64))
 ()
@@ -25,13 +27,16 @@ from pathlib import Path
 
 import ir
 from frontends._atomic import atomic_path, write_atomic
-from frontends.darknet import DarknetHeader, read_darknet, write_darknet
+from frontends.darknet import (PARTIAL_HEADER, DarknetHeader, read_darknet, write_darknet,
+                               write_partial)
 from frontends.errors import CheckpointError, WeightsError
 from frontends.msgpack import read_msgpack, write_msgpack
 from frontends.torch_ckpt import (DEFAULT_BN_EPS, LAYOUTS, CheckpointMeta, read_torch,
                                   state_dict_from_variables, write_torch)
 from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
                                  check_variables, default_variables, expected_shapes)
+from frontends.transfer import (LayerChange, Transfer, TransferReport, retarget_heads,
+                                transfer_variables)
 
 __all__ = [
     "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
@@ -39,7 +44,9 @@ __all__ = [
     "check_variables", "darknet_header_of", "default_variables", "expected_shapes",
     "format_of", "is_backbone_name",
     "load_variables", "read_darknet", "read_msgpack", "read_torch", "save_variables",
-    "state_dict_from_variables", "write_darknet", "write_msgpack", "write_torch",
+    "state_dict_from_variables", "write_darknet", "write_msgpack", "write_partial",
+    "write_torch", "PARTIAL_HEADER", "LayerChange", "Transfer", "TransferReport",
+    "retarget_heads", "transfer_variables",
 ]
 
 FORMATS = ("darknet", "torch", "msgpack")
@@ -71,7 +78,8 @@ def is_backbone_name(path: str | os.PathLike) -> bool:
 
 def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
                    bn_eps: float | None = None, layout: str | None = None,
-                   seed: int = 0, allow_partial: bool = True) -> LoadedWeights:
+                   seed: int = 0, allow_partial: bool = True,
+                   upto: int | None = None) -> LoadedWeights:
     """Read a weights file of any supported format (by suffix) for ``graph``.
 
     Args:
@@ -97,8 +105,9 @@ def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
     """
     fmt = format_of(path)
     if fmt == "darknet":
-        loaded = read_darknet(graph, path, seed=seed)
-        if loaded.partial and not allow_partial and not is_backbone_name(path):
+        loaded = read_darknet(graph, path, seed=seed, upto=upto)
+        if (loaded.partial and not allow_partial and not is_backbone_name(path)
+                and upto is None):
             held = (f"{loaded.loaded_convs} of {loaded.total_convs}" if loaded.loaded_convs
                     else f"0 of {loaded.total_convs} (only the header)")
             raise WeightsError(

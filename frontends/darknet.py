@@ -35,7 +35,8 @@ from frontends.variables import (LoadedWeights, Variables, check_variables,
                                  where)
 from ir.variables import layer_shapes
 
-__all__ = ["DarknetHeader", "WeightsError", "read_darknet", "write_darknet"]
+__all__ = ["PARTIAL_HEADER", "DarknetHeader", "WeightsError", "read_darknet",
+           "write_darknet", "write_partial"]
 
 _F32 = np.dtype("<f4")
 
@@ -118,14 +119,17 @@ def _read_header(buf: bytearray, source: str) -> DarknetHeader:
     return DarknetHeader(major, minor, revision, seen)
 
 
-def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
-                 ) -> LoadedWeights:
+def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0,
+                 upto: int | None = None) -> LoadedWeights:
     """Read a Darknet ``.weights`` file for ``graph``.
 
     Args:
         graph: the network the file was trained for.
         path: the ``.weights`` file.
         seed: seeds `default_variables` for convs a partial file does not hold.
+        upto: read only the layers before this index and ignore the rest of the file,
+            as Darknet's ``load_weights_upto`` does (``darknet partial``): the file
+            may then hold more, or other, layers after them.
 
     Returns:
         `LoadedWeights` with ``header`` a `DarknetHeader`. A file that stops after
@@ -164,7 +168,7 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
     loaded: list[int] = []
     for index, layer in enumerate(graph.layers):
         remaining = size - header.size - 4 * pos
-        if remaining == 0:
+        if remaining == 0 or (upto is not None and index >= upto):
             break
         if index in unsupported:
             raise WeightsError(f"{source}: byte offset {header.size + 4 * pos}: "
@@ -191,7 +195,7 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
             pos += n
         loaded.append(index)
     end = header.size + 4 * pos
-    if end < size:
+    if end < size and upto is None:
         left = size - end
         floats_left = f"{left // 4} floats" + (f" and {left % 4} bytes" if left % 4 else "")
         last = where(graph, loaded[-1]) if loaded else "the header"
@@ -205,9 +209,9 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
         rest = default_variables(graph, seed, layers=missing)
         params = {**params, **rest["params"]}
         stats = {**stats, **rest["batch_stats"]}
-        upto = f"up to {where(graph, loaded[-1])}" if loaded else "none"
+        last = f"up to {where(graph, loaded[-1])}" if loaded else "none"
         warnings = (f"{source} holds the first {len(loaded)} of {len(weighted)} {noun}s "
-                    f"({upto}); the other {len(missing)} are freshly initialised "
+                    f"({last}); the other {len(missing)} are freshly initialised "
                     f"(seed {seed}).",)
     rank = {layer_key(i): n for n, i in enumerate(weighted)}
     variables = {"params": dict(sorted(params.items(), key=lambda kv: rank[kv[0]])),
@@ -244,12 +248,15 @@ def _f32(value) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=_F32)
 
 
-def darknet_chunks(graph: ir.Graph, variables: Variables,
-                   header: DarknetHeader) -> Iterator[np.ndarray | bytes]:
+def darknet_chunks(graph: ir.Graph, variables: Variables, header: DarknetHeader,
+                   upto: int | None = None) -> Iterator[np.ndarray | bytes]:
     """The bytes of a ``.weights`` file as contiguous buffers, one at a time (a kernel
-    that needs an OIHW copy is held only while it is written)."""
+    that needs an OIHW copy is held only while it is written); with ``upto``, only
+    the layers before that index (Darknet's ``save_weights_upto``)."""
     yield header.to_bytes()
     for index in weighted_layers(graph):
+        if upto is not None and index >= upto:
+            break
         layer = graph.layers[index]
         key = layer_key(index)
         for (collection, part, name), layout in file_order(layer):
@@ -258,12 +265,14 @@ def darknet_chunks(graph: ir.Graph, variables: Variables,
 
 
 def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
-                  header: DarknetHeader | None = None) -> None:
+                  header: DarknetHeader | None = None, upto: int | None = None) -> None:
     """Write ``variables`` as a Darknet ``.weights`` file, atomically.
 
     Args:
         header: the header to write (keep the one `read_darknet` returned for a byte
             exact round trip); default version 0.2.0, seen 0.
+        upto: write only the layers before this index: a backbone file such as
+            ``yolov3-tiny.conv.15`` (see `write_partial`).
 
     Raises:
         WeightsError: variables that do not fit ``graph`` (listing the first few), or a
@@ -275,4 +284,28 @@ def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike
         raise WeightsError(f"{source}: {where(graph, unsupported[0])} holds weights "
                            "darkslim cannot write yet")
     check_variables(graph, variables, source)
-    write_chunks(Path(path), darknet_chunks(graph, variables, header or DarknetHeader()))
+    write_chunks(Path(path), darknet_chunks(graph, variables, header or DarknetHeader(),
+                                            upto))
+
+
+PARTIAL_HEADER = DarknetHeader(0, 2, 5, 0)
+"""The header ``darknet partial`` writes: the version of the Darknet build (AlexeyAB's
+``src/version.h``: 0.2.5) and ``seen`` 0 (``partial`` zeroes ``seen`` and the
+iteration before ``save_weights_upto``), whatever the input file said."""
+
+
+def write_partial(graph: ir.Graph, variables: Variables, path: str | os.PathLike,
+                  upto: int) -> None:
+    """Write the first ``upto`` layers' weights of ``variables`` as Darknet's
+    ``darknet partial cfg weights out upto`` does, byte for byte: `PARTIAL_HEADER`,
+    then the weights of each weighted layer with index below ``upto``.
+
+    Raises:
+        WeightsError: ``upto`` outside ``1..len(graph.layers)``, or variables that
+            do not fit ``graph``.
+    """
+    if not 1 <= upto <= len(graph.layers):
+        raise WeightsError(f"{path}: partial upto={upto}: expected a layer count in 1.."
+                           f"{len(graph.layers)} ({graph.path} has {len(graph.layers)} "
+                           "layers)")
+    write_darknet(graph, variables, path, header=PARTIAL_HEADER, upto=upto)

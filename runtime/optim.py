@@ -6,16 +6,59 @@ decay on the kernels, and the sparsity transform chained in front (`build_optimi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 import ir
+from ir.variables import layer_index
 from runtime.sparsity import auto_sparsity, sparsity
 
 if TYPE_CHECKING:  # pragma: no cover
     from runtime.train import TrainConfig
+
+
+def freeze_mask(params: dict, upto: int) -> dict:
+    """True at every parameter of the layers before ``upto`` (``layer_i``, i < upto)."""
+    def frozen(path, _leaf) -> bool:
+        index = layer_index(str(getattr(path[0], "key", "")))
+        return index is not None and index < upto
+
+    return jax.tree_util.tree_map_with_path(frozen, params)
+
+
+class FreezeState(NamedTuple):
+    count: jax.Array
+
+
+def freeze(params: dict, upto: int, steps: int | None = None
+           ) -> optax.GradientTransformation:
+    """Zero the updates of the layers before ``upto``: only layers ``upto`` on train,
+    as Darknet's ``stopbackward`` (and ultralytics' ``--freeze``). Chained *after* the
+    optimiser, so weight decay does not move a frozen parameter either: after a step
+    it is bit-identical. With ``steps`` the freeze lifts after that many steps (the
+    first epochs of a transfer: the new heads settle before the backbone moves).
+
+    BatchNorm running statistics are not parameters: in train mode they still follow
+    the data in frozen layers, as in Darknet and ultralytics.
+    """
+    mask = freeze_mask(params, upto)
+    if steps is None:
+        return optax.masked(optax.set_to_zero(), mask)
+
+    def init(_params):
+        return FreezeState(count=jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        on = state.count < steps
+        updates = jax.tree.map(lambda u, m: jnp.where(on, jnp.zeros_like(u), u) if m else u,
+                               updates, mask)
+        return updates, FreezeState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
 
 
 def kernel_mask(params: dict) -> dict:
@@ -66,12 +109,16 @@ def build_optimizer(graph: ir.Graph, params: dict, config: TrainConfig,
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The transform `fit` trains with: sparsity (if any; ``auto`` is the controller
     `runtime.sparsity.auto_sparsity` steering s toward ``config.target_prune``) chained
-    before the optimiser."""
+    before the optimiser, and `freeze` (``config.freeze`` > 0) after it."""
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     schedule = lr_schedule(config.lr, total_steps, warmup_steps=min(warmup, total_steps // 2),
                            kind=config.lr_schedule)
     base = make_optimizer(config.optimizer, schedule, momentum=config.momentum,
                           weight_decay=config.weight_decay, decay_mask=kernel_mask(params))
+    if config.freeze > 0:
+        steps = (None if config.freeze_epochs is None
+                 else int(round(config.freeze_epochs * steps_per_epoch)))
+        base = optax.chain(base, freeze(params, config.freeze, steps))
     if config.sparsity <= 0:
         return base, schedule
     if config.sparsity_schedule == "auto":

@@ -62,7 +62,9 @@ class TrainConfig:
     (`runtime.sparsity.bn_l1_auto`); ``mode`` chooses the penalised γ
     (``regular``/``shortcut``, as the prune pass). ``precise_bn`` batches of
     un-augmented training images re-estimate the BatchNorm statistics at the end of
-    each epoch (`recalibrate_bn`; 0 keeps Darknet's running averages).
+    each epoch (`recalibrate_bn`; 0 keeps Darknet's running averages). ``freeze`` N > 0
+    trains only the layers from N on (`runtime.optim.freeze`, Darknet's
+    ``stopbackward``), for the first ``freeze_epochs`` epochs (None: the whole run).
     """
 
     epochs: int = 30
@@ -84,6 +86,8 @@ class TrainConfig:
     bn_eps: float = 1e-5
     eval_batch_size: int = 32
     precise_bn: int = 8
+    freeze: int = 0
+    freeze_epochs: float | None = None
 
 
 class StepInfo(NamedTuple):

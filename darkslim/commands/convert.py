@@ -38,6 +38,11 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-partial", action="store_true",
                    help="accept a .weights file holding fewer convs than the cfg (the "
                    "rest freshly initialised); *.conv.N backbones are always accepted")
+    p.add_argument("--partial", type=int, default=None, metavar="N",
+                   help="write only the first N layers' weights, byte for byte what "
+                   "`darknet partial MODEL.cfg IN OUT N` writes (header 0.2.5, seen 0): a "
+                   "backbone to train another cfg from, e.g. yolov3-tiny.conv.15. OUT "
+                   "must be a Darknet file; a Darknet IN is read only up to layer N")
     p.set_defaults(func=run)
 
 
@@ -53,8 +58,40 @@ def _describe(loaded: frontends.LoadedWeights) -> str:
     return f"{what}: {loaded.loaded_convs} of {loaded.total_convs} convs"
 
 
+def _run_partial(args, out) -> int:
+    """``--partial N``: Darknet's ``partial``: ``load_weights_upto`` then
+    ``save_weights_upto``, header 0.2.5 and seen 0."""
+    graph = ir.parse_cfg(args.cfg)
+    if frontends.format_of(args.output) != "darknet":
+        raise frontends.WeightsError(
+            f"{args.output}: --partial {args.partial} writes a Darknet file: expected OUT "
+            "named *.weights or *.conv.N (e.g. yolov3-tiny.conv.15)")
+    if not 1 <= args.partial <= len(graph.layers):
+        raise frontends.WeightsError(
+            f"{args.output}: --partial {args.partial}: expected a layer count in 1.."
+            f"{len(graph.layers)} ({args.cfg} has {len(graph.layers)} layers)")
+    loaded = frontends.load_variables(graph, args.input, bn_eps=args.bn_eps,
+                                      seed=args.seed, upto=args.partial)
+    held = [i for i in frontends.darknet.weighted_layers(graph) if i < args.partial]
+    if loaded.format == "darknet" and loaded.loaded_convs < len(held):
+        raise frontends.WeightsError(
+            f"{args.input}: holds {loaded.loaded_convs} convs, --partial {args.partial} "
+            f"needs the {len(held)} before layer {args.partial}")
+    out.print(f"[bold]read[/]  {escape(args.input)}: {escape(_describe(loaded))}",
+              highlight=False)
+    frontends.write_partial(graph, loaded.variables, args.output, args.partial)
+    last = (f"up to layer {held[-1]} ([{graph.layers[held[-1]].kind}] at "
+            f"{args.cfg}:{graph.layers[held[-1]].line})") if held else "none"
+    out.print(f"[bold]wrote[/] {escape(args.output)}: Darknet .weights "
+              f"({escape(str(frontends.PARTIAL_HEADER))}), the first {args.partial} layers: "
+              f"{len(held)} convs ({escape(last)})", highlight=False)
+    return 0
+
+
 def run(args) -> int:
     out = make_console()
+    if args.partial is not None:
+        return _run_partial(args, out)
     graph = ir.parse_cfg(args.cfg)
     loaded = frontends.load_variables(graph, args.input, bn_eps=args.bn_eps,
                                       seed=args.seed, allow_partial=args.allow_partial)

@@ -23,8 +23,24 @@ def add_parser(sub) -> None:
         "machines (jax.distributed): under SLURM or Open MPI, or with --coordinator.")
     p.add_argument("data", metavar="DATA.data")
     p.add_argument("cfg", metavar="MODEL.cfg")
-    p.add_argument("--weights", help="start from these weights (.weights/.pt/.msgpack); "
-                   "default: from scratch")
+    p.add_argument("--weights", help="start from these weights (.weights/.pt/.msgpack, or "
+                   "a backbone such as yolov3-tiny.conv.15); default: from scratch")
+    p.add_argument("--reinit-heads", action="store_true",
+                   help="transfer learning: the --weights were trained for another cfg "
+                   "(e.g. COCO's 80 classes): load every layer whose shapes match, "
+                   "re-initialise the convs feeding a detection head (with prior "
+                   "biases) and any layer whose shapes differ; prints which is which. "
+                   "Without it such weights are an error")
+    p.add_argument("--weights-cfg", metavar="SRC.cfg",
+                   help="the cfg the --weights were trained for (default: MODEL.cfg, or "
+                   "for a Darknet file MODEL.cfg with the [yolo] class count the file's "
+                   "size implies)")
+    p.add_argument("--freeze", type=int, default=0, metavar="N",
+                   help="train only the layers from N on (Darknet's stopbackward): the "
+                   "pretrained backbone stays fixed while new heads settle (0: off)")
+    p.add_argument("--freeze-epochs", type=float, default=None, metavar="E",
+                   help="with --freeze: lift the freeze after E epochs (default: the "
+                   "whole run)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch", type=int, default=16)
@@ -100,6 +116,37 @@ def _epoch_line(info, epochs: int) -> str:
     return line
 
 
+def _ranges(indices) -> str:
+    """``0-2, 4, 6-8``: layer indices, runs collapsed."""
+    parts, run = [], []
+    for i in indices:
+        if run and i != run[-1] + 1:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(i)
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(parts) or "none"
+
+
+def print_transfer(console, graph, report) -> None:
+    """Which layers came from the weights file and which were (re-)initialised."""
+    from rich.markup import escape
+
+    from frontends.variables import where
+
+    console.print(escape(f"loaded {len(report.loaded)} layers from {report.source} (laid "
+                         f"out as {report.source_cfg}): layers {_ranges(report.loaded)}"),
+                  highlight=False)
+    words = {"head": "re-initialised (head)", "shape": "re-initialised (shapes differ)",
+             "absent": "initialised (not in the file)"}
+    for change in report.changed:
+        console.print(escape(f"  {words[change.reason]}: {where(graph, change.index)}: "
+                             f"{change.detail}"), highlight=False)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
 def run(args) -> int:
     import jax
 
@@ -112,7 +159,8 @@ def run(args) -> int:
     from darkslim.report import plot_gamma_histogram
     from passes import analyze_prunability
     from darkslim.trainlog import RunWriter
-    from frontends import load_variables, write_atomic
+    from frontends import write_atomic
+    from frontends.transfer import transfer_variables
     from runtime import init_variables
     from runtime.data import NO_AUGMENT, Augment, load_dataset, read_data_config
     from passes.diagnostics import prunable_abs_gammas
@@ -138,13 +186,21 @@ def run(args) -> int:
             console.print(f"[yellow]skipped {len(ds.skipped)} bad {name} images[/] "
                           f"(first: {ds.skipped[0]})", highlight=False)
 
+    if args.freeze < 0 or args.freeze >= len(graph.layers):
+        raise ValueError(f"--freeze {args.freeze}: expected a layer index in 0.."
+                         f"{len(graph.layers) - 1} ({args.cfg} has {len(graph.layers)} "
+                         "layers; 0 trains all)")
+    if args.freeze_epochs is not None and not args.freeze:
+        raise ValueError(f"--freeze-epochs {args.freeze_epochs:g}: needs --freeze N")
+    if (args.reinit_heads or args.weights_cfg) and not args.weights:
+        raise ValueError("--reinit-heads/--weights-cfg: need --weights W to start from")
+    variables = init_head_biases(graph, init_variables(graph, args.seed))
     if args.weights:
-        loaded = load_variables(graph, args.weights)
-        variables = loaded.variables
-        for warning in getattr(loaded, "warnings", ()):
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    else:
-        variables = init_head_biases(graph, init_variables(graph, args.seed))
+        source = ir.parse_cfg(Path(args.weights_cfg)) if args.weights_cfg else None
+        transfer = transfer_variables(graph, args.weights, variables,
+                                      reinit_heads=args.reinit_heads, source=source)
+        variables = transfer.variables
+        print_transfer(console, graph, transfer.report)
     gamma_init = args.gamma_init
     if gamma_init is None and s > 0 and not args.weights:
         gamma_init = 0.5
@@ -158,7 +214,8 @@ def run(args) -> int:
         lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
         sparsity=s, sparsity_schedule=schedule, target_prune=args.target_prune,
         sparsity_fraction=args.switch, mode=args.mode, seed=args.seed,
-        augment=NO_AUGMENT if args.no_augment else Augment(), precise_bn=args.precise_bn)
+        augment=NO_AUGMENT if args.no_augment else Augment(), precise_bn=args.precise_bn,
+        freeze=args.freeze, freeze_epochs=args.freeze_epochs)
     devices = jax.device_count()
     mesh = data_mesh() if devices > 1 else None
     steps_per_epoch = max(1, len(train_set) // args.batch)
@@ -173,7 +230,10 @@ def run(args) -> int:
                   f"{args.optimizer} lr {args.lr:g}" + sparse_text
                   + (f", {devices} devices" if devices > 1 else "")
                   + (f" in {cluster.process_count} processes ({cluster.source})"
-                     if cluster.process_count > 1 else "") + ")"
+                     if cluster.process_count > 1 else "")
+                  + (f", layers before {args.freeze} frozen"
+                     + (f" for {args.freeze_epochs:g} epochs" if args.freeze_epochs
+                        is not None else "") if args.freeze else "") + ")"
                   + (f"; {left_out} images past the last full batch sit out each epoch "
                      "(a different set every epoch)" if left_out else ""), highlight=False)
 
