@@ -135,7 +135,8 @@ def place_extras(extras: tuple, mesh: Mesh | None) -> tuple:
 
 class TrainStep:
     """The compiled train step: ``step(state, images, targets[, extras]) -> (state,
-    metrics)``, and ``step.lower(...)`` with the same arguments.
+    metrics)``, and ``step.lower(...)`` with the same arguments (its ``compile()``
+    takes all four: ``compiled(state, images, targets, step.extras)``).
 
     ``extras`` (one pytree per loss term, in order) is an argument of the compiled
     function; left out, it is the terms' own ``extra`` fields, put on the devices once

@@ -45,10 +45,10 @@ from runtime.terms import LossTerm, check_terms, term_names, without_extra
 
 __all__ = [
     "CHECKPOINTS", "Checkpointer", "EpochInfo", "StepInfo", "TrainConfig", "TrainResult",
-    "TrainState", "TrainStateError", "TrainStep", "build_optimizer", "check_classes", "data_mesh", "fit",
-    "gamma_stats", "init_gammas", "init_head_biases", "init_train_state", "kernel_mask",
-    "lr_schedule", "make_optimizer", "make_train_step", "recalibrate_bn", "replicate",
-    "shard_batch", "sparsity",
+    "TrainState", "TrainStateError", "TrainStep", "build_optimizer", "check_classes",
+    "data_mesh", "fit", "gamma_stats", "init_gammas", "init_head_biases", "init_train_state",
+    "kernel_mask", "lr_schedule", "make_optimizer", "make_train_step", "recalibrate_bn",
+    "replicate", "shard_batch", "sparsity",
 ]
 
 
