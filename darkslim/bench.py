@@ -116,7 +116,7 @@ def prepare_train_step(graph: ir.Graph, variables: Any, batch: int, *,
     box = [state]
 
     def run():
-        box[0], metrics = compiled(box[0], images, targets)
+        box[0], metrics = compiled(box[0], images, targets, step.extras)
         jax.block_until_ready(metrics)
 
     return run, compile_s

@@ -7,11 +7,13 @@ from runtime.model import (ACTIVATIONS, DarknetModule, ForwardOut, UnsupportedLa
                            check_supported, decode_yolo, forward, init_variables)
 from runtime.data import (NO_AUGMENT, Augment, Batch, DataConfig, DataError, Dataset,
                           iterate_batches, load_dataset, prefetch, read_data_config)
-from runtime.loss import LossConfig, LossParts, yolo_loss
+from runtime.terms import LossTerm, LossTermError, StepOutputs, term_names
+from runtime.loss import LossConfig, LossParts, YoloLoss, yolo_loss, yolo_terms
 from runtime.metrics import (ClassMetrics, EvalResult, coco_map, evaluate,
                              evaluate_detections, nms, postprocess)
 from runtime.sparsity import bn_l1, bn_l1_auto, gamma_mask, sparsity, sparsity_schedule
 from runtime.checkpoint import Checkpointer, TrainStateError
 from passes.diagnostics import sparsity_metrics
 from runtime.parallel import data_mesh, initialize_distributed
-from runtime.train import TrainConfig, TrainResult, fit, make_optimizer, make_train_step
+from runtime.train import (TrainConfig, TrainResult, TrainStep, fit, make_optimizer,
+                           make_train_step)

@@ -23,6 +23,9 @@ the total is multiplied by the batch size so the gradient of a batch is a sum ov
 images, as in Darknet and ultralytics. Everything is static-shaped and jit-able; the
 targets are ``(N, M, 5)`` rows ``class cx cy w h`` normalised to the input, padded
 with class ``-1`` (`runtime.data.Batch.targets`).
+
+In training the loss is the term `YoloLoss` (`runtime.terms`), reporting ``box``,
+``obj`` and ``cls``; `yolo_terms` is the default loss of the train step.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 import ir
+from runtime.terms import LossTerm, StepOutputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +237,23 @@ def yolo_loss(graph: ir.Graph, heads: tuple[jax.Array, ...], targets: jax.Array,
     obj = obj * config.obj_gain * batch
     cls = cls * config.cls_gain * batch
     return LossParts(box + obj + cls, box, obj, cls)
+
+
+@dataclass(frozen=True, kw_only=True)
+class YoloLoss(LossTerm):
+    """`yolo_loss` as a loss term: its total, reporting ``box``, ``obj`` and ``cls``."""
+
+    config: LossConfig = LossConfig()
+    names: tuple[str, ...] = ("box", "obj", "cls")
+
+    def __call__(self, outputs: StepOutputs, targets: jax.Array, extra=None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        parts = yolo_loss(outputs.graph, outputs.heads, targets, outputs.input_hw,
+                          self.config)
+        return parts.total, dict(zip(self.names, (parts.box, parts.obj, parts.cls)))
+
+
+def yolo_terms(config: LossConfig = LossConfig()) -> tuple[LossTerm, ...]:
+    """The YOLOv3 loss as terms: the default of `runtime.step.make_train_step` and
+    `runtime.train.fit` (add others after it)."""
+    return (YoloLoss(config=config),)

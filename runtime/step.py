@@ -10,7 +10,7 @@ code runs unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -20,9 +20,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import ir
-from runtime.loss import LossConfig, yolo_loss
+from runtime.loss import LossConfig, yolo_terms
 from runtime.model import DarknetModule
+from runtime.parallel import replicate
 from runtime.sparsity import current_rate
+from runtime.terms import LossTerm, StepOutputs, check_terms, sum_terms
 from runtime.xla_options import compiler_options
 
 
@@ -123,41 +125,80 @@ def init_train_state(variables: dict, tx: optax.GradientTransformation) -> Train
 
 
 
-def make_train_step(graph: ir.Graph, tx: optax.GradientTransformation, *,
-                    loss_config: LossConfig = LossConfig(), bn_eps: float = 1e-5,
-                    prunable: tuple[int, ...] = (), mesh: Mesh | None = None
-                    ) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict]]:
-    """A jit-compiled ``step(state, images, targets) -> (state, metrics)``.
+def place_extras(extras: tuple, mesh: Mesh | None) -> tuple:
+    """The terms' extra pytrees on the devices, once (replicated over ``mesh``), so a
+    step does not copy them from the host again each time."""
+    if all(extra is None for extra in extras):
+        return extras
+    return replicate(extras, mesh) if mesh is not None else jax.device_put(extras)
 
-    BatchNorm runs in train mode (batch statistics) and its running statistics are
-    updated (Flax ``mutable=["batch_stats"]``). ``metrics`` holds the loss parts and
-    the sparsity strength ``s`` applied, and
-    the γ statistics of the ``prunable`` convs after the update (`gamma_stats`). With ``mesh`` the
-    batch is sharded over its ``data`` axis and the state replicated.
+
+class TrainStep:
+    """The compiled train step: ``step(state, images, targets[, extras]) -> (state,
+    metrics)``, and ``step.lower(...)`` with the same arguments (its ``compile()``
+    takes all four: ``compiled(state, images, targets, step.extras)``).
+
+    ``extras`` (one pytree per loss term, in order) is an argument of the compiled
+    function; left out, it is the terms' own ``extra`` fields, put on the devices once
+    (replicated over the mesh) when the step is made.
     """
+
+    def __init__(self, jitted, terms: tuple[LossTerm, ...], mesh: Mesh | None) -> None:
+        self.jitted, self.terms = jitted, terms
+        self.extras = place_extras(tuple(term.extra for term in terms), mesh)
+
+    def __call__(self, state: TrainState, images, targets, extras: tuple | None = None
+                 ) -> tuple[TrainState, dict]:
+        return self.jitted(state, images, targets, self.extras if extras is None else extras)
+
+    def lower(self, state: TrainState, images, targets, extras: tuple | None = None):
+        return self.jitted.lower(state, images, targets,
+                                 self.extras if extras is None else extras)
+
+
+def make_train_step(graph: ir.Graph, tx: optax.GradientTransformation, *,
+                    terms: Sequence[LossTerm] | None = None,
+                    loss_config: LossConfig = LossConfig(), bn_eps: float = 1e-5,
+                    prunable: tuple[int, ...] = (), mesh: Mesh | None = None) -> TrainStep:
+    """A jit-compiled ``step(state, images, targets) -> (state, metrics)`` (`TrainStep`).
+
+    The loss is the sum of ``terms`` (`runtime.terms`; default
+    ``yolo_terms(loss_config)``), each seeing the forward pass of ``images`` and its
+    own ``extra`` pytree, an argument of the compiled step. BatchNorm runs in train
+    mode (batch statistics) and its running statistics are updated (Flax
+    ``mutable=["batch_stats"]``). ``metrics`` holds ``loss`` (the total), every
+    metric the terms report under its name, the sparsity strength ``s`` applied, and
+    the γ statistics of the ``prunable`` convs after the update (`gamma_stats`). With
+    ``mesh`` the batch is sharded over its ``data`` axis; the state, the extras and the
+    metrics (scalars) are replicated.
+    """
+    terms = check_terms(yolo_terms(loss_config) if terms is None else terms)
     module = DarknetModule(graph, bn_eps=bn_eps)
 
-    def step(state: TrainState, images, targets):
+    def step(state: TrainState, images, targets, extras):
         def loss_fn(params):
             out, updates = module.apply({"params": params, "batch_stats": state.batch_stats},
                                         images, train=True, mutable=["batch_stats"])
-            parts = yolo_loss(graph, out.heads, targets, images.shape[1:3], loss_config)
-            return parts.total, (parts, updates["batch_stats"])
+            outputs = StepOutputs(heads=out.heads, forward=out, images=images,
+                                  input_hw=images.shape[1:3], graph=graph, params=params)
+            total, parts = sum_terms(terms, outputs, targets, extras)
+            return total, (parts, updates["batch_stats"])
 
-        (_, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        # Only the trained params are differentiated: the extras (a teacher's
+        # variables, say) enter as constants of the loss and leave untouched.
+        (total, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": parts.total, "box": parts.box, "obj": parts.obj, "cls": parts.cls,
-                   "s": current_rate(opt_state), **gamma_stats(params, prunable)}
+        metrics = {"loss": total, **parts, "s": current_rate(opt_state),
+                   **gamma_stats(params, prunable)}
         return TrainState(params, batch_stats, opt_state, state.step + 1), metrics
 
     if mesh is None:
-        return jax.jit(step, compiler_options=compiler_options())
+        return TrainStep(jax.jit(step, compiler_options=compiler_options()), terms, None)
     replicated = NamedSharding(mesh, PartitionSpec())
     batched = NamedSharding(mesh, PartitionSpec("data"))
-    return jax.jit(step, in_shardings=(replicated, batched, batched),
-                   out_shardings=(replicated, replicated),
-                   compiler_options=compiler_options())
-
-
+    jitted = jax.jit(step, in_shardings=(replicated, batched, batched, replicated),
+                     out_shardings=(replicated, replicated),
+                     compiler_options=compiler_options())
+    return TrainStep(jitted, terms, mesh)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh
 
 import ir
@@ -31,21 +32,23 @@ from runtime.batches import NO_AUGMENT, Augment, iterate_batches, prefetch
 from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
 from runtime.dataset import Dataset
 from passes.diagnostics import sparsity_metrics
-from runtime.loss import LossConfig
+from runtime.loss import LossConfig, yolo_terms
 from runtime.model import init_variables
 from runtime.optim import build_optimizer, kernel_mask, lr_schedule, make_optimizer
 from runtime.parallel import (data_mesh, global_batch, process_rows, replicate,
                               shard_batch, to_host)
 from runtime.sparsity import init_gammas, sparsity
-from runtime.step import (TrainState, gamma_stats, init_head_biases, init_train_state,
-                          make_train_step, recalibrate_bn)
+from runtime.step import (TrainState, TrainStep, gamma_stats, init_head_biases,
+                          init_train_state, make_train_step, place_extras,
+                          recalibrate_bn)
+from runtime.terms import LossTerm, check_terms, term_names, without_extra
 
 __all__ = [
     "CHECKPOINTS", "Checkpointer", "EpochInfo", "StepInfo", "TrainConfig", "TrainResult",
-    "TrainState", "TrainStateError", "build_optimizer", "check_classes", "data_mesh", "fit",
-    "gamma_stats", "init_gammas", "init_head_biases", "init_train_state", "kernel_mask",
-    "lr_schedule", "make_optimizer", "make_train_step", "recalibrate_bn", "replicate",
-    "shard_batch", "sparsity",
+    "TrainState", "TrainStateError", "TrainStep", "build_optimizer", "check_classes",
+    "data_mesh", "fit", "gamma_stats", "init_gammas", "init_head_biases", "init_train_state",
+    "kernel_mask", "lr_schedule", "make_optimizer", "make_train_step", "recalibrate_bn",
+    "replicate", "shard_batch", "sparsity",
 ]
 
 
@@ -95,7 +98,8 @@ class StepInfo(NamedTuple):
     step: int           # global step after this one
     steps_per_epoch: int
     lr: float
-    metrics: dict       # floats: loss, box, obj, cls, gamma_mean, gamma_small, ...
+    metrics: dict       # floats: loss, each term's (box, obj, cls, ...), s, gamma_mean, ...
+    terms: tuple[str, ...] = ("box", "obj", "cls")  # the loss terms' metric names
 
 
 class EpochInfo(NamedTuple):
@@ -104,6 +108,7 @@ class EpochInfo(NamedTuple):
     metrics: dict       # mean train losses, s, sparsity diagnostics, mAP with a valid set
     best: bool          # this epoch scored best so far
     history: tuple      # every epoch's metrics so far (after a resume too)
+    terms: tuple[str, ...] = ("box", "obj", "cls")  # the loss terms' metric names
 
 
 @dataclass(frozen=True)
@@ -128,14 +133,16 @@ def check_classes(graph: ir.Graph, classes: int, source: str) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _compiled(graph: ir.Graph, config: TrainConfig, total_steps: int, steps_per_epoch: int,
-              mesh: Mesh | None):
+              mesh: Mesh | None, terms: tuple[LossTerm, ...]
+              ) -> tuple[optax.GradientTransformation, optax.Schedule, TrainStep]:
     """The optimiser, LR schedule and jitted step of a run, cached so a resumed run or a
     second run of the same setting in one process does not compile again. The params
-    only matter through their tree structure, which the graph determines."""
+    only matter through their tree structure, which the graph determines; the terms
+    through their static fields (``fit`` passes their extras at each step)."""
     params = jax.eval_shape(lambda: init_variables(graph))["params"]
     tx, schedule = build_optimizer(graph, params, config, total_steps, steps_per_epoch)
     prunable = analyze_prunability(graph, config.mode).prunable
-    step = make_train_step(graph, tx, loss_config=config.loss, bn_eps=config.bn_eps,
+    step = make_train_step(graph, tx, terms=terms, bn_eps=config.bn_eps,
                            prunable=prunable, mesh=mesh)
     return tx, schedule, step
 
@@ -174,7 +181,7 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
         resume: bool = False, mesh: Mesh | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
         on_epoch: Callable[[EpochInfo], None] | None = None,
-        max_steps: int | None = None) -> TrainResult:
+        max_steps: int | None = None, extra_terms: Sequence[LossTerm] = ()) -> TrainResult:
     """Train ``variables`` of ``graph`` on ``train_set``.
 
     Per epoch: shuffled, augmented batches prefetched in the background (each process
@@ -195,6 +202,11 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
         on_step, on_epoch: progress callbacks, called in every process.
         max_steps: stop after this many steps of the run (tests, benchmarks); an epoch
             cut short is neither summarised nor checkpointed.
+        extra_terms: loss terms (`runtime.terms.LossTerm`) added after the YOLO loss
+            ``yolo_terms(config.loss)``; their metrics join the step's and the
+            epoch's under their names (``StepInfo.terms`` and ``EpochInfo.terms``
+            list every term's). Their ``extra`` pytrees are put on the devices once and
+            passed to every step.
     """
     check_classes(graph, train_set.classes, str(train_set.source))
     steps_per_epoch = len(train_set) // config.batch_size
@@ -204,7 +216,11 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
     if mesh is None and jax.process_count() > 1:
         mesh = data_mesh()
     total_steps = steps_per_epoch * config.epochs
-    tx, schedule, step_fn = _compiled(graph, config, total_steps, steps_per_epoch, mesh)
+    terms = check_terms((*yolo_terms(config.loss), *extra_terms))
+    names = term_names(terms)
+    tx, schedule, step_fn = _compiled(graph, config, total_steps, steps_per_epoch, mesh,
+                                      tuple(without_extra(term) for term in terms))
+    extras = place_extras(tuple(term.extra for term in terms), mesh)
     state = init_train_state(variables, tx)
     checkpoints = Checkpointer(Path(out_dir) / CHECKPOINTS) if out_dir is not None else None
     start_epoch, history, best = 0, [], None
@@ -225,12 +241,12 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
                         cut = True
                         break
                     lr = float(schedule(state.step))
-                    state, metrics = step_fn(state, images, targets)
+                    state, metrics = step_fn(state, images, targets, extras)
                     metrics = {k: float(v) for k, v in metrics.items()}
                     rows.append(metrics)
                     if on_step is not None:
                         on_step(StepInfo(epoch, int(state.step), steps_per_epoch, lr,
-                                         metrics))
+                                         metrics, names))
             if cut or len(rows) < steps_per_epoch:
                 break
             if config.precise_bn > 0:
@@ -251,7 +267,8 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
             best = score if improved else best
             history.append(summary)
             if on_epoch is not None:
-                on_epoch(EpochInfo(epoch + 1, host, summary, improved, tuple(history)))
+                on_epoch(EpochInfo(epoch + 1, host, summary, improved, tuple(history),
+                                   names))
             if checkpoints is not None:
                 checkpoints.save(epoch + 1, state, {"epoch": epoch + 1, "history": history,
                                                     "best": best, "seed": config.seed})

@@ -102,11 +102,15 @@ def _sparsity(args) -> tuple[float, str]:
         raise ValueError(f"--sparsity {args.sparsity}: expected a number or 'auto'") from None
 
 
+def _terms_text(info) -> str:
+    """``box 1.234 obj 0.567 cls 0.089``: each loss term's metric, by name."""
+    return " ".join(f"{name} {info.metrics.get(name, 0):.3f}" for name in info.terms)
+
+
 def _epoch_line(info, epochs: int) -> str:
     m = info.metrics
     line = (f"epoch {info.epoch:3d}/{epochs}  loss {m.get('loss', float('nan')):.3f} "
-            f"(box {m.get('box', 0):.3f} obj {m.get('obj', 0):.3f} cls {m.get('cls', 0):.3f})"
-            f"  s {m.get('s', 0):.3g}")
+            f"({_terms_text(info)})  s {m.get('s', 0):.3g}")
     if "safe_prune_ratio" in m:
         line += (f"  |γ| q50 {m['gamma_q50']:.3g} <1e-2 {m['gamma_below_1e-2']:.1%} "
                  f"<1e-3 {m['gamma_below_1e-3']:.1%}  safe prune {m['safe_prune_ratio']:.1%}"
@@ -254,8 +258,8 @@ def run(args) -> int:
         m = info.metrics
         progress.update(task, completed=info.step,
                         description=f"epoch {info.epoch + 1}/{args.epochs}",
-                        stats=(f"loss {m['loss']:.3f} box {m['box']:.3f} obj {m['obj']:.3f} "
-                               f"cls {m['cls']:.3f} lr {info.lr:.1e} s {m['s']:.2g} |γ| "
+                        stats=(f"loss {m['loss']:.3f} {_terms_text(info)} "
+                               f"lr {info.lr:.1e} s {m['s']:.2g} |γ| "
                                f"{m['gamma_mean']:.3f} <.01 {m['gamma_small']:.0%}"))
 
     def on_epoch(info) -> None:
