@@ -43,21 +43,31 @@ from ir.activations import activate_xp
 from ir.variables import layer_shapes
 from passes import FoldPrunedBias, PruneResult, ZeroPrunedGamma, tensor_keeps, tree
 
+# The check never runs above this size, whatever the cfg's: its three forwards at the
+# cfg's own 1280 (yolov4-p6) would take minutes and gigabytes for what 128 shows.
+MAX_CHECK_SIZE = 640
 
-def check_size(graph: ir.Graph, minimum: int = 64) -> int:
-    """The smallest multiple of the network's total stride that is at least ``minimum``
-    and at which it verifies, with every detection head at least 2 cells wide and every
-    variable the shape it has at the cfg's size (a ``[connected]`` over a spatial map
-    pins the size); else the cfg's own size."""
-    stride = 1
-    for layer in graph.layers:
-        if isinstance(layer, (ir.Conv, ir.MaxPool, ir.LocalAvgPool)):
-            stride *= layer.stride
-        elif isinstance(layer, (ir.Reorg, ir.Reorg3d)) and not layer.reverse:
-            stride *= layer.stride
+
+class CheckSizeError(ValueError):
+    """No input size up to `MAX_CHECK_SIZE` at which the check can run the network."""
+
+
+def check_size(graph: ir.Graph, minimum: int = 64, maximum: int = MAX_CHECK_SIZE) -> int:
+    """The input size of the check: the smallest multiple of the network's total stride
+    (`ir.total_stride`) that is at least ``minimum`` and at which it verifies, with
+    every detection head at least 2 cells wide and every variable the shape it has at
+    the cfg's size (a ``[connected]`` over a spatial map pins the size). Never above
+    the cfg's own size (``max(height, width)``) and ``maximum``: below ``minimum`` when
+    the cfg is smaller (cifar's 32), the cfg's size when nothing smaller fits.
+
+    Raises:
+        CheckSizeError: only the cfg's size fits and it is above ``maximum``.
+    """
+    stride = ir.total_stride(graph)
+    own = max(graph.height, graph.width)
     full = layer_shapes(graph)
-    first = size = max(1, -(-minimum // stride)) * stride
-    while size <= max(first, graph.height, graph.width):
+    size = max(1, -(-min(minimum, own) // stride)) * stride
+    while size < own and size <= maximum:
         small = ir.with_input_size(graph, size)
         try:
             shapes = ir.verify(small)
@@ -68,7 +78,13 @@ def check_size(graph: ir.Graph, minimum: int = 64) -> int:
                         for i in graph.head_indices()):
             return size
         size += stride
-    return max(graph.height, graph.width)
+    if own > maximum:
+        raise CheckSizeError(
+            f"{graph.path}: the prune check fits no input size from {minimum} to "
+            f"{maximum} (total stride {stride}); only the cfg's own {own} does: expected "
+            f"a network that runs below {maximum + 1}x{maximum + 1} (rerun with "
+            "--check-size N to force a size, or --no-check)")
+    return own
 
 
 def _matrix(kernel, groups: int, group: int) -> tuple[np.ndarray, str]:

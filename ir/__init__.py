@@ -14,7 +14,7 @@ from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Detection, Dropout,
                        ScaleChannels, Section, Shortcut, Softmax, Upsample, Yolo, consumers,
                        layer_inputs)
 from ir.resize import narrow, with_input_size
-from ir.shapes import Shape, input_shape, verify
+from ir.shapes import Shape, input_shape, total_stride, verify
 from ir.variables import check_variables, expected_shapes, init_variables, layer_key
 
 __all__ = [
@@ -24,6 +24,6 @@ __all__ = [
     "MaxPool", "Route", "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables",
     "consumers", "count_flops", "count_params", "expected_shapes", "init_variables",
     "input_shape", "layer_costs", "layer_inputs", "layer_key", "narrow", "parse_cfg",
-    "spec_of", "unsupported_reason", "variables_owner", "verify",
+    "spec_of", "total_stride", "unsupported_reason", "variables_owner", "verify",
     "with_input_size", "write_cfg",
 ]
