@@ -55,8 +55,11 @@ class CheckSizeError(ValueError):
 def check_size(graph: ir.Graph, minimum: int = 64, maximum: int = MAX_CHECK_SIZE) -> int:
     """The input size of the check: the smallest multiple of the network's total stride
     (`ir.total_stride`) that is at least ``minimum`` and at which it verifies, with
-    every detection head at least 2 cells wide and every variable the shape it has at
-    the cfg's size (a ``[connected]`` over a spatial map pins the size). Never above
+    the finest detection head at least 2 cells wide (a border and an inside) and every
+    variable the shape it has at the cfg's size (a ``[connected]`` over a spatial map
+    pins the size). The coarsest head may be a single cell: cspx-p7-mish's stride-128
+    head is 1x1 at 128, where asking 2x2 of it would run the check at 256 (4x the
+    FLOPs, 2.4x the wall of the prune itself). Never above
     the cfg's own size (``max(height, width)``) and ``maximum``: below ``minimum`` when
     the cfg is smaller (cifar's 32), the cfg's size when nothing smaller fits.
 
@@ -74,8 +77,8 @@ def check_size(graph: ir.Graph, minimum: int = 64, maximum: int = MAX_CHECK_SIZE
             fits = layer_shapes(small) == full
         except ir.CfgError:
             shapes, fits = (), False
-        if fits and all(shapes[i - 1].h >= 2 and shapes[i - 1].w >= 2
-                        for i in graph.head_indices()):
+        heads = [shapes[i - 1] for i in graph.head_indices()] if fits else []
+        if fits and (not heads or max(min(s.h, s.w) for s in heads) >= 2):
             return size
         size += stride
     if own > maximum:
