@@ -19,6 +19,13 @@ yolov3's stride of 32) the three forwards cost ~1/40 of the FLOPs they cost at 4
 and run here in numpy without importing or compiling jax: for yolov3 this takes a
 fraction of a second where the compiled check at 416 took ~6 s and ~1 GB.
 
+The size (`check_size`) follows the network's real downsampling (`ir.total_stride`,
+read off shape inference), capped at the cfg's own size and `MAX_CHECK_SIZE`.
+Multiplying every layer's stride counted parallel downsampling branches once each:
+yolov7x (at 256) was checked at 4096x4096 (509 s, 18 GB, against 1.3 s without the
+check) and yolov4-sam-mish-csp-reorg-bfm asked numpy for 27 GiB (issue 19); both are
+checked at 64x64 now.
+
 Memory: the keep-size network is not materialised. Its kernels differ from the
 original's only by zeroed input channels (`passes.FoldPrunedBias`'s
 ``zero_dropped_inputs``), and ``W·(x·keep) = (W·keep)·x``: the forward zeroes those
