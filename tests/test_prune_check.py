@@ -155,3 +155,19 @@ def test_the_border_vanishes_with_pointwise_convs():
                           passes.PruneConfig(percent=0.5))
     diffs = measure_prune_diffs(graph, result, size=128)
     assert diffs["max_abs_diff_gamma_zeroed_vs_compact"] < 1e-4
+
+
+@settings(max_examples=30)
+@given(programs(max_blocks=6))
+def test_check_size_runs_the_network_with_its_variables(program):
+    """Whatever the graph, the check's size verifies with the variables of the cfg's
+    size, is at most the cfg's size, and is a multiple of the total stride unless it
+    is the cfg's own."""
+    graph, _ = program
+    size = check_size(graph)
+    own = max(graph.height, graph.width)
+    assert size <= own
+    assert size == own or size % ir.total_stride(graph) == 0
+    small = ir.with_input_size(graph, size)
+    ir.verify(small)
+    assert ir.expected_shapes(small) == ir.expected_shapes(graph)
