@@ -12,13 +12,7 @@ from hypothesis import strategies as st
 import ir
 import passes
 from darkslim.check import CheckSizeError, check_size, heads_numpy, measure_prune_diffs
-from darkslim.testing import (
-    masks,
-    programs,
-    random_inputs,
-    random_variables,
-    reference_forward,
-)
+from darkslim.testing import masks, programs, random_inputs, random_variables, reference_forward
 from tests.conftest import cfg_path
 
 SYNTH = ir.parse_cfg(__import__("pathlib").Path(__file__).resolve().parents[1]
