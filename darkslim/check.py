@@ -19,6 +19,13 @@ yolov3's stride of 32) the three forwards cost ~1/40 of the FLOPs they cost at 4
 and run here in numpy without importing or compiling jax: for yolov3 this takes a
 fraction of a second where the compiled check at 416 took ~6 s and ~1 GB.
 
+The size (`check_size`) follows the network's real downsampling (`ir.total_stride`,
+read off shape inference), capped at the cfg's own size and `MAX_CHECK_SIZE`.
+Multiplying every layer's stride counted parallel downsampling branches once each:
+yolov7x (at 256) was checked at 4096x4096 (509 s, 18 GB, against 1.3 s without the
+check) and yolov4-sam-mish-csp-reorg-bfm asked numpy for 27 GiB (issue 19); both are
+checked at 64x64 now.
+
 Memory: the keep-size network is not materialised. Its kernels differ from the
 original's only by zeroed input channels (`passes.FoldPrunedBias`'s
 ``zero_dropped_inputs``), and ``W·(x·keep) = (W·keep)·x``: the forward zeroes those
@@ -43,32 +50,51 @@ from ir.activations import activate_xp
 from ir.variables import layer_shapes
 from passes import FoldPrunedBias, PruneResult, ZeroPrunedGamma, tensor_keeps, tree
 
+# The check never runs above this size, whatever the cfg's: its three forwards at the
+# cfg's own 1280 (yolov4-p6) would take minutes and gigabytes for what 128 shows.
+MAX_CHECK_SIZE = 640
 
-def check_size(graph: ir.Graph, minimum: int = 64) -> int:
-    """The smallest multiple of the network's total stride that is at least ``minimum``
-    and at which it verifies, with every detection head at least 2 cells wide and every
+
+class CheckSizeError(ValueError):
+    """No input size up to `MAX_CHECK_SIZE` at which the check can run the network."""
+
+
+def check_size(graph: ir.Graph, minimum: int = 64, maximum: int = MAX_CHECK_SIZE) -> int:
+    """The input size of the check: the smallest multiple of the network's total stride
+    (`ir.total_stride`) that is at least ``minimum`` and at which it verifies, with
+    the finest detection head at least 2 cells wide (a border and an inside) and every
     variable the shape it has at the cfg's size (a ``[connected]`` over a spatial map
-    pins the size); else the cfg's own size."""
-    stride = 1
-    for layer in graph.layers:
-        if isinstance(layer, (ir.Conv, ir.MaxPool, ir.LocalAvgPool)):
-            stride *= layer.stride
-        elif isinstance(layer, (ir.Reorg, ir.Reorg3d)) and not layer.reverse:
-            stride *= layer.stride
+    pins the size). The coarsest head may be a single cell: cspx-p7-mish's stride-128
+    head is 1x1 at 128, where asking 2x2 of it would run the check at 256 (4x the
+    FLOPs, 2.4x the wall of the prune itself). Never above
+    the cfg's own size (``max(height, width)``) and ``maximum``: below ``minimum`` when
+    the cfg is smaller (cifar's 32), the cfg's size when nothing smaller fits.
+
+    Raises:
+        CheckSizeError: only the cfg's size fits and it is above ``maximum``.
+    """
+    stride = ir.total_stride(graph)
+    own = max(graph.height, graph.width)
     full = layer_shapes(graph)
-    first = size = max(1, -(-minimum // stride)) * stride
-    while size <= max(first, graph.height, graph.width):
+    size = max(1, -(-min(minimum, own) // stride)) * stride
+    while size < own and size <= maximum:
         small = ir.with_input_size(graph, size)
         try:
             shapes = ir.verify(small)
             fits = layer_shapes(small) == full
         except ir.CfgError:
             shapes, fits = (), False
-        if fits and all(shapes[i - 1].h >= 2 and shapes[i - 1].w >= 2
-                        for i in graph.head_indices()):
+        heads = [shapes[i - 1] for i in graph.head_indices()] if fits else []
+        if fits and (not heads or max(min(s.h, s.w) for s in heads) >= 2):
             return size
         size += stride
-    return max(graph.height, graph.width)
+    if own > maximum:
+        raise CheckSizeError(
+            f"{graph.path}: the prune check fits no input size from {minimum} to "
+            f"{maximum} (total stride {stride}); only the cfg's own {own} does: expected "
+            f"a network that runs below {maximum + 1}x{maximum + 1} (rerun with "
+            "--check-size N to force a size, or --no-check)")
+    return own
 
 
 def _matrix(kernel, groups: int, group: int) -> tuple[np.ndarray, str]:

@@ -15,7 +15,7 @@ from ir.layers import (AvgPool, Connected, Conv, Cost, Crop, Detection, Dropout,
                        layer_inputs, layer_refs)
 from ir.resize import narrow, with_input_size
 from ir.rules import Refusal, RuleTable, check_table
-from ir.shapes import Shape, input_shape, verify
+from ir.shapes import Shape, input_shape, total_stride, verify
 from ir.variables import check_variables, expected_shapes, init_variables, layer_key
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "MaxPool", "Refusal", "Route", "RuleTable", "Section", "Shape", "Shortcut", "Upsample", "Yolo", "check_variables",
     "consumers", "count_flops", "count_params", "expected_shapes", "init_variables",
     "input_shape", "layer_costs", "layer_inputs", "layer_key", "layer_refs", "narrow", "parse_cfg",
-    "check_table", "spec_of", "unsupported_reason", "variables_owner", "verify",
+    "check_table", "spec_of", "total_stride", "unsupported_reason", "variables_owner", "verify",
     "with_input_size", "write_cfg",
 ]

@@ -12,6 +12,7 @@ from ir.errors import CfgError
 from ir.kinds import spec_of
 from ir.kinds.base import Shape, ShapeError, variables_owner
 from ir.layers import Graph, Layer, layer_inputs, layer_refs
+from ir.resize import with_input_size
 
 
 def _err(graph: Graph, layer: Layer, index: int, message: str) -> CfgError:
@@ -85,3 +86,34 @@ def verify(graph: Graph) -> tuple[Shape, ...]:
 
 def input_shape(graph: Graph) -> Shape:
     return Shape(graph.channels, graph.height, graph.width)
+
+
+def total_stride(graph: Graph) -> int:
+    """The network's total downsampling: the largest ratio of the input size to the
+    spatial size of any tensor whose size follows the input's.
+
+    Read off shape inference, not multiplied layer by layer: parallel branches that
+    each downsample by 2 (yolov7's maxpool and strided-conv pairs, reorg beside a
+    strided conv) downsample the network by 2, not 4. A tensor follows the input when
+    it grows with it (verified again at twice the size); a global pool's, a
+    ``[connected]``'s or a ``[crop]``'s output does not, and is left out. Ratios are
+    read at the doubled size when the graph verifies there (fewer rounded odd sizes),
+    else at the cfg's; 1 when no tensor is smaller than the input.
+
+    Example: yolov3 at 416 (smallest head 13x13) -> 32; yolov7x -> 32.
+    """
+    base = verify(graph)
+    probe, shapes = graph, base
+    try:
+        doubled = with_input_size(graph, 2 * graph.height, 2 * graph.width)
+        grown = verify(doubled)
+    except CfgError:
+        grown = None
+    if grown is not None:
+        probe, shapes = doubled, grown
+    stride = 1
+    for i, shape in enumerate(shapes):
+        if grown is not None and (grown[i].h, grown[i].w) == (base[i].h, base[i].w):
+            continue  # its size does not follow the input's
+        stride = max(stride, round(probe.height / shape.h), round(probe.width / shape.w))
+    return stride

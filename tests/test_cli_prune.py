@@ -232,3 +232,70 @@ def test_cli_layer_errors_write_nothing(narrow_v3, tmp_path, capsys, args, messa
                  "--out", str(out)]) == 2
     assert message in " ".join(capsys.readouterr().err.split())  # rich wraps lines
     assert not out.exists()
+
+
+def _array_memory_error() -> MemoryError:
+    """The error numpy raises when an array cannot be allocated (issue 19's check of
+    yolov4-sam-mish-csp-reorg-bfm asked for 27 GiB)."""
+    try:
+        from numpy._core._exceptions import _ArrayMemoryError
+    except ImportError:  # numpy < 2
+        from numpy.core._exceptions import _ArrayMemoryError
+    return _ArrayMemoryError((27 * 2**28,), np.dtype("float32"))
+
+
+@pytest.mark.parametrize(("exc", "needs"), [
+    (_array_memory_error(), "27.0 GiB"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+                  "19327352832 bytes."), "18.0 GiB")])
+def test_a_check_out_of_memory_is_skipped_with_the_files_written(tiny, capsys, monkeypatch,
+                                                                 exc, needs):
+    root, graph, variables = tiny
+    out = root / "oom"
+
+    def out_of_memory(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr("darkslim.check.measure_prune_diffs", out_of_memory)
+    assert main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"),
+                 "--percent", "0.5", "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    flat = " ".join(err.split())
+    assert f"check skipped: keep-size vs compact at 64x64 needs {needs}" in flat
+    assert "the pruned files are written; rerun with --no-check or --check-size N" in flat
+    assert {"pruned.cfg", "pruned.weights", "report.json", "checks.json",
+            "channels.png"} <= {p.name for p in out.iterdir()}
+    entry = json.loads((out / "checks.json").read_text())["slim_channels"][0]
+    assert entry["check_skipped"].startswith("check skipped: keep-size vs compact at 64x64")
+    assert entry["max_abs_diff_keepsize_vs_compact"] is None
+    _, (report,) = read_reports(out)
+    pruned = ir.parse_cfg(out / "pruned.cfg")
+    assert [pruned.layers[i].filters for i, _, _ in report.channels] == \
+        [kept for _, kept, _ in report.channels]
+    frontends.load_variables(pruned, out / "pruned.weights")  # complete, loadable
+
+
+def test_other_check_errors_are_not_taken_for_memory(tiny, monkeypatch):
+    root, _, _ = tiny
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug, not an allocation")
+
+    monkeypatch.setattr("darkslim.check.measure_prune_diffs", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"),
+              "--percent", "0.5", "--out", str(root / "bug")])
+
+
+def test_check_size_flag(tiny):
+    root, _, _ = tiny
+    out = root / "at32"
+    assert main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"),
+                 "--percent", "0.5", "--check-size", "32", "--out", str(out)]) == 0
+    entry = json.loads((out / "checks.json").read_text())["slim_channels"][0]
+    assert entry["check_size"] == [32, 32]
+    assert entry["max_abs_diff_keepsize_vs_compact"] < 1e-4
+    with pytest.raises(SystemExit):
+        main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"),
+              "--percent", "0.5", "--check-size", "0", "--out", str(out)])

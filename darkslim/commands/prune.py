@@ -7,11 +7,16 @@ first. Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input
 torch layout when the input is one), DIR/report.json (what every pass decided),
 DIR/checks.json (what the prune costs: keep-size and γ-zeroed vs compact on a random
 input, mAP with --data, CPU latency when blocks were removed) and DIR/channels.png.
-Nothing is written when the prune fails.
+Nothing is written when the prune fails (exit status 2). The pruned cfg and weights
+are written before the checks run: a check that runs out of memory (or finds no input
+size up to 640 it can run at) is skipped, said so on stderr and in checks.json
+("check_skipped"), with every file still written and exit status 3.
 """
 
 from __future__ import annotations
 
+import argparse
+import re
 import time
 from pathlib import Path
 
@@ -39,6 +44,16 @@ def _indices(text: str) -> tuple[int, ...]:
     except ValueError:
         raise passes.PruneError(f"--ignore {text}: expected comma-separated layer "
                                 "indices such as 84,96") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer such as 64")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -77,6 +92,9 @@ def add_parser(sub) -> None:
                    help="torch checkpoints: the BatchNorm eps they were trained with")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the forward passes that measure keep-size vs compact")
+    p.add_argument("--check-size", type=_positive, default=None, metavar="N",
+                   help="run the check at NxN (default: the smallest multiple of the "
+                   "network's stride >= 64 it runs at, at most the cfg's size and 640)")
     p.add_argument("--data", metavar="DATA.data",
                    help="also evaluate mAP@0.5 on its valid split: original, γ zeroed, "
                    "keep-size and compact (the seed's three-way check)")
@@ -163,8 +181,6 @@ def _run(args, pipe: passes.Pipeline, charts) -> int:
         result = pipe.run(graph, loaded.variables, keep_inputs=True)
     except passes.PruneError as exc:
         raise (_flag_error(exc, args) if args.pipeline is None else exc) from exc
-    checks = run_checks(args, console, pipe, result, (graph, loaded.variables))
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reports.write_text(out / "pruned.cfg", ir.write_cfg(result.graph))
@@ -177,6 +193,7 @@ def _run(args, pipe: passes.Pipeline, charts) -> int:
                                                 header=loaded.header):
             warn(console, warning)
         written.append(f"pruned{suffix}")
+    checks = run_checks(args, console, pipe, result, (graph, loaded.variables))
     if args.export == "onnx":
         from darkslim.onnx_deploy import export_pruned
 
@@ -200,7 +217,48 @@ def _run(args, pipe: passes.Pipeline, charts) -> int:
         from darkslim.onnx_deploy import onnx_summary
 
         console.print(onnx_summary(checks["onnx"]), highlight=False)
+    skipped = [c[key] for c in checks["slim_channels"]
+               for key in ("check_skipped", "map50_skipped") if key in c]
+    if skipped:
+        from darkslim.ui import error
+
+        errors = make_console(stderr=True)
+        for message in skipped:
+            error(errors, message)
+        return CHECK_SKIPPED
     return 0
+
+
+# Exit status when the pruned files are written but a check could not run.
+CHECK_SKIPPED = 3
+
+
+def _needed(exc: BaseException) -> str:
+    """What the failed allocation asked for, from numpy's or XLA's message."""
+    text = str(exc)
+    found = re.search(r"allocate ([0-9.]+ [KMGTP]?i?B)", text)
+    if found:
+        return found.group(1)
+    found = re.search(r"allocate (\d+) bytes", text)
+    if found:
+        return f"{int(found.group(1)) / 2**30:.1f} GiB"
+    return "more memory than is free"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: numpy's (a MemoryError) or XLA's RESOURCE_EXHAUSTED."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError)
+                                            and "RESOURCE_EXHAUSTED" in str(exc))
+
+
+def _skipped(what: str, exc: BaseException) -> str:
+    if out_of_memory(exc):
+        first = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        why = f"{what} needs {_needed(exc)} ({type(exc).__name__}: {first})"
+    else:
+        why = str(exc)
+    return (f"check skipped: {why}; the pruned files are written; rerun with --no-check "
+            "or --check-size N (a smaller N)")
 
 
 def run_checks(args, console, pipe: passes.Pipeline, result: passes.PipelineResult,
@@ -218,13 +276,26 @@ def run_checks(args, console, pipe: passes.Pipeline, result: passes.PipelineResu
         entry: dict = {"pass": k, "max_abs_diff_keepsize_vs_compact": None,
                        "max_abs_diff_gamma_zeroed_vs_compact": None}
         if args.check:
-            from darkslim.check import measure_prune_diffs
+            from darkslim.check import CheckSizeError, check_size, measure_prune_diffs
 
             with console.status("checking keep-size vs compact on a small random input..."):
-                entry.update(measure_prune_diffs(pruned.original[0], pruned))
+                size = args.check_size
+                try:
+                    size = size or check_size(pruned.original[0])
+                    entry.update(measure_prune_diffs(pruned.original[0], pruned, size=size))
+                except (MemoryError, RuntimeError, CheckSizeError) as exc:
+                    if not (out_of_memory(exc) or isinstance(exc, CheckSizeError)):
+                        raise
+                    entry["check_skipped"] = _skipped(
+                        f"keep-size vs compact at {size}x{size}", exc)
         if args.data:
             with console.status("evaluating mAP@0.5 of the four networks..."):
-                entry["map50"] = evaluate_three_ways(args.data, pruned.original, pruned)
+                try:
+                    entry["map50"] = evaluate_three_ways(args.data, pruned.original, pruned)
+                except (MemoryError, RuntimeError) as exc:
+                    if not out_of_memory(exc):
+                        raise
+                    entry["map50_skipped"] = _skipped("mAP@0.5 of the four networks", exc)
         slim.append(entry)
     latency = None
     blocks = any(isinstance(r, passes.BlocksReport) for r in result.reports)
