@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "convert": "convert weights between .weights, .pt/.pth and .msgpack",
     "export": "write the network as ONNX (opset 17)",
     "prune": "prune BN channels by |γ| (network slimming) and residual blocks",
+    "sweep": "prune at a grid of ratios; mAP, BFLOPs and latency of each, Pareto front",
     "train": "train or sparse-train a Darknet network (also fine-tuning)",
     "eval": "mAP of a network on a Darknet dataset",
     "bench": "forward latency and train-step time of a network on this machine",
