@@ -217,7 +217,7 @@ def _note(point: SweepPoint, reports: tuple[passes.PassReport, ...]) -> str | No
             t = report.threshold
             if report.min_keep > 0 and point.percent > t.safe_percent:
                 return (f"above the safe percent {t.safe_percent:.3f}: the min-keep "
-                        "floor kept layers whole")
+                        "floor kept layers from emptying")
     return None
 
 
@@ -328,9 +328,16 @@ def check_engine(engine: str) -> None:
 
 
 def measure_latencies(programs: Sequence[tuple[ir.Graph, Any]], engine: str, *,
-                      repeats: int, warmup: int = 2) -> tuple[float, ...]:
+                      repeats: int, warmup: int = 2, threads: int | None = 1
+                      ) -> tuple[float, ...]:
     """Median batch-1 latency (ms) of each network on ``engine``, all run interleaved
-    in one timing loop."""
+    in one timing loop.
+
+    ``threads``: onnxruntime/OpenVINO intra-op threads (None: the engine's default).
+    One by default: with many sessions alive, each one's thread pool spins after its
+    run and steals the CPU from the next; on a shared 2-core machine that scattered
+    the medians of one sweep between 0.8 and 42 ms with no relation to the network.
+    """
     check_engine(engine)
     if engine == "darkslim":
         from darkslim.latency import measure_latency
@@ -338,13 +345,18 @@ def measure_latencies(programs: Sequence[tuple[ir.Graph, Any]], engine: str, *,
         return tuple(t.median_ms for t in measure_latency(programs, repeats=repeats,
                                                           warmup=warmup))
     if engine == "onnxruntime":
-        from darkslim.onnx_deploy import onnx_latencies
+        from darkslim.latency import measure_onnx_latency
+        from darkslim.onnx_deploy import export_checked
 
-        return onnx_latencies(programs, repeats=repeats, warmup=warmup)
-    return _openvino_latencies(programs, repeats=repeats, warmup=warmup)
+        models = [export_checked(g, v) for g, v in programs]
+        shapes = [tuple(ir.input_shape(g)) for g, _ in programs]
+        return tuple(t.median_ms for t in measure_onnx_latency(
+            models, shapes, repeats=repeats, warmup=warmup, threads=threads))
+    return _openvino_latencies(programs, repeats=repeats, warmup=warmup, threads=threads)
 
 
-def _openvino_latencies(programs, *, repeats: int, warmup: int) -> tuple[float, ...]:
+def _openvino_latencies(programs, *, repeats: int, warmup: int, threads: int | None
+                        ) -> tuple[float, ...]:
     import statistics
 
     import openvino as ov
@@ -357,8 +369,10 @@ def _openvino_latencies(programs, *, repeats: int, warmup: int) -> tuple[float, 
     runs = []
     for graph, variables in programs:
         data = export_checked(graph, variables).SerializeToString()
-        compiled = core.compile_model(core.read_model(data), "CPU",
-                                      {"INFERENCE_PRECISION_HINT": "f32"})
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = core.compile_model(core.read_model(data), "CPU", config)
         x = rng.random((1, *ir.input_shape(graph)), dtype=np.float32)
         runs.append(lambda compiled=compiled, x=x: compiled({"images": x}))
     return tuple(statistics.median(t) for t in time_interleaved(runs, repeats, warmup))
@@ -392,7 +406,7 @@ class SweepResult:
 
 
 def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, engine: str = "darkslim",
-              latency_repeats: int = 20, restart: bool = False,
+              latency_repeats: int = 20, threads: int | None = 1, restart: bool = False,
               max_points: int | None = None,
               on_start: Callable[[int, int], None] = lambda total, done: None,
               on_point: Callable[[SweepPoint], None] = lambda p: None,
@@ -406,6 +420,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, engine: str = "darksli
         engine: where latency is measured (`ENGINES`); mAP is always darkslim's runtime,
             as `darkslim eval` measures it.
         latency_repeats: timed runs per network in the final loop.
+        threads: the engine's intra-op threads (`measure_latencies`).
         max_points: measure at most this many new points, then stop (``complete`` is
             False; a rerun continues).
         on_start(total, done), on_point(point), on_row(row), on_stage(text), on_step:
@@ -456,7 +471,8 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, engine: str = "darksli
     ok = [(p, r) for p, r in zip(points, rows) if r["status"] == "ok"]
     on_stage(f"timing {len(ok)} networks interleaved on {engine}")
     programs = [prune_point(graph, loaded.variables, p, spec)[:2] for p, _ in ok]
-    latencies = measure_latencies(programs, engine, repeats=latency_repeats)
+    latencies = measure_latencies(programs, engine, repeats=latency_repeats,
+                                  threads=threads)
     base = latencies[0] if ok and ok[0][0].baseline else None
     for (_, row), ms in zip(ok, latencies):
         row["latency_ms"] = ms
@@ -467,6 +483,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, engine: str = "darksli
     for row in rows:
         row["pareto"] = row["key"] in front
     latency = {"engine": engine, "batch": 1, "repeats": latency_repeats,
+               "threads": None if engine == "darkslim" else threads,
                "statistic": "median", "interleaved": True}
     result = SweepResult(spec, tuple(rows), tuple(computed), True, engine, latency,
                          loaded.warnings, files=("sweep.jsonl", "sweep.json"))

@@ -44,8 +44,11 @@ def add_parser(sub) -> None:
                    default="onnxruntime",
                    help="where latency is measured (default onnxruntime; darkslim: the "
                    "JAX runtime on the CPU)")
-    p.add_argument("--latency-repeats", type=int, default=20, metavar="K",
-                   help="timed batch-1 runs per network, interleaved (median; 20)")
+    p.add_argument("--latency-repeats", type=int, default=50, metavar="K",
+                   help="timed batch-1 runs per network, interleaved (median; 50)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="onnxruntime/OpenVINO intra-op threads while timing (1: steady "
+                   "medians when many sessions are alive; 0: the engine's default)")
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
                    help="also fine-tune each pruned network N epochs on the train split "
                    "and measure mAP again")
@@ -104,7 +107,8 @@ def run(args) -> int:
 
     with reports.ChartProcess() as charts, progress:
         result = run_sweep(spec, args.out, engine=args.engine,
-                           latency_repeats=args.latency_repeats, restart=args.restart,
+                           latency_repeats=args.latency_repeats,
+                           threads=args.threads or None, restart=args.restart,
                            max_points=args.max_points, on_start=on_start,
                            on_point=on_point, on_row=on_row, on_stage=on_stage,
                            on_step=on_step)
