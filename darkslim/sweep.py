@@ -23,9 +23,10 @@ import importlib.util
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ def parse_percents(text: str) -> tuple[float, ...]:
             raise SweepError(f"--percents {text}: step {step:g}: expected a step > 0")
         if stop < start:
             raise SweepError(f"--percents {text}: stop {stop:g} is below start {start:g}")
-        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        count = math.floor((stop - start) / step + 1e-9) + 1
         values = [round(start + k * step, 6) for k in range(count)]
     else:
         values = [number(p) for p in text.split(",") if p.strip()]
@@ -144,7 +145,7 @@ class SweepSpec:
             raise SweepError(f"--batch {self.batch}: expected >= 1")
 
     @classmethod
-    def of(cls, cfg, weights, data, percents: Sequence[float], **options) -> "SweepSpec":
+    def of(cls, cfg, weights, data, percents: Sequence[float], **options) -> SweepSpec:
         """A spec for these files, with their content digests."""
         digests = tuple((name, file_digest(path)) for name, path in
                         (("cfg", cfg), ("weights", weights), ("data", data)))
@@ -158,7 +159,7 @@ class SweepSpec:
         out["digests"] = dict(self.digests)
         return out
 
-    def points(self) -> tuple["SweepPoint", ...]:
+    def points(self) -> tuple[SweepPoint, ...]:
         """The unpruned baseline first, then every (layers, percent) of the grid."""
         grid = [SweepPoint(0, 0.0)]
         for layers in self.layers:

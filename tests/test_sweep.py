@@ -71,7 +71,7 @@ PERCENTS = "0.3,0.6"
 @pytest.fixture(scope="module")
 def full_sweep(network, tmp_path_factory):
     """An uninterrupted CLI sweep of the network: its folder and sweep.json."""
-    root, cfg, weights, data = network
+    _, cfg, weights, data = network
     out = tmp_path_factory.mktemp("full")
     assert cli("sweep", cfg, weights, "--data", data, "--percents", PERCENTS,
                "--engine", "darkslim", "--latency-repeats", 1, "--out", out) == 0
@@ -79,7 +79,7 @@ def full_sweep(network, tmp_path_factory):
 
 
 def test_sweep_map_equals_prune_then_eval(network, full_sweep, tmp_path, capsys):
-    root, cfg, weights, data = network
+    _, cfg, weights, data = network
     out, result = full_sweep
     rows = {r["key"]: r for r in result["points"]}
     assert list(rows) == ["layers=0,percent=0", "layers=0,percent=0.3",
@@ -109,7 +109,7 @@ def test_sweep_map_equals_prune_then_eval(network, full_sweep, tmp_path, capsys)
 
 
 def test_sweep_resumes_and_computes_only_the_rest(network, full_sweep, tmp_path):
-    root, cfg, weights, data = network
+    _, cfg, weights, data = network
     spec = SweepSpec.of(cfg, weights, data, sweep.parse_percents(PERCENTS))
     out = tmp_path / "resumed"
     first = sweep.run_sweep(spec, out, engine="darkslim", latency_repeats=1, max_points=1)
@@ -180,7 +180,7 @@ def test_the_sweep_prunes_as_prune_does():
 # ----------------------------------------------------------------------- bad input
 
 def test_a_ratio_that_empties_a_layer_is_a_refused_row(network):
-    root, cfg, weights, data = network
+    _, cfg, weights, data = network
     graph = ir.parse_cfg(cfg)
     variables = frontends.load_variables(graph, weights).variables
     spec = SweepSpec(cfg=str(cfg), weights=str(weights), data=str(data),
@@ -215,7 +215,7 @@ def test_a_ratio_that_empties_a_layer_is_a_refused_row(network):
     ("0.1,abc", "'abc' is not a number"),
 ])
 def test_bad_ratios_are_clear_errors(network, capsys, tmp_path, text, message):
-    root, cfg, weights, data = network
+    _, cfg, weights, data = network
     assert cli("sweep", cfg, weights, "--data", data, f"--percents={text}",
                "--out", tmp_path / "o") == 2
     assert message in capsys.readouterr().err.replace("\n", " ")
@@ -223,7 +223,7 @@ def test_bad_ratios_are_clear_errors(network, capsys, tmp_path, text, message):
 
 
 def test_an_empty_valid_set_is_a_clear_error(network, capsys, tmp_path):
-    root, cfg, weights, data = network
+    _, cfg, weights, data = network
     (tmp_path / "empty.txt").write_text("")
     bad = tmp_path / "empty.data"
     bad.write_text(data.read_text().replace("valid=valid.txt",
@@ -241,7 +241,7 @@ def test_an_engine_not_installed_names_the_install(network, capsys, tmp_path):
 
     if importlib.util.find_spec("openvino") is not None:
         pytest.skip("openvino is installed here")
-    root, cfg, weights, data = network
+    _, cfg, weights, data = network
     assert cli("sweep", cfg, weights, "--data", data, "--engine", "openvino",
                "--out", tmp_path / "o") == 2
     err = capsys.readouterr().err.replace("\n", " ")

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import time
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from darkslim.ui import make_console, warn
@@ -68,8 +73,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from darkslim import report as reports
-    from darkslim.sweep import (SweepSpec, check_engine, parse_layers, parse_percents,
-                                plot_sweep, run_sweep)
+    from darkslim.sweep import (
+        SweepSpec,
+        check_engine,
+        parse_layers,
+        parse_percents,
+        plot_sweep,
+        run_sweep,
+    )
 
     t0 = time.perf_counter()
     console = make_console()
@@ -127,7 +138,8 @@ def run(args) -> int:
     for row in result.rows:
         if row["status"] == "refused":
             warn(console, f"refused: {row['reason']}")
-    console.print(f"measured {len(result.computed)} points ({len(result.rows) - len(result.computed)} "
+    kept = len(result.rows) - len(result.computed)
+    console.print(f"measured {len(result.computed)} points ({kept} "
                   f"from sweep.jsonl); wrote sweep.jsonl, sweep.json, sweep.png to "
                   f"{args.out}/ in {seconds:.1f} s", highlight=False)
     return 0
