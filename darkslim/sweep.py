@@ -23,6 +23,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -330,9 +331,9 @@ def check_engine(engine: str) -> None:
 
 def measure_latencies(programs: Sequence[tuple[ir.Graph, Any]], engine: str, *,
                       repeats: int, warmup: int = 2, threads: int | None = 1
-                      ) -> tuple[float, ...]:
-    """Median batch-1 latency (ms) of each network on ``engine``, all run interleaved
-    in one timing loop.
+                      ) -> tuple[tuple[float, ...], ...]:
+    """Batch-1 latencies (ms, each timed run) of each network on ``engine``, all run
+    interleaved in one timing loop.
 
     ``threads``: onnxruntime/OpenVINO intra-op threads (None: the engine's default).
     One by default: with many sessions alive, each one's thread pool spins after its
@@ -343,23 +344,21 @@ def measure_latencies(programs: Sequence[tuple[ir.Graph, Any]], engine: str, *,
     if engine == "darkslim":
         from darkslim.latency import measure_latency
 
-        return tuple(t.median_ms for t in measure_latency(programs, repeats=repeats,
-                                                          warmup=warmup))
+        return tuple(t.times_ms for t in measure_latency(programs, repeats=repeats,
+                                                         warmup=warmup))
     if engine == "onnxruntime":
         from darkslim.latency import measure_onnx_latency
         from darkslim.onnx_deploy import export_checked
 
         models = [export_checked(g, v) for g, v in programs]
         shapes = [tuple(ir.input_shape(g)) for g, _ in programs]
-        return tuple(t.median_ms for t in measure_onnx_latency(
+        return tuple(t.times_ms for t in measure_onnx_latency(
             models, shapes, repeats=repeats, warmup=warmup, threads=threads))
     return _openvino_latencies(programs, repeats=repeats, warmup=warmup, threads=threads)
 
 
 def _openvino_latencies(programs, *, repeats: int, warmup: int, threads: int | None
-                        ) -> tuple[float, ...]:
-    import statistics
-
+                        ) -> tuple[tuple[float, ...], ...]:
     import openvino as ov
 
     from darkslim.latency import time_interleaved
@@ -376,7 +375,7 @@ def _openvino_latencies(programs, *, repeats: int, warmup: int, threads: int | N
         compiled = core.compile_model(core.read_model(data), "CPU", config)
         x = rng.random((1, *ir.input_shape(graph)), dtype=np.float32)
         runs.append(lambda compiled=compiled, x=x: compiled({"images": x}))
-    return tuple(statistics.median(t) for t in time_interleaved(runs, repeats, warmup))
+    return time_interleaved(runs, repeats, warmup)
 
 
 def pareto_front(rows: Sequence[dict], score: str = "map", cost: str = "latency_ms"
@@ -472,11 +471,14 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, engine: str = "darksli
     ok = [(p, r) for p, r in zip(points, rows) if r["status"] == "ok"]
     on_stage(f"timing {len(ok)} networks interleaved on {engine}")
     programs = [prune_point(graph, loaded.variables, p, spec)[:2] for p, _ in ok]
-    latencies = measure_latencies(programs, engine, repeats=latency_repeats,
-                                  threads=threads)
+    times = measure_latencies(programs, engine, repeats=latency_repeats, threads=threads)
+    latencies = [statistics.median(t) for t in times]
     base = latencies[0] if ok and ok[0][0].baseline else None
-    for (_, row), ms in zip(ok, latencies):
+    for (_, row), ms, runs in zip(ok, latencies, times):
         row["latency_ms"] = ms
+        # The fastest run: on a loaded machine the median is the load's as much as the
+        # network's (a sweep on a 2-core box at load 9 had ordered minima, not medians).
+        row["latency_min_ms"] = min(runs)
         row["speedup"] = base / ms if base else None
         row["map"] = (row["map50_finetuned"] if row.get("map50_finetuned") is not None
                       else row["map50"])

@@ -155,15 +155,14 @@ def render_table(result) -> Table:
                   + ")")
     columns = (["blocks"] if blocks else []) + ["percent", "mAP@0.5"] + (
         [f"mAP ft {result.spec.finetune_epochs} ep"] if tuned else []) + [
-        "params", "BFLOPs", "latency ms", "speed-up", "Pareto", "note"]
+        "params", "BFLOPs", "latency ms", "min ms", "speed-up", "Pareto", "note"]
     for column in columns:
         table.add_column(column, justify="left" if column == "note" else "right")
     for r in rows:
         cells = [str(r["layers"])] if blocks else []
         name = "0 (base)" if r["layers"] == 0 and r["percent"] == 0 else f"{r['percent']:g}"
         if r["status"] != "ok":
-            cells += [name, "refused"] + ([""] if tuned else []) + ["", "", "", "", "",
-                                                                   r["reason"]]
+            cells += [name, "refused"] + ([""] if tuned else []) + [""] * 6 + [r["reason"]]
             table.add_row(*cells, style="dim")
             continue
         ft = r.get("map50_finetuned")
@@ -172,6 +171,7 @@ def render_table(result) -> Table:
                                                   if tuned else []) + [
             f"{r['params']:,}", f"{r['bflops']:.4f}",
             "" if ms is None else f"{ms:.2f}",
+            "" if ms is None else f"{r['latency_min_ms']:.2f}",
             "" if speedup is None else f"{speedup:.2f}x",
             "★" if r.get("pareto") else "", r.get("note") or ""]
         table.add_row(*cells)
