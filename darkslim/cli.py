@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "export": "write the network as ONNX (opset 17)",
     "prune": "prune BN channels by |γ| (network slimming) and residual blocks",
     "anchors": "k-means anchors for a dataset (and a cfg that uses them)",
+    "sweep": "prune at a grid of ratios; mAP, BFLOPs and latency of each, Pareto front",
     "train": "train or sparse-train a Darknet network (also fine-tuning)",
     "eval": "mAP of a network on a Darknet dataset",
     "bench": "forward latency and train-step time of a network on this machine",

@@ -39,7 +39,7 @@ def _heavy_imports(*argv: str, preload: str = "") -> list[str]:
 
 
 @pytest.mark.parametrize("argv", [("--help",), ("info", str(SYNTH_CFG)),
-                                  ("info", "--help"), ("prune", "--help"),
+                                  ("info", "--help"), ("prune", "--help"), ("sweep", "--help"),
                                   ("data", "import", "--help"),
                                   ("nosuchcommand",)])
 def test_light_commands_import_no_heavy_library(argv):
