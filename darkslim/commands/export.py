@@ -105,6 +105,9 @@ def run(args) -> int:
         from darkslim.int8 import check_engine
 
         check_engine(args.engine)
+        if not Path(args.out).resolve().parent.is_dir():  # before minutes of work
+            raise ValueError(f"{args.out}: its folder does not exist: expected the output "
+                             "path in an existing folder")
     graph = ir.parse_cfg(args.cfg)
     if args.size:
         graph = ir.with_input_size(graph, *args.size[:2])
@@ -146,6 +149,8 @@ def _int8(args, graph, model, console):
     the refused certificate to stderr) when the mAP drop is over the limit."""
     import sys
 
+    from rich.markup import escape
+
     from darkslim.int8 import (Int8Refused, calibration_images, int8_export,
                                parse_keep_float, summary_lines)
     from runtime.data import load_dataset, read_data_config
@@ -170,5 +175,5 @@ def _int8(args, graph, model, console):
         sys.stderr.write(json.dumps(refused.report, indent=1) + "\n")
         raise
     for line in summary_lines(result.report):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(escape(line), highlight=False, soft_wrap=True)
     return result.model, result.report
