@@ -23,6 +23,8 @@ difference and signal-to-noise ratio in dB). Library code: returns data, never p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,11 +193,13 @@ def quantize_int8(graph: ir.Graph, model, images: np.ndarray,
         prepared_model = onnx.load_model(prepared)
         exclude = (float_only_nodes(graph, prepared_model)
                    + layer_nodes(graph, prepared_model, options.keep_float))
-        quantize_static(str(prepared), str(target), _Images(images, batch),
-                        quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
-                        activation_type=act, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(options.op_types),
-                        nodes_to_exclude=list(exclude), calibrate_method=method)
+        # The histogram calibrators print progress: library code stays silent.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(prepared), str(target), _Images(images, batch),
+                            quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
+                            activation_type=act, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(options.op_types),
+                            nodes_to_exclude=list(exclude), calibrate_method=method)
         # (Not CalibMaxIntermediateOutputs: onnxruntime 1.32's MinMax calibrator drops
         # each full chunk of outputs unmerged, so it would calibrate on the remainder.)
         quantized = onnx.load_model(target)
