@@ -6,6 +6,8 @@ them), or ``output`` for a network without [yolo]. --decode adds ``detections``
 (N, boxes, 5 + classes) decoded as ``darkslim run`` does; --nms adds
 ``selected_indices`` (K, 3) from ONNX NonMaxSuppression. BatchNorm is folded into
 the convs unless --no-fold-bn. The model's metadata records the source cfg and weights.
+--int8 --calib DATA.data quantizes it (QDQ, onnxruntime) and writes int8_report.json
+beside it, or refuses, writing nothing, when mAP@0.5 drops more than --max-map-drop.
 """
 
 from __future__ import annotations
