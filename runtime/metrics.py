@@ -324,22 +324,57 @@ def evaluate(graph, variables: dict, dataset, *, batch_size: int = 32,
     """
     import jax
 
-    from runtime.data import NO_AUGMENT, iterate_batches
     from runtime.model import forward
 
+    def predict(images_nchw: np.ndarray) -> np.ndarray:
+        count = len(images_nchw)
+        images = np.transpose(images_nchw, (0, 2, 3, 1))
+        if count < batch_size:  # pad the last batch: one compiled shape
+            images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]),
+                                                      images.dtype)])
+        return np.asarray(jax.device_get(forward(graph, variables, images, bn_eps=bn_eps)
+                                         .detections))[:count]
+
+    return evaluate_predict(predict, (graph.height, graph.width), dataset,
+                            batch_size=batch_size, conf_thres=conf_thres,
+                            nms_thres=nms_thres, iou_thres=iou_thres, coco=coco)
+
+
+def evaluate_heads(run_heads, graph, dataset, *, batch_size: int = 32,
+                   conf_thres: float = 0.01, nms_thres: float = 0.5,
+                   iou_thres: float = 0.5, coco: bool = True) -> EvalResult:
+    """`evaluate` for a network run elsewhere (an ONNX session, an INT8 model):
+    ``run_heads(images)`` maps a batch of NCHW float32 images in [0, 1] to the raw
+    NCHW heads, one per detection layer in cfg order (the exported ``head_k``
+    outputs); they are decoded by each layer kind's rule (`runtime.decode_heads`)."""
+    from runtime.model import decode_heads
+
     input_hw = (graph.height, graph.width)
+
+    def predict(images_nchw: np.ndarray) -> np.ndarray:
+        heads = [np.transpose(np.asarray(h, np.float32), (0, 2, 3, 1))
+                 for h in run_heads(images_nchw)]
+        return decode_heads(graph, heads, input_hw, np)
+
+    return evaluate_predict(predict, input_hw, dataset, batch_size=batch_size,
+                            conf_thres=conf_thres, nms_thres=nms_thres,
+                            iou_thres=iou_thres, coco=coco)
+
+
+def evaluate_predict(predict, input_hw: tuple[int, int], dataset, *, batch_size: int = 32,
+                     conf_thres: float = 0.01, nms_thres: float = 0.5,
+                     iou_thres: float = 0.5, coco: bool = True) -> EvalResult:
+    """The evaluation loop of `evaluate` around any ``predict(images)``: a batch of
+    letterboxed NCHW float32 images (at most ``batch_size``) to its ``(n, boxes, 5 +
+    classes)`` decoded detections (`runtime.ForwardOut.detections`)."""
+    from runtime.data import NO_AUGMENT, iterate_batches
+
     detections, truths = [], []
     boxes = max(8, dataset.max_boxes)
     for batch in iterate_batches(dataset, input_hw, batch_size, shuffle=False,
                                  drop_last=False, augment=NO_AUGMENT, max_boxes=boxes):
-        count = len(batch.indices)
-        images = batch.images
-        if count < batch_size:  # pad the last batch: one compiled shape
-            images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]),
-                                                      images.dtype)])
-        raw = np.asarray(jax.device_get(forward(graph, variables, images, bn_eps=bn_eps)
-                                        .detections))[:count]
-        detections += postprocess(raw, conf_thres, nms_thres)
+        raw = predict(np.ascontiguousarray(np.transpose(batch.images, (0, 3, 1, 2))))
+        detections += postprocess(np.asarray(raw), conf_thres, nms_thres)
         for targets in batch.targets:
             t = targets[targets[:, 0] >= 0].astype(np.float64)
             xyxy = xywh_to_xyxy(t[:, 1:5] * ([input_hw[1], input_hw[0]] * 2))

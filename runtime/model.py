@@ -52,20 +52,25 @@ class ForwardOut(NamedTuple):
 
 def collect_outputs(graph: ir.Graph, env, input_hw: tuple[int, int], xp) -> ForwardOut:
     """`ForwardOut` from the environment of every layer's output (any array library)."""
-    heads_at = graph.head_indices()
-    heads = tuple(env[i - 1] for i in heads_at)
-    decoded = [ir.spec_of(graph.layers[i]).decode(graph.layers[i], xp, env[i - 1], input_hw)
-               for i in heads_at]
+    heads = tuple(env[i - 1] for i in graph.head_indices())
     batch = env[-1].shape[0]
-    if decoded:
-        width = max(d.shape[-1] for d in decoded)
-        if any(d.shape[-1] != width for d in decoded):  # heads with different classes
-            decoded = [xp.concatenate([d, xp.zeros((*d.shape[:2], width - d.shape[-1]),
-                                                   d.dtype)], axis=-1) for d in decoded]
-        detections = xp.concatenate(decoded, axis=1)
-    else:
-        detections = xp.zeros((batch, 0, 5), env[-1].dtype)
+    detections = (decode_heads(graph, heads, input_hw, xp) if heads else
+                  xp.zeros((batch, 0, 5), env[-1].dtype))
     return ForwardOut(heads=heads, detections=detections, output=env[len(graph.layers) - 1])
+
+
+def decode_heads(graph: ir.Graph, heads, input_hw: tuple[int, int], xp):
+    """``(N, boxes, 5 + classes)`` detections from the raw NHWC ``heads`` (one per
+    detection layer, in cfg order), each decoded by its layer kind's rule and
+    zero-padded to the widest; any array library ``xp`` (numpy for heads computed
+    elsewhere, e.g. by onnxruntime)."""
+    decoded = [ir.spec_of(graph.layers[i]).decode(graph.layers[i], xp, head, input_hw)
+               for i, head in zip(graph.head_indices(), heads, strict=True)]
+    width = max(d.shape[-1] for d in decoded)
+    if any(d.shape[-1] != width for d in decoded):  # heads with different classes
+        decoded = [xp.concatenate([d, xp.zeros((*d.shape[:2], width - d.shape[-1]),
+                                               d.dtype)], axis=-1) for d in decoded]
+    return xp.concatenate(decoded, axis=1)
 
 
 class UnsupportedLayerError(CfgError):
