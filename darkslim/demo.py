@@ -120,13 +120,13 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     import time
 
     from darkslim.latency import measure_latency
+    from darkslim.trainlog import RunWriter
     from runtime import init_variables
     from runtime.data import load_dataset
     from runtime.metrics import evaluate
-    from runtime.synth import write_synth
     from runtime.sparsity import init_gammas
+    from runtime.synth import write_synth
     from runtime.train import TrainConfig, fit, init_head_biases
-    from darkslim.trainlog import RunWriter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ def onnx_latencies(programs: Sequence[tuple[ir.Graph, Any]], *, bn_eps: float = 
                    ) -> tuple[float, ...]:
     """Median onnxruntime CPU latency (ms, batch 1) of each network, exported with BN
     folded and run interleaved in the same session of measurements."""
-    from export import ExportOptions
     from darkslim.latency import measure_onnx_latency
+    from export import ExportOptions
 
     if models is None:
         models = [export_checked(g, v, ExportOptions(bn_eps=bn_eps)) for g, v in programs]

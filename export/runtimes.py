@@ -6,7 +6,6 @@ when called; OpenVINO is optional (``pip install darkslim[openvino]``).
 
 from __future__ import annotations
 
-
 import numpy as np
 
 

@@ -28,10 +28,22 @@ from frontends._atomic import atomic_path, write_atomic
 from frontends.darknet import DarknetHeader, read_darknet, write_darknet
 from frontends.errors import CheckpointError, WeightsError
 from frontends.msgpack import read_msgpack, write_msgpack
-from frontends.torch_ckpt import (DEFAULT_BN_EPS, LAYOUTS, CheckpointMeta, read_torch,
-                                  state_dict_from_variables, write_torch)
-from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
-                                 check_variables, default_variables, expected_shapes)
+from frontends.torch_ckpt import (
+    DEFAULT_BN_EPS,
+    LAYOUTS,
+    CheckpointMeta,
+    read_torch,
+    state_dict_from_variables,
+    write_torch,
+)
+from frontends.variables import (
+    RUNTIME_BN_EPS,
+    LoadedWeights,
+    Variables,
+    check_variables,
+    default_variables,
+    expected_shapes,
+)
 
 __all__ = [
     "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",

@@ -29,9 +29,15 @@ import numpy as np
 import ir
 from frontends._atomic import write_chunks
 from frontends.errors import WeightsError
-from frontends.variables import (LoadedWeights, Variables, check_variables,
-                                 default_variables, layer_key, unsupported_weighted_layers,
-                                 where)
+from frontends.variables import (
+    LoadedWeights,
+    Variables,
+    check_variables,
+    default_variables,
+    layer_key,
+    unsupported_weighted_layers,
+    where,
+)
 from ir.variables import layer_shapes
 
 __all__ = ["DarknetHeader", "WeightsError", "read_darknet", "write_darknet"]

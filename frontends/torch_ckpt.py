@@ -43,11 +43,17 @@ import ir
 from frontends._atomic import atomic_path
 from frontends.darknet import DarknetHeader
 from frontends.errors import CheckpointError
-from frontends.torch_file import (detect_layout, find_state_dict, safe_load,
-                                  stored_darknet_header)
-from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
-                                 check_variables, conv_in_channels, layer_key,
-                                 unsupported_weighted_layers, where)
+from frontends.torch_file import detect_layout, find_state_dict, safe_load, stored_darknet_header
+from frontends.variables import (
+    RUNTIME_BN_EPS,
+    LoadedWeights,
+    Variables,
+    check_variables,
+    conv_in_channels,
+    layer_key,
+    unsupported_weighted_layers,
+    where,
+)
 
 __all__ = ["DEFAULT_BN_EPS", "LAYOUTS", "CheckpointError", "CheckpointMeta",
            "read_torch", "state_dict_from_variables", "write_torch"]

@@ -16,9 +16,15 @@ import numpy as np
 
 import ir
 from frontends.errors import WeightsError
-from ir.variables import (  # noqa: F401  (re-exported for the frontends)
-    check_variables as _check_variables, conv_in_channels, expected_shapes, flat_shapes,
-    init_variables, layer_key, where)
+from ir.variables import check_variables as _check_variables  # noqa: F401  (re-exported for the frontends)
+from ir.variables import (
+    conv_in_channels,
+    expected_shapes,
+    flat_shapes,
+    init_variables,
+    layer_key,
+    where,
+)
 
 RUNTIME_BN_EPS = 1e-5
 """The BatchNorm eps the variables pytree assumes (Darknet's and the runtime's)."""

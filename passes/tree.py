@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ir.variables import (BETA, CONV_BIAS, GAMMA, KERNEL, MEAN, VAR, Leaf,  # noqa: F401
-                          layer_index, layer_key)
+from ir.variables import BETA, CONV_BIAS, GAMMA, KERNEL, MEAN, VAR, Leaf, layer_index, layer_key  # noqa: F401
 
 Variables = Mapping[str, Any]
 

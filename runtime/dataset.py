@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 

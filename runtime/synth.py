@@ -13,8 +13,8 @@ the set can be moved, and Darknet run from ``OUT`` reads it too)::
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

@@ -27,18 +27,23 @@ from jax.sharding import Mesh
 
 import ir
 from passes import analyze_prunability
+from passes.diagnostics import sparsity_metrics
 from runtime.batches import NO_AUGMENT, Augment, iterate_batches, prefetch
 from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
 from runtime.dataset import Dataset
-from passes.diagnostics import sparsity_metrics
 from runtime.loss import LossConfig
 from runtime.model import init_variables
 from runtime.optim import build_optimizer, kernel_mask, lr_schedule, make_optimizer
-from runtime.parallel import (data_mesh, global_batch, process_rows, replicate,
-                              shard_batch, to_host)
+from runtime.parallel import data_mesh, global_batch, process_rows, replicate, shard_batch, to_host
 from runtime.sparsity import init_gammas, sparsity
-from runtime.step import (TrainState, gamma_stats, init_head_biases, init_train_state,
-                          make_train_step, recalibrate_bn)
+from runtime.step import (
+    TrainState,
+    gamma_stats,
+    init_head_biases,
+    init_train_state,
+    make_train_step,
+    recalibrate_bn,
+)
 
 __all__ = [
     "CHECKPOINTS", "Checkpointer", "EpochInfo", "StepInfo", "TrainConfig", "TrainResult",

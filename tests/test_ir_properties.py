@@ -9,8 +9,13 @@ from hypothesis import find, given, settings
 
 import ir
 import runtime
-from darkslim.testing import (assert_roundtrip_cfg, assert_verifies, describe_graph,
-                              graph_features, graphs)
+from darkslim.testing import (
+    assert_roundtrip_cfg,
+    assert_verifies,
+    describe_graph,
+    graph_features,
+    graphs,
+)
 
 
 @given(graphs())

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import ir
-from ir import layer_key
 import passes
 import runtime
 from darkslim.testing.strategies import random_variables
+from ir import layer_key
 from tests.conftest import cfg_path
 
 

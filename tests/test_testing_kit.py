@@ -14,15 +14,28 @@ from hypothesis import strategies as st
 
 import frontends
 import ir
-from ir import layer_key
 import passes
 import runtime
-from darkslim.testing import (PROFILES, assert_equivalent, assert_identity_when_noop,
-                              assert_pass_is_pure, assert_roundtrip_cfg,
-                              assert_roundtrip_weights, assert_verifies, describe_graph,
-                              graphs, inputs, load_profile, masks, programs,
-                              random_inputs, random_variables, reference_forward,
-                              variables)
+from darkslim.testing import (
+    PROFILES,
+    assert_equivalent,
+    assert_identity_when_noop,
+    assert_pass_is_pure,
+    assert_roundtrip_cfg,
+    assert_roundtrip_weights,
+    assert_verifies,
+    describe_graph,
+    graphs,
+    inputs,
+    load_profile,
+    masks,
+    programs,
+    random_inputs,
+    random_variables,
+    reference_forward,
+    variables,
+)
+from ir import layer_key
 
 # ------------------------------------------------------------- a toy pass, bug planted
 

@@ -13,9 +13,29 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 import ir
-from ir import (Activation, AvgPool, Connected, Conv, Cost, Crop, Dropout, GaussianYolo,
-                LocalAvgPool, MaxPool, Region, Reorg, Reorg3d, Route, Sam, ScaleChannels,
-                Shape, Shortcut, Softmax, Upsample, Yolo)
+from ir import (
+    Activation,
+    AvgPool,
+    Connected,
+    Conv,
+    Cost,
+    Crop,
+    Dropout,
+    GaussianYolo,
+    LocalAvgPool,
+    MaxPool,
+    Region,
+    Reorg,
+    Reorg3d,
+    Route,
+    Sam,
+    ScaleChannels,
+    Shape,
+    Shortcut,
+    Softmax,
+    Upsample,
+    Yolo,
+)
 from ir.kinds.base import ShapeError
 from ir.kinds.sam import NOT_IN_ACTIVATE_ARRAY
 

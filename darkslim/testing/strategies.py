@@ -24,11 +24,34 @@ from hypothesis import note
 from hypothesis import strategies as st
 
 import ir
-from darkslim.testing.blocks import (BLOCK_KINDS, BLOCKS, CLASSIC_KINDS, HEAD_KINDS, STYLES,
-                                     Builder, add_classifier, add_head, ensure_layer,
-                                     fill_anchors, last_readable)
-from ir import (Activation, Connected, Conv, Graph, MaxPool, Reorg, Reorg3d, Route,
-                ScaleChannels, Shape, Shortcut, Yolo, layer_key)
+from darkslim.testing.blocks import (
+    BLOCK_KINDS,
+    BLOCKS,
+    CLASSIC_KINDS,
+    HEAD_KINDS,
+    STYLES,
+    Builder,
+    add_classifier,
+    add_head,
+    ensure_layer,
+    fill_anchors,
+    last_readable,
+)
+from ir import (
+    Activation,
+    Connected,
+    Conv,
+    Graph,
+    MaxPool,
+    Reorg,
+    Reorg3d,
+    Route,
+    ScaleChannels,
+    Shape,
+    Shortcut,
+    Yolo,
+    layer_key,
+)
 from passes import ChannelMasks
 from passes.masks import balance_mask
 

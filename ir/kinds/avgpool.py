@@ -8,8 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, Shape, first_input_const, no_cost, no_fold,
-                           no_slice, no_variables, pass_through, previous_input, same_layer)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    first_input_const,
+    no_cost,
+    no_fold,
+    no_slice,
+    no_variables,
+    pass_through,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

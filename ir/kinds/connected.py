@@ -23,11 +23,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ir.activations import Activation, activate_xp
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
-                           previous_input, same_layer)
-from ir.kinds.conv import (BETA, GAMMA, MEAN, VAR, fold_consumer, slice_outputs,
-                           zero_dropped_outputs)
 from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (
+    DropContext,
+    Flow,
+    FlowContext,
+    KindSpec,
+    Options,
+    Shape,
+    previous_input,
+    same_layer,
+)
+from ir.kinds.conv import BETA, GAMMA, MEAN, VAR, fold_consumer, slice_outputs, zero_dropped_outputs
 from ir.options import SectionReader
 
 KERNEL = ("params", "dense", "kernel")

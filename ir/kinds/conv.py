@@ -15,10 +15,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ir.activations import Activation
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, KeyRule, Options,
-                           Segment, Shape, ShapeError, equals, inert, previous_input,
-                           variables_owner)
 from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (
+    DropContext,
+    Flow,
+    FlowContext,
+    KeyRule,
+    KindSpec,
+    Options,
+    Segment,
+    Shape,
+    ShapeError,
+    equals,
+    inert,
+    previous_input,
+    variables_owner,
+)
 from ir.options import SectionReader
 
 KERNEL = ("params", "conv", "kernel")

@@ -10,10 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (DropContext, KindSpec, Options, Shape, ShapeError, inert, no_cost,
-                           no_fold, no_slice, no_variables, pass_through, previous_input,
-                           same_layer)
 from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (
+    DropContext,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    inert,
+    no_cost,
+    no_fold,
+    no_slice,
+    no_variables,
+    pass_through,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

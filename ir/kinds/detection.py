@@ -14,8 +14,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, inert, no_cost, no_drops,
-                           no_fold, no_slice, no_variables, previous_input, same_layer)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    inert,
+    no_cost,
+    no_drops,
+    no_fold,
+    no_slice,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.kinds.yolo import head_channels
 from ir.options import SectionReader
 

@@ -15,11 +15,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ir.kinds.base import (KindSpec, Options, fmt, inert, no_cost, no_drops, no_fold,
-                           no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import (TRAINING_KEYS, anchor_boxes, grid_boxes, head_channels,
-                           head_shape, parse_anchors, write_anchors)
 from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    fmt,
+    inert,
+    no_cost,
+    no_drops,
+    no_fold,
+    no_slice,
+    no_variables,
+    previous_input,
+    same_layer,
+)
+from ir.kinds.yolo import (
+    TRAINING_KEYS,
+    anchor_boxes,
+    grid_boxes,
+    head_channels,
+    head_shape,
+    parse_anchors,
+    write_anchors,
+)
 from ir.options import SectionReader
 
 _POINTS = ("center", "left_top", "right_bottom")

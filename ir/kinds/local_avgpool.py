@@ -12,9 +12,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, first_input_const,
-                           no_cost, no_fold, no_slice, no_variables, pass_through,
-                           previous_input, same_layer)
+from ir.kinds.base import (
+    KeyRule,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    first_input_const,
+    no_cost,
+    no_fold,
+    no_slice,
+    no_variables,
+    pass_through,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

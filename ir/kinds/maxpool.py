@@ -15,10 +15,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
-                           ShapeError, KeyRule, equals, inert, no_cost, no_fold, no_slice,
-                           no_variables, previous_input, same_layer)
 from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (
+    DropContext,
+    Flow,
+    FlowContext,
+    KeyRule,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    equals,
+    inert,
+    no_cost,
+    no_fold,
+    no_slice,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

@@ -19,7 +19,6 @@ import numpy as np
 
 from ir.activations import Activation
 
-
 # ------------------------------------------------------------------- small helpers
 
 def mul(b, x: str, k: float) -> str:

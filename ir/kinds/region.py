@@ -15,11 +15,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ir.kinds.base import (KeyRule, KindSpec, Options, inert, no_cost, no_drops, no_fold,
-                           no_slice, no_variables, previous_input, same_layer)
-from ir.kinds.yolo import (anchor_boxes, grid_boxes, head_channels, head_shape,
-                           write_anchors)
 from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (
+    KeyRule,
+    KindSpec,
+    Options,
+    inert,
+    no_cost,
+    no_drops,
+    no_fold,
+    no_slice,
+    no_variables,
+    previous_input,
+    same_layer,
+)
+from ir.kinds.yolo import anchor_boxes, grid_boxes, head_channels, head_shape, write_anchors
 from ir.options import SectionReader
 
 _TRAINING = ("absolute", "bias_match", "class_scale", "classfix", "coord_scale",

@@ -20,9 +20,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError,
-                           no_cost, no_drops, no_fold, no_slice, no_variables,
-                           previous_input, same_layer)
+from ir.kinds.base import (
+    Flow,
+    FlowContext,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_drops,
+    no_fold,
+    no_slice,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
-                           ShapeError, inert, no_cost, no_fold, no_slice, no_variables,
-                           rel, renumber_inputs, slice_segments)
+from ir.kinds.base import (
+    DropContext,
+    Flow,
+    FlowContext,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    inert,
+    no_cost,
+    no_fold,
+    no_slice,
+    no_variables,
+    rel,
+    renumber_inputs,
+    slice_segments,
+)
 from ir.options import SectionReader
 
 

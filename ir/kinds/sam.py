@@ -14,10 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation, activate_xp
-from ir.kinds.base import (DropContext, Flow, FlowContext, KindSpec, Options, Shape,
-                           ShapeError, no_cost, no_fold, no_slice, no_variables, rel,
-                           renumber_inputs)
 from ir.kinds import onnx_ops as ops
+from ir.kinds.base import (
+    DropContext,
+    Flow,
+    FlowContext,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_fold,
+    no_slice,
+    no_variables,
+    rel,
+    renumber_inputs,
+)
 from ir.options import SectionReader
 
 #: Activations `activate_array` has no case for: Darknet outputs 0 after them.

@@ -16,8 +16,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError, no_cost,
-                           no_fold, no_slice, no_variables, rel, renumber_inputs)
+from ir.kinds.base import (
+    Flow,
+    FlowContext,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_fold,
+    no_slice,
+    no_variables,
+    rel,
+    renumber_inputs,
+)
 from ir.kinds.sam import product_constant, product_onnx, refuse_special
 from ir.options import SectionReader
 

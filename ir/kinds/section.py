@@ -12,9 +12,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (Flow, FlowContext, KindSpec, Options, Shape, ShapeError,
-                           no_cost, no_drops, no_fold, no_slice, no_variables, rel,
-                           renumber_inputs)
+from ir.kinds.base import (
+    Flow,
+    FlowContext,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_drops,
+    no_fold,
+    no_slice,
+    no_variables,
+    rel,
+    renumber_inputs,
+)
 from ir.options import SectionReader
 
 #: Darknet's `string_to_layer_type` names without a spec of their own.

@@ -10,9 +10,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (Flow, FlowContext, KindSpec, KeyRule, Options, Shape, ShapeError,
-                           equals, inert, no_cost, no_drops, no_fold, no_slice, no_variables,
-                           previous_input, same_layer)
+from ir.kinds.base import (
+    Flow,
+    FlowContext,
+    KeyRule,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    equals,
+    inert,
+    no_cost,
+    no_drops,
+    no_fold,
+    no_slice,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

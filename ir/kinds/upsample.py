@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (DropContext, KindSpec, Options, Shape, ShapeError, fmt,
-                           no_cost, no_fold, no_slice, no_variables, pass_through,
-                           previous_input, same_layer)
+from ir.kinds.base import (
+    DropContext,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    fmt,
+    no_cost,
+    no_fold,
+    no_slice,
+    no_variables,
+    pass_through,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 
