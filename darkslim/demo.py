@@ -257,6 +257,7 @@ def markdown_report(demo: DemoResult, config: DemoConfig) -> str:
     r, t = demo.prune, demo.prune.threshold
     kept = "\n".join(f"| {i} | {k} | {total} |" for i, k, total in r.channels)
     prunable_kept, prunable_total = r.prunable_channels
+    checks = demo.checks
     return f"""# darkslim demo
 
 Synthetic dataset: {config.train} train / {config.valid} valid images at {config.size} px
@@ -269,8 +270,8 @@ percent {t.safe_percent:.3f}); fine-tuned
 {markdown_table(demo.stages)}
 
 Prunable channels {prunable_total} → {prunable_kept};
-max |keep-size − compact| = {demo.checks['max_abs_diff_keepsize_vs_compact']:.2e};
-max |γ-zeroed − compact| = {demo.checks['max_abs_diff_gamma_zeroed_vs_compact']:.2e} (border effect).
+max |keep-size − compact| = {checks['max_abs_diff_keepsize_vs_compact']:.2e};
+max |γ-zeroed − compact| = {checks['max_abs_diff_gamma_zeroed_vs_compact']:.2e} (border effect).
 
 ![γ before](gamma_before.png) ![γ after](gamma_after.png)
 

@@ -46,7 +46,8 @@ from frontends.variables import (
 )
 
 __all__ = [
-    "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
+    "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS",
+    "CheckpointError",
     "CheckpointMeta", "DarknetHeader", "LoadedWeights", "Variables", "WeightsError",
     "check_variables", "darknet_header_of", "default_variables", "expected_shapes",
     "format_of", "is_backbone_name",

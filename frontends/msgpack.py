@@ -1,8 +1,8 @@
 """Flax ``.msgpack`` files: the variables pytree as `flax.serialization` writes it.
 
 ``flax.serialization.to_bytes(variables)`` on the way out and flax's decoding (with
-every array checked) on the way in, so the files open in any Flax code; what is read is checked against the cfg's expected shapes. Flax is imported
-inside the functions only.
+every array checked) on the way in, so the files open in any Flax code; what is read is
+checked against the cfg's expected shapes. Flax is imported inside the functions only.
 
 Variables read from a Darknet ``.weights`` file keep its header (version and ``seen``,
 which Darknet's learning-rate schedule reads when training resumes) as the extra

@@ -209,8 +209,8 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
         elif len(members) > 1 and mode == "regular":
             for m in members:
                 reasons[m] = (f"coupled with layers {', '.join(map(str, members))} through "
-                              "an element-wise op ([shortcut], [sam], [scale_channels], depthwise): regular "
-                              "mode keeps coupled groups whole "
+                              "an element-wise op ([shortcut], [sam], [scale_channels], "
+                              "depthwise): regular mode keeps coupled groups whole "
                               "(mode=shortcut prunes them with one mask)")
         else:
             units.append(tuple(members))

@@ -3,10 +3,11 @@
 Folding, in one paragraph. With γ_c = 0 a BN conv's channel c emits the constant
 ``act(β_c)`` everywhere. That constant travels through ``[route]`` (concat),
 ``[upsample]`` and ``[maxpool]`` unchanged and through ``[shortcut]`` as
-``act_s(Σ inputs)``: each kind's ``dropped`` rule (`ir.kinds`) says what it becomes. A consumer conv reading it adds ``Σ_{kh,kw} W[kh, kw, c, o] · K_c``
-to output o, which it can absorb: subtracted from its BN running mean, or added to its
-conv bias. This is exact for 1×1 consumers and away from the zero-padded border of k×k
-consumers (at the border part of the window reads padding, not the constant).
+``act_s(Σ inputs)``: each kind's ``dropped`` rule (`ir.kinds`) says what it becomes. A
+consumer conv reading it adds ``Σ_{kh,kw} W[kh, kw, c, o] · K_c`` to output o, which it
+can absorb: subtracted from its BN running mean, or added to its conv bias. This is exact
+for 1×1 consumers and away from the zero-padded border of k×k consumers (at the border
+part of the window reads padding, not the constant).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ir import Connected, Conv, Graph
+from ir import Connected, Conv, Graph, Variables
 from passes import tree
 from passes.analysis import Prunability
 from passes.errors import PruneError
@@ -143,8 +143,9 @@ def check_masks(graph: Graph, masks: ChannelMasks, by: str) -> None:
                              "layers can drop channels (a dropped channel becomes act(β))")
         channels = layer.filters if isinstance(layer, Conv) else layer.output
         if len(mask) != channels:
+            what = "filters" if isinstance(layer, Conv) else "outputs"
             raise PruneError(f"{by}: mask for {where}: {len(mask)} entries; expected "
-                             f"{channels}, its {'filters' if isinstance(layer, Conv) else 'outputs'}")
+                             f"{channels}, its {what}")
         if not any(mask):
             raise PruneError(f"{by}: mask for {where}: keeps none of its {channels} "
                              "channels; expected at least one")
@@ -170,7 +171,8 @@ def _abs_gamma(graph: Graph, variables, index: int) -> np.ndarray:
     return gamma
 
 
-def unit_scores(graph: Graph, variables, analysis: Prunability) -> dict[tuple[int, ...], np.ndarray]:
+def unit_scores(graph: Graph, variables: Variables, analysis: Prunability
+                ) -> dict[tuple[int, ...], np.ndarray]:
     """Per unit, the |γ| that decides each channel (max over members: the union rule)."""
     return {unit: np.max([_abs_gamma(graph, variables, i) for i in unit], axis=0)
             for unit in analysis.units}

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ir.variables import BETA, CONV_BIAS, GAMMA, KERNEL, MEAN, VAR, Leaf, layer_index, layer_key  # noqa: F401
-
-Variables = Mapping[str, Any]
+from ir.variables import BETA as BETA
+from ir.variables import CONV_BIAS as CONV_BIAS
+from ir.variables import GAMMA as GAMMA
+from ir.variables import KERNEL as KERNEL
+from ir.variables import MEAN as MEAN
+from ir.variables import VAR as VAR
+from ir.variables import Leaf as Leaf
+from ir.variables import Variables as Variables
+from ir.variables import layer_index, layer_key
 
 
 def get(variables: Variables, index: int, leaf: Leaf):
     collection, part, name = leaf
     return variables[collection][layer_key(index)][part][name]
-
-
-def has(variables: Variables, index: int, leaf: Leaf) -> bool:
-    collection, part, name = leaf
-    return name in variables.get(collection, {}).get(layer_key(index), {}).get(part, {})
 
 
 def leaves_of(variables: Variables, index: int) -> dict[Leaf, Any]:

@@ -3,25 +3,25 @@ Darknet ``.data``/list/label files; `runtime.batches` letterboxes, augments, bat
 and prefetches)."""
 
 from runtime.batches import (
-                             NO_AUGMENT,
-                             Augment,
-                             Batch,
-                             Prefetch,
-                             iterate_batches,
-                             prefetch,
-                             prepare_sample,
-                             read_image,
+    NO_AUGMENT,
+    Augment,
+    Batch,
+    Prefetch,
+    iterate_batches,
+    prefetch,
+    prepare_sample,
+    read_image,
 )
 from runtime.dataset import (
-                             DataConfig,
-                             DataError,
-                             Dataset,
-                             Sample,
-                             label_path,
-                             load_dataset,
-                             read_data_config,
-                             read_labels,
-                             read_list,
+    DataConfig,
+    DataError,
+    Dataset,
+    Sample,
+    label_path,
+    load_dataset,
+    read_data_config,
+    read_labels,
+    read_list,
 )
 
 __all__ = ["NO_AUGMENT", "Augment", "Batch", "DataConfig", "DataError", "Dataset",

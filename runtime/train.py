@@ -3,7 +3,7 @@
 `fit` trains data-parallel over a mesh of every device of every process
 (`runtime.parallel`): each process loads its rows of every batch, the jitted step
 (`runtime.step`) all-reduces, the state is replicated. Per epoch it re-estimates the
-BatchNorm statistics, computes the sparsity diagnostics (`runtime.diagnostics`) and
+BatchNorm statistics, computes the sparsity diagnostics (`passes.diagnostics`) and
 mAP, hands the epoch to ``on_epoch`` (the app writes weights, logs and plots there,
 in process 0 only) and saves the training state with Orbax (`runtime.checkpoint`).
 The runtime itself writes nothing but those checkpoints.
@@ -180,7 +180,7 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
 
     Per epoch: shuffled, augmented batches prefetched in the background (each process
     loads its own rows); the jitted step; BatchNorm recalibration; the epoch summary
-    (mean losses, the sparsity strength ``s``, `runtime.diagnostics.sparsity_metrics`,
+    (mean losses, the sparsity strength ``s``, `passes.diagnostics.sparsity_metrics`,
     and with ``valid_set`` mAP@0.5); ``on_epoch``; then (with ``out_dir``) an Orbax
     checkpoint in ``out_dir/checkpoints``. Weights files, logs and plots are the
     caller's, in ``on_epoch`` (`darkslim.trainlog` writes them in process 0).

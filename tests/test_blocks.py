@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 import frontends
 import ir
 import passes
-import runtime
 from darkslim.testing import (
     assert_equivalent,
     assert_identity_when_noop,

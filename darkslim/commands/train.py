@@ -125,12 +125,12 @@ def run(args) -> int:
     from runtime.parallel import data_mesh
     from runtime.sparsity import init_gammas
     from runtime.train import (
-        CHECKPOINTS,
-        Checkpointer,
-        TrainConfig,
-        check_classes,
-        fit,
-        init_head_biases,
+    CHECKPOINTS,
+    Checkpointer,
+    TrainConfig,
+    check_classes,
+    fit,
+    init_head_biases,
     )
 
     primary = cluster.process_index == 0

@@ -386,7 +386,7 @@ def fill_anchors(layers: list) -> list:
     """Give every [yolo] and [Gaussian_yolo] head a distinct run of one shared anchor
     list, as real cfgs do ([region] heads carry their own, in grid cells)."""
     anchored = (Yolo, GaussianYolo)
-    total = sum(len(l.mask) for l in layers if isinstance(l, anchored))
+    total = sum(len(layer.mask) for layer in layers if isinstance(layer, anchored))
     anchors = tuple((float(8 + 6 * k), float(10 + 9 * k)) for k in range(total))
     out, start = [], 0
     for layer in layers:

@@ -190,8 +190,9 @@ def random_variables(graph: Graph, seed: int = 0, *, sparsity: float = 0.0) -> d
 
     Every layer gets the variables its kind's spec asks for (``KindSpec.variables``).
     Kernels (conv HWIO ``(k, k, in/groups, out)``, dense ``(in, out)``) are drawn
-    with std ``1/sqrt(fan_in)``. BN layers get γ (``params/bn/scale``) of magnitude in [0.2, 1.5] (one in five
-    negative), a fraction ``sparsity`` of them replaced by values in (-1e-3, 1e-3);
+    with std ``1/sqrt(fan_in)``. BN layers get γ (``params/bn/scale``) of magnitude in
+    [0.2, 1.5] (one in five negative), a fraction ``sparsity`` of them replaced by values
+    in (-1e-3, 1e-3);
     β ~ N(0, 0.5); running mean ~ N(0, 0.5) and var in [0.5, 2]. Convs without BN get
     a bias ~ N(0, 0.5).
 

@@ -83,8 +83,9 @@ def _shape(layer: Section, ins: tuple[Shape, ...]) -> Shape:
     if layer.type in _SAME_SHAPE:
         return x
     if layer.type in ("rnn", "gru", "lstm", "conv_lstm", "crnn"):
-        return Shape(int(layer.option("output", "1")), x.h, x.w) \
-            if layer.type in ("conv_lstm", "crnn") else Shape(int(layer.option("output", "1")), 1, 1)
+        output = int(layer.option("output", "1"))
+        spatial = layer.type in ("conv_lstm", "crnn")
+        return Shape(output, x.h, x.w) if spatial else Shape(output, 1, 1)
     raise ShapeError(f"[{layer.type}] has no shape rule in darkslim")
 
 
