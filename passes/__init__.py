@@ -35,7 +35,7 @@ from passes.masks import (
 from passes.pipeline import Pass, PassResult, Pipeline, PipelineResult, pipeline
 from passes.program import verify_program
 from passes.prune import PruneConfig, PruneResult, prune
-from passes.registry import PASSES
+from passes.registry import PASSES, parse_pipeline
 from passes.reports import (
     BlocksReport,
     Counts,
@@ -48,7 +48,7 @@ from passes.reports import (
     report_to_json,
 )
 from passes.slim import SlimChannels
-from passes.text import parse_pipeline, pass_text
+from passes.text import pass_text
 
 __all__ = [
     "ChannelMasks", "FoldBatchNorm", "FoldPrunedBias", "GraphFingerprint", "Pass",
