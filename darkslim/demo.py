@@ -22,6 +22,8 @@ import ir
 import passes
 from darkslim import report as reports
 from darkslim.check import measure_prune_diffs
+from ir import Variables
+from passes.analysis import Mode
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class DemoConfig:
     percent: float | None = None
     min_percent: float = 0.55
     round_to: int = 16
-    mode: str = "regular"
+    mode: Mode = "regular"
     narrow: int = 1
     # A batch-1 forward of this net takes ~1 ms: 200 interleaved runs (~0.5 s) keep the
     # before/after ratio within ±0.02 across runs, where 20 runs scattered it 1.11-1.34.
@@ -88,7 +90,7 @@ def template_cfg() -> ir.Graph:
     return ir.parse_cfg(text)
 
 
-def choose_percent(graph: ir.Graph, variables, analysis: passes.Prunability,
+def choose_percent(graph: ir.Graph, variables: Variables, analysis: passes.Prunability,
                    floor: float = 0.5, collapsed: float = 0.01, step: float = 0.05) -> float:
     """The prune ratio read off the γ distribution: the share of prunable |γ| that
     sparse training drove below ``collapsed`` (rounded down to ``step``), at least
@@ -146,6 +148,7 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     data = write_synth(out / "data", train=config.train, valid=config.valid,
                        size=config.size, seed=config.seed, cfg=template,
                        write=frontends.write_atomic)
+    assert data.cfg is not None  # written from the template
     graph = ir.parse_cfg(data.cfg)
     train_set = load_dataset(data.data, "train")
     valid_set = load_dataset(data.data, "valid")

@@ -20,6 +20,7 @@ import numpy as np
 
 import passes
 from frontends import atomic_path
+from ir import Variables
 from passes import tree
 
 
@@ -159,7 +160,7 @@ def plot_gamma_histogram(gammas: dict[str, np.ndarray], path: str | os.PathLike,
     _atomic_figure(fig, path)
 
 
-def prunable_gammas(variables, analysis: passes.Prunability) -> np.ndarray:
+def prunable_gammas(variables: Variables, analysis: passes.Prunability) -> np.ndarray:
     """|γ| of every prunable channel, concatenated."""
     if not analysis.prunable:
         return np.zeros(0, np.float32)

@@ -19,12 +19,14 @@ Then it names the outputs, as `runtime.model.collect_outputs` defines them:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 import ir
 import passes
 from export.builder import OnnxBuilder, live_nodes, tensor_type
+from ir import Variables
 
 
 class ExportError(ir.CfgError):
@@ -75,7 +77,8 @@ def check_exportable(graph: ir.Graph) -> None:
     Darknet does (`ir.unsupported_reason`: exporting it would be a silently wrong
     graph)."""
     for index, layer in enumerate(graph.layers):
-        where = dict(path=layer.path or graph.path, line=layer.line, section=layer.kind)
+        where: dict[str, Any] = dict(path=layer.path or graph.path, line=layer.line,
+                                     section=layer.kind)
         reason = ir.unsupported_reason(layer)
         if reason is not None:
             what = f" {reason}" if reason else ""
@@ -87,7 +90,7 @@ def check_exportable(graph: ir.Graph) -> None:
                               f"(exportable: {', '.join(exportable)})", **where)
 
 
-def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptions()):
+def export_onnx(graph: ir.Graph, variables: Variables, options: ExportOptions = ExportOptions()):
     """The network as an ``onnx.ModelProto`` that passes ``onnx.checker`` (full check).
 
     Args:
@@ -119,7 +122,9 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
     for index, layer in enumerate(graph.layers):
         b.begin(index, layer.kind)
         inputs = [env[j] for j in ir.layer_inputs(graph, index)]
-        env[index] = ir.spec_of(layer).onnx(layer, b, index, inputs)
+        emit = ir.spec_of(layer).onnx
+        assert emit is not None  # check_exportable refused the layer otherwise
+        env[index] = emit(layer, b, index, inputs)
         b.set_shape(env[index], shapes[index])
 
     batch = "N" if options.dynamic_batch else options.batch
@@ -131,14 +136,13 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
         outputs.append(("output", env[len(graph.layers) - 1], [batch, *shapes[-1]]))
     if decode and heads:
         b.begin(len(graph.layers), "detections")
-        widths = [5 + graph.layers[y].classes for y in heads]
+        widths = [5 + _head(graph, y).classes for y in heads]
         fields = max(widths)
         parts = [d if width == fields else b.node(
             "Pad", [d, b.ints([0, 0, 0, 0, 0, fields - width], "pads")])
             for d, width in zip(b.detections, widths, strict=True)]
         det = parts[0] if len(parts) == 1 else b.node("Concat", parts, axis=1)
-        boxes = sum(ir.spec_of(graph.layers[y]).boxes(graph.layers[y], shapes[y])
-                    for y in heads)
+        boxes = sum(_boxes(graph, y, shapes[y]) for y in heads)
         outputs.append(("detections", det, [batch, boxes, fields]))
         if options.nms:
             outputs.append(("selected_indices", _emit_nms(b, det, fields, options),
@@ -170,6 +174,19 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
     oh.set_model_props(model, meta)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _head(graph: ir.Graph, index: int) -> ir.Yolo | ir.GaussianYolo | ir.Region:
+    head = graph.layers[index]
+    assert isinstance(head, (ir.Yolo, ir.GaussianYolo, ir.Region))  # a head_indices() layer
+    return head
+
+
+def _boxes(graph: ir.Graph, index: int, shape: ir.Shape) -> int:
+    """How many boxes the detection layer ``index`` decodes (its kind's ``boxes`` rule)."""
+    boxes = ir.spec_of(graph.layers[index]).boxes
+    assert boxes is not None  # every head kind has one
+    return boxes(graph.layers[index], shape)
 
 
 def _emit_nms(b: OnnxBuilder, det: str, fields: int, options: ExportOptions) -> str:

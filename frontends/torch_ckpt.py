@@ -96,7 +96,7 @@ class CheckpointMeta:
 class _Slot(NamedTuple):
     """One state_dict entry the cfg calls for."""
 
-    index: int  # layer index
+    index: int  # type: ignore[assignment]  # a NamedTuple field named like a tuple method: the layer index
     path: tuple[str, ...]  # variables path, or () for buffers with no variable
     shape: tuple[int, ...]  # torch shape
     required: bool

@@ -119,7 +119,7 @@ class Misfit(NamedTuple):
     """One variable that does not fit: its path, its layer (or None) and what is wrong."""
 
     path: tuple[str, ...]
-    index: int | None
+    index: int | None  # type: ignore[assignment]  # a NamedTuple field named like a tuple method
     problem: str
 
 
@@ -136,13 +136,13 @@ def misfits(graph: Graph, variables: Any) -> tuple[Misfit, ...]:
     """
     if (not isinstance(variables, Mapping)
             or not set(variables) <= {"params", "batch_stats"}):
-        found = (sorted(variables) if isinstance(variables, Mapping)
-                 else type(variables).__name__)
+        keys = (sorted(variables) if isinstance(variables, Mapping)
+                else type(variables).__name__)
         return (Misfit((), None, "expected a variables dict with 'params' and "
-                                 f"'batch_stats', found {found}"),)
+                                 f"'batch_stats', found {keys}"),)
     expected = flat_shapes(graph)
     found = dict(iter_leaves(variables))
-    problems = []
+    problems: list[Misfit] = []
     for path, shape in expected.items():
         if path not in found:
             problems.append(Misfit(path, layer_index(path[1]),

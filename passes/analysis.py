@@ -172,8 +172,9 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
                     block(s, f"combined element-wise by [{layer.kind}] {where} over a "
                              "partial or concatenated channel range")
             else:
-                for s in spaces[1:]:
-                    uf.union(spaces[0], s)
+                first, *rest = [space for space in spaces if space is not None]
+                for other in rest:
+                    uf.union(first, other)
         for segs, groups in flow.balanced:
             space = whole(segs)
             if space is None:

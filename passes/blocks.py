@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ir import Activation, Conv, Graph, Route, Section, Shortcut, consumers
+from ir import Activation, Conv, Graph, Layer, Route, Section, Shortcut, Variables, consumers
 from ir.shapes import verify
 from passes import tree
 from passes.errors import PruneError
@@ -104,6 +104,7 @@ def _weighted(key: str, value: str) -> bool:
 def _not_removable(graph: Graph, s: int, readers, shapes) -> str | None:
     """Why the shortcut at ``s`` does not close a removable block (None if it does)."""
     layer = graph.layers[s]
+    assert isinstance(layer, Shortcut)  # called on shortcuts only
     if len(layer.inputs) != 2:
         refs = ",".join(str(j) for j in layer.inputs[1:])
         return (f"adds {len(layer.inputs)} inputs (layers {s - 1} and {refs}): only a "
@@ -167,7 +168,7 @@ def analyze_blocks(graph: Graph) -> BlockAnalysis:
             continue
         f = layer.inputs[1]
         convs = tuple(range(f + 1, s))
-        bn = [j for j in convs if graph.layers[j].batch_normalize]
+        bn = [j for j in convs if getattr(graph.layers[j], "batch_normalize", False)]
         blocks.append(ResidualBlock(source=f, shortcut=s, convs=convs,
                                     gamma_conv=bn[-1] if bn else None))
     return BlockAnalysis(blocks=tuple(blocks), reasons=tuple(reasons))
@@ -196,7 +197,8 @@ class ScoredBlock:
     score: float | None
 
 
-def _score(graph: Graph, variables, block: ResidualBlock, score: BlockScore) -> float | None:
+def _score(graph: Graph, variables: Variables, block: ResidualBlock, score: BlockScore
+           ) -> float | None:
     if block.gamma_conv is None:
         return None
     gamma = np.asarray(tree.get(variables, block.gamma_conv, tree.GAMMA))
@@ -212,7 +214,7 @@ def _score(graph: Graph, variables, block: ResidualBlock, score: BlockScore) -> 
     return value
 
 
-def rank_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock] | None = None,
+def rank_blocks(graph: Graph, variables: Variables, blocks: Iterable[ResidualBlock] | None = None,
                 score: BlockScore = mean_abs_gamma) -> tuple[ScoredBlock, ...]:
     """Blocks scored by ``score(γ of their gamma_conv)``, lowest (least useful) first.
 
@@ -224,7 +226,7 @@ def rank_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock] | None 
                                                 sb.block.shortcut)))
 
 
-def choose_blocks(graph: Graph, variables, *, n: int | None = None,
+def choose_blocks(graph: Graph, variables: Variables, *, n: int | None = None,
                   threshold: float | None = None, score: BlockScore = mean_abs_gamma,
                   analysis: BlockAnalysis | None = None) -> tuple[ScoredBlock, ...]:
     """The ``n`` lowest-scoring blocks, or every block scoring below ``threshold``.
@@ -244,10 +246,11 @@ def choose_blocks(graph: Graph, variables, *, n: int | None = None,
                              "shortcuts not removable; see analyze_blocks)", argument="n")
         chosen = ranked[:n]
     else:
+        assert threshold is not None  # exactly one of n and threshold was given
         if not math.isfinite(threshold):
             raise PruneError(f"threshold={threshold}: expected a finite number",
                              argument="threshold")
-        chosen = [sb for sb in ranked if sb.score < threshold]
+        chosen = [sb for sb in ranked if sb.score is not None and sb.score < threshold]
     return tuple(sorted(chosen, key=lambda sb: sb.block.shortcut))
 
 
@@ -278,7 +281,7 @@ def _renumber(layer, refs: Callable[[tuple[int, ...]], tuple[int, ...]]):
     return layer
 
 
-def remove_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock]
+def remove_blocks(graph: Graph, variables: Variables, blocks: Iterable[ResidualBlock]
                   ) -> tuple[Graph, Any]:
     """``(graph, variables)`` without the layers of ``blocks``, every reference
     renumbered; the blocks must come from ``analyze_blocks(graph)``."""
@@ -291,7 +294,7 @@ def remove_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock]
     def refs(inputs: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(mapping[j] for j in inputs)
 
-    layers = []
+    layers: list[Layer] = []
     for i, layer in enumerate(graph.layers):
         if i in removed:
             continue
@@ -335,7 +338,7 @@ class RemoveBlocks:
         if self.blocks is not None:
             object.__setattr__(self, "blocks", tuple(int(s) for s in self.blocks))
 
-    def select(self, graph: Graph, variables,
+    def select(self, graph: Graph, variables: Variables,
                analysis: BlockAnalysis | None = None) -> tuple[ScoredBlock, ...]:
         """The blocks this pass removes from ``(graph, variables)``, with scores, in
         layer order."""
@@ -357,7 +360,7 @@ class RemoveBlocks:
         return tuple(sorted(rank_blocks(graph, variables, chosen, self.score),
                             key=lambda sb: sb.block.shortcut))
 
-    def run(self, graph: Graph, variables):
+    def run(self, graph: Graph, variables: Variables):
         """Select once, remove, and report the blocks removed with their scores."""
         analysis = analyze_blocks(graph)
         chosen = self.select(graph, variables, analysis)
@@ -374,6 +377,6 @@ class RemoveBlocks:
             score=getattr(self.score, "__name__", repr(self.score)))
         return PassResult(out_graph, out_vars, report)
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         result = self.run(graph, variables)
         return result.graph, result.variables

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ir import Graph, layer_inputs, spec_of
+from ir import Graph, Variables, layer_inputs, spec_of
 from ir.kinds.base import DropContext
 from ir.shapes import verify
 from passes import tree
@@ -36,7 +36,7 @@ def tensor_keeps(graph: Graph, masks: ChannelMasks) -> tuple[np.ndarray, ...]:
     return tuple(keeps)
 
 
-def _dropped_constants(graph: Graph, variables, masks: ChannelMasks, keeps, xp):
+def _dropped_constants(graph: Graph, variables: Variables, masks: ChannelMasks, keeps, xp):
     """Per tensor, the constant each dropped channel emits once its γ is zero (each
     kind's ``dropped`` rule), 0 where the channel is kept."""
     shapes = verify(graph)
@@ -61,7 +61,7 @@ def _input_of(graph: Graph, index: int, per_tensor, image):
     return per_tensor[j] if j >= 0 else image
 
 
-def _leaves_namespace(variables):
+def _leaves_namespace(variables: Variables):
     return namespace(*(leaf for layer in variables["params"].values()
                        for part in layer.values() for leaf in part.values()))
 
@@ -76,7 +76,7 @@ class ZeroPrunedGamma:
     masks: ChannelMasks
     name: str = "zero-pruned-gamma"
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         check_masks(graph, self.masks, self.name)
         updates = {}
         for i, mask in self.masks.as_dict().items():
@@ -103,7 +103,7 @@ class FoldPrunedBias:
     zero_dropped_inputs: bool = True
     name: str = "fold-pruned-bias"
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         check_masks(graph, self.masks, self.name)
         if self.masks.is_noop:
             return graph, variables
@@ -135,7 +135,7 @@ class SliceChannels:
     masks: ChannelMasks
     name: str = "slice-channels"
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         check_masks(graph, self.masks, self.name)
         if self.masks.is_noop:
             return graph, variables

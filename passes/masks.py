@@ -122,6 +122,7 @@ def check_masks(graph: Graph, masks: ChannelMasks, by: str) -> None:
     here = GraphFingerprint.of(graph)
     if masks.fingerprint != here:
         i = masks.fingerprint.first_difference(here)
+        assert i is not None  # the fingerprints differ, so some layer does
         at = (f"layer {i} ([{graph.layers[i].kind}] at cfg line {graph.layers[i].line})"
               if i < len(graph.layers) else f"layer {i} (past this graph's end)")
         raise PruneError(
@@ -162,7 +163,7 @@ class Threshold:
     n_channels: int
 
 
-def _abs_gamma(graph: Graph, variables, index: int) -> np.ndarray:
+def _abs_gamma(graph: Graph, variables: Variables, index: int) -> np.ndarray:
     gamma = np.abs(np.asarray(tree.get(variables, index, tree.GAMMA), dtype=np.float32))
     if not np.all(np.isfinite(gamma)):
         bad = int(np.flatnonzero(~np.isfinite(gamma))[0])
@@ -178,7 +179,7 @@ def unit_scores(graph: Graph, variables: Variables, analysis: Prunability
             for unit in analysis.units}
 
 
-def compute_threshold(graph: Graph, variables, analysis: Prunability,
+def compute_threshold(graph: Graph, variables: Variables, analysis: Prunability,
                       percent: float | None = None,
                       threshold: float | None = None) -> Threshold:
     """The seed's global threshold at ``percent``, or an explicit ``threshold``."""
@@ -204,6 +205,7 @@ def compute_threshold(graph: Graph, variables, analysis: Prunability,
     safe = float(min(s.max() for s in scores.values()))
     safe_percent = int(np.searchsorted(ordered, safe, side="left")) / n
     if threshold is None:
+        assert percent is not None  # exactly one of the two was given
         value = float(ordered[int(n * percent)])
     else:
         if not math.isfinite(threshold) or threshold < 0:
@@ -237,7 +239,7 @@ def balance_mask(keep: np.ndarray, groups: int, score: np.ndarray | None = None
     return balanced.reshape(-1)
 
 
-def compute_masks(graph: Graph, variables, analysis: Prunability, threshold: float,
+def compute_masks(graph: Graph, variables: Variables, analysis: Prunability, threshold: float,
                   min_keep: float = 0.01, round_to: int = 1) -> ChannelMasks:
     """Keep ``|γ| >= threshold`` per unit, with a floor and optional rounding; units
     read in slices by a ``[route] groups=`` get group-balanced masks (`balance_mask`).

@@ -53,6 +53,10 @@ def drop_layers(variables: Variables, keep: Mapping[int, int]) -> dict:
     """Variables renumbered by ``keep`` (old index -> new index); other layers vanish."""
     new: dict = {}
     for collection, layers in variables.items():
-        new[collection] = {layer_key(keep[layer_index(k)]): v
-                           for k, v in layers.items() if layer_index(k) in keep}
+        renumbered = {}
+        for k, v in layers.items():
+            old = layer_index(k)
+            if old is not None and old in keep:
+                renumbered[layer_key(keep[old])] = v
+        new[collection] = renumbered
     return new

@@ -129,7 +129,8 @@ def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
         raise ValueError(f"batch of {batch_size} does not split over {size} devices: "
                          "choose a batch size that is a multiple of the device count")
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    slices = sharding.addressable_devices_indices_map((batch_size,)).values()
+    slices = [s for s in sharding.addressable_devices_indices_map((batch_size,)).values()
+              if s is not None]
     starts = sorted(s[0].start or 0 for s in slices)
     stops = sorted(s[0].stop if s[0].stop is not None else batch_size for s in slices)
     return starts[0], stops[-1]

@@ -26,7 +26,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 import ir
+from ir import Variables
 from passes import analyze_prunability
+from passes.analysis import Mode
 from passes.diagnostics import sparsity_metrics
 from runtime.batches import NO_AUGMENT, Augment, iterate_batches, prefetch
 from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
@@ -82,7 +84,7 @@ class TrainConfig:
     sparsity_schedule: str = "constant"
     sparsity_fraction: float = 0.5
     target_prune: float = 0.5
-    mode: str = "regular"
+    mode: Mode = "regular"
     seed: int = 0
     augment: Augment = field(default_factory=Augment)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -120,6 +122,7 @@ def check_classes(graph: ir.Graph, classes: int, source: str) -> None:
     the dataset has."""
     for index in graph.yolo_indices():
         head = graph.layers[index]
+        assert isinstance(head, ir.Yolo)  # a yolo_indices() layer
         if head.classes != classes:
             raise ValueError(f"{head.path}:{head.line}: [yolo] classes={head.classes} but "
                              f"the dataset ({source}) has classes={classes}: use a cfg "
@@ -170,7 +173,7 @@ def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfig, *,
+def fit(graph: ir.Graph, variables: Variables, train_set: Dataset, config: TrainConfig, *,
         valid_set: Dataset | None = None, out_dir: str | os.PathLike | None = None,
         resume: bool = False, mesh: Mesh | None = None,
         on_step: Callable[[StepInfo], None] | None = None,

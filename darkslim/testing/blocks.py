@@ -340,6 +340,7 @@ def add_head(b: Builder, anchors: int, classes: int, kind: str = "yolo") -> int:
     [Gaussian_yolo] masks and anchors are filled in later (`fill_anchors`); a
     ``new_coords`` head's conv ends in the logistic, as yolov4-csp's do."""
     mask = tuple(range(anchors))
+    head: GaussianYolo | Region | Yolo
     if kind == "gaussian":
         head = GaussianYolo(mask=mask, anchors=(), classes=classes, num=anchors)
         per_anchor = classes + 9

@@ -312,6 +312,7 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
         if rng is None:
             dropped = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
         else:
+            assert drop is not None  # rng exists only with drop
             dropped = rng.random(n) < drop
         keep = ~dropped
         if not keep.any():

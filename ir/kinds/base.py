@@ -83,7 +83,7 @@ class Flow:
     """
 
     segments: Segments
-    couple: tuple[Segments, ...] = ()
+    couple: tuple[tuple[Segments, ...], ...] = ()
     block: tuple[tuple[Segments, str], ...] = ()
     balanced: tuple[tuple[Segments, int], ...] = ()
     own: str | None = None
@@ -132,7 +132,7 @@ class DropContext:
     dropped: tuple[Any, ...]   # boolean arrays, True where the channel was dropped
     out_shape: Shape
     own_keep: Any | None       # this layer's own output mask, if it was pruned
-    params: Mapping[str, Any]  # this layer's variables, flat: {"bn/bias": ..., ...}
+    params: Mapping[tuple[str, str, str], Any]  # this layer's variables by leaf: {BETA: ...}
 
     def zeros(self):
         return self.xp.zeros(self.out_shape.c, self.xp.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class Conv:
 
 
 def _parse(r: SectionReader, index: int) -> Conv:
-    conv = dict(filters=r.int("filters", 1), size=r.int("size", 1),
+    conv: dict[str, Any] = dict(filters=r.int("filters", 1), size=r.int("size", 1),
                 stride=r.int("stride", 1), pad=r.bool("pad"), padding=r.int("padding", 0),
                 groups=r.int("groups", 1), dilation=r.int("dilation", 1),
                 batch_normalize=r.bool("batch_normalize"),
@@ -164,10 +165,11 @@ def _channels(layer: Conv, ctx: FlowContext) -> Flow:
     own = ctx.own(layer.filters)
     if layer.share is not None:
         # One kernel serves both convs: neither may lose input or output channels.
-        why = f"shares its weights with layer {layer.share} ({ctx.where}: share_index)"
+        shared = f"shares its weights with layer {layer.share} ({ctx.where}: share_index)"
         owner = (Segment(layer.share, 0, layer.filters),)
         owner_in = ctx.earlier[layer.share - 1] if layer.share > 0 else ()
-        return Flow(own, block=((ctx.in_segments[0] + owner + owner_in, why),), own=why)
+        return Flow(own, block=((ctx.in_segments[0] + owner + owner_in, shared),),
+                    own=shared)
     why = None if layer.batch_normalize else "no BatchNorm: no γ to rank its channels by"
     if layer.activation.across_channels:
         why = f"activation={layer.activation.value} normalises across channels"

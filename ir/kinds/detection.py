@@ -13,6 +13,7 @@ score is their product).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KindSpec,
@@ -53,7 +54,7 @@ class Detection:
 
 
 def _parse(r: SectionReader, index: int) -> Detection:
-    values = {k: r.int(k, d) for k, d in (("classes", 1), ("coords", 1), ("num", 1),
+    values: dict[str, Any] = {k: r.int(k, d) for k, d in (("classes", 1), ("coords", 1), ("num", 1),
                                             ("side", 7))}
     for key, value in values.items():
         if value < 1:

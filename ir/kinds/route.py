@@ -15,6 +15,7 @@ from ir.kinds.base import (
     FlowContext,
     KindSpec,
     Options,
+    Segment,
     Shape,
     ShapeError,
     inert,
@@ -72,7 +73,7 @@ def _shape(layer: Route, ins: tuple[Shape, ...]) -> Shape:
 
 
 def _channels(layer: Route, ctx: FlowContext) -> Flow:
-    parts = []
+    parts: list[Segment] = []
     for segs, shape in zip(ctx.in_segments, ctx.in_shapes):
         step = shape.c // layer.groups
         parts += slice_segments(segs, layer.group_id * step, (layer.group_id + 1) * step)

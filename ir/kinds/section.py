@@ -98,7 +98,8 @@ def _forward(layer: Section, tools, inputs):
 
 
 SPEC = KindSpec(
-    layer=Section, sections=("section",), parse=parse_section, write=_write, keys={},
+    layer=Section, sections=("section",),
+    parse=lambda r, index: parse_section(r, index, r.raw.type), write=_write, keys={},
     inputs=_inputs, renumber=lambda layer, fn: renumber_inputs(layer, fn) if layer.inputs
     else layer, shape=_shape, cost=no_cost, variables=no_variables, channels=_channels,
     dropped=no_drops, fold=no_fold, slice=no_slice, forward=_forward,
