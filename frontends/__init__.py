@@ -59,7 +59,7 @@ FORMATS = ("darknet", "torch", "msgpack")
 _SUFFIXES = {".weights": "darknet", ".pt": "torch", ".pth": "torch", ".msgpack": "msgpack"}
 
 
-def format_of(path: str | os.PathLike) -> str:
+def format_of(path: str | os.PathLike[str]) -> str:
     """``"darknet"``, ``"torch"`` or ``"msgpack"`` from the file name.
 
     ``.weights`` and Darknet's backbone names with a numeric suffix
@@ -75,14 +75,14 @@ def format_of(path: str | os.PathLike) -> str:
                        "(Flax variables)")
 
 
-def is_backbone_name(path: str | os.PathLike) -> bool:
+def is_backbone_name(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is named as Darknet names backbones: ``*.conv.N``
     (``darknet53.conv.74``, ``yolov4.conv.137``), a file meant to hold only the first
     convs of a network."""
     return re.search(r"\.conv\.\d+$", Path(path).name) is not None
 
 
-def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
+def load_variables(graph: ir.Graph, path: str | os.PathLike[str], *,
                    bn_eps: float | None = None, layout: str | None = None,
                    seed: int = 0, allow_partial: bool = True) -> LoadedWeights:
     """Read a weights file of any supported format (by suffix) for ``graph``.
@@ -126,9 +126,9 @@ def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
     return read_msgpack(graph, path)
 
 
-def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLike[str], *,
                    format: str | None = None, layout: str | None = None,
-                   bn_eps: float | None = None, header=None,
+                   bn_eps: float | None = None, header: object = None,
                    anchor_buffers: bool | None = None) -> tuple[str, ...]:
     """Write ``variables`` for ``graph`` to ``path``, atomically, in any format.
 
@@ -166,7 +166,7 @@ def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLik
                        darknet_header=darknet_header_of(header))
 
 
-def darknet_header_of(header) -> DarknetHeader | None:
+def darknet_header_of(header: object) -> DarknetHeader | None:
     """The Darknet header a `LoadedWeights.header` carries: itself, or the one an
     ultralytics checkpoint converted from ``.weights`` kept."""
     if isinstance(header, DarknetHeader):

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class DarknetHeader:
         return {name: int(getattr(self, name)) for name in _HEADER_FIELDS}
 
     @classmethod
-    def from_stored(cls, value, source: str, error: type[ValueError] = WeightsError
+    def from_stored(cls, value: object, source: str, error: type[ValueError] = WeightsError
                     ) -> "DarknetHeader":
         """The header another format stored (`as_dict`, or a 4-tuple in field order).
 
@@ -103,12 +104,12 @@ class DarknetHeader:
 _HEADER_FIELDS = ("major", "minor", "revision", "seen")
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _read_header(buf: bytearray, source: str) -> DarknetHeader:
+def _read_header(buf: bytes, source: str) -> DarknetHeader:
     if len(buf) < 12:
         raise WeightsError(f"{source}: {len(buf)} bytes, too short for a .weights header "
                            "(expected at least 16: int32 major, minor, revision, then "
@@ -123,7 +124,7 @@ def _read_header(buf: bytearray, source: str) -> DarknetHeader:
     return DarknetHeader(major, minor, revision, seen)
 
 
-def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
+def read_darknet(graph: ir.Graph, path: str | os.PathLike[str], *, seed: int = 0
                  ) -> LoadedWeights:
     """Read a Darknet ``.weights`` file for ``graph``.
 
@@ -163,8 +164,8 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0
             else "weighted layer")
     shapes = layer_shapes(graph)
     unsupported = set(unsupported_weighted_layers(graph))
-    params: dict[str, dict] = {}
-    stats: dict[str, dict] = {}
+    params: dict[str, dict[str, Any]] = {}
+    stats: dict[str, dict[str, Any]] = {}
     pos = 0  # in floats, after the header
     loaded: list[int] = []
     for index, layer in enumerate(graph.layers):
@@ -236,7 +237,7 @@ def _from_file(flat: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndar
     return flat.reshape(shape)
 
 
-def _to_file(value, layout: str) -> np.ndarray:
+def _to_file(value: Any, layout: str) -> np.ndarray:
     value = np.asarray(value)
     if layout == "oihw":
         return _f32(value.transpose(3, 2, 0, 1))
@@ -245,7 +246,7 @@ def _to_file(value, layout: str) -> np.ndarray:
     return _f32(value)
 
 
-def _f32(value) -> np.ndarray:
+def _f32(value: Any) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=_F32)
 
 
@@ -262,7 +263,7 @@ def darknet_chunks(graph: ir.Graph, variables: Variables,
             yield _to_file(variables[collection][key][part][name], layout)
 
 
-def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike[str], *,
                   header: DarknetHeader | None = None) -> None:
     """Write ``variables`` as a Darknet ``.weights`` file, atomically.
 
