@@ -97,11 +97,6 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                    source or ("environment" if launcher is None else launcher))
 
 
-def is_primary() -> bool:
-    """True in the process that writes checkpoints' extras, logs and plots (process 0)."""
-    return jax.process_index() == 0
-
-
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh named ``data`` over ``devices`` (default: every device of every
     process, in `jax.devices` order)."""

@@ -80,6 +80,9 @@ class Flow:
             its pruned space must keep the same number of channels in every slice.
         own: for a layer with its own output space (``segments`` is
             ``ctx.own(...)``), why that space cannot lose channels, or None.
+        code: the kind of reason ``own`` and ``block`` give, as a short code the
+            prunability analysis reads (`passes.analysis.BlockReason` values:
+            ``"no_bn"``, ``"head"``, ...); the default is a generic "read by".
     """
 
     segments: Segments
@@ -87,6 +90,7 @@ class Flow:
     block: tuple[tuple[Segments, str], ...] = ()
     balanced: tuple[tuple[Segments, int], ...] = ()
     own: str | None = None
+    code: str = "read_by"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +114,11 @@ class FlowContext:
     def all_inputs(self) -> Segments:
         return tuple(seg for segs in self.in_segments for seg in segs)
 
-    def blocked(self, kind: str, why: str = "") -> Flow:
+    def blocked(self, kind: str, why: str = "", code: str = "read_by") -> Flow:
         """Fail closed: every input channel kept, the output opaque. The reason reads
-        ``read by [kind] layer i (cfg line n): why``."""
+        ``read by [kind] layer i (cfg line n): why``; ``code`` names its kind."""
         reason = f"read by [{kind}] {self.where}" + (f": {why}" if why else "")
-        return Flow(self.opaque(), block=((self.all_inputs(), reason),))
+        return Flow(self.opaque(), block=((self.all_inputs(), reason),), code=code)
 
 
 def pass_through(layer, ctx: FlowContext) -> Flow:

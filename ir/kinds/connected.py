@@ -95,7 +95,7 @@ def _variables(layer: Connected, ins) -> dict:
 
 def _channels(layer: Connected, ctx: FlowContext) -> Flow:
     why = None if layer.batch_normalize else "no BatchNorm: no γ to rank its outputs by"
-    return Flow(ctx.own(layer.output), own=why)
+    return Flow(ctx.own(layer.output), own=why, code="no_bn")
 
 
 def _dropped(layer: Connected, ctx: DropContext):

@@ -108,7 +108,8 @@ def _shape(layer: MaxPool, ins: tuple[Shape, ...]) -> Shape:
 
 def _channels(layer: MaxPool, ctx: FlowContext) -> Flow:
     if layer.depth:
-        return ctx.blocked("maxpool", "maxpool_depth=1 takes a max across channels")
+        return ctx.blocked("maxpool", "maxpool_depth=1 takes a max across channels",
+                           "maxpool_depth")
     return Flow(ctx.in_segments[0])
 
 

@@ -140,7 +140,7 @@ def _onnx(layer, b, index: int, inputs) -> str:
 
 
 def _channels(layer, ctx: FlowContext) -> Flow:
-    return ctx.blocked(layer.kind, "moves channels across positions")
+    return ctx.blocked(layer.kind, "moves channels across positions", "reorder")
 
 
 def _spec(cls, section: str) -> KindSpec:

@@ -82,7 +82,8 @@ def _channels(layer: ScaleChannels, ctx: FlowContext) -> Flow:
     scale, feature = ctx.in_segments
     if layer.scale_wh:
         return Flow(feature, block=((feature + scale, f"scaled per pixel by [scale_channels] "
-                                                      f"{ctx.where} (scale_wh=1)"),))
+                                                      f"{ctx.where} (scale_wh=1)"),),
+                    code="per_pixel_scale")
     return Flow(feature, couple=((feature, scale),))
 
 

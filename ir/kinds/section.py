@@ -90,7 +90,7 @@ def _shape(layer: Section, ins: tuple[Shape, ...]) -> Shape:
 
 
 def _channels(layer: Section, ctx: FlowContext) -> Flow:
-    return ctx.blocked(layer.type, "which darkslim does not execute")
+    return ctx.blocked(layer.type, "which darkslim does not execute", "unsupported")
 
 
 def _forward(layer: Section, tools, inputs):

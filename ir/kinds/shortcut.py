@@ -72,7 +72,7 @@ def _shape(layer: Shortcut, ins: tuple[Shape, ...]) -> Shape:
 def _channels(layer: Shortcut, ctx: FlowContext) -> Flow:
     if layer.activation.across_channels:
         return ctx.blocked("shortcut", f"activation={layer.activation.value} "
-                           "normalises across channels")
+                           "normalises across channels", "across_channels")
     return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
 
 

@@ -66,7 +66,7 @@ def _shape(layer: Softmax, ins: tuple[Shape, ...]) -> Shape:
 
 
 def _channels(layer: Softmax, ctx: FlowContext) -> Flow:
-    return ctx.blocked("softmax", "normalises across channels")
+    return ctx.blocked("softmax", "normalises across channels", "across_channels")
 
 
 def _forward(layer: Softmax, tools, inputs):

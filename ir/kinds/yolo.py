@@ -125,7 +125,7 @@ def anchor_boxes(layer, shape: Shape) -> int:
 
 def head_channels(layer, ctx: FlowContext) -> Flow:
     return Flow(ctx.in_segments[0], block=((ctx.in_segments[0],
-                                            f"feeds [{layer.kind}] {ctx.where}"),))
+                                            f"feeds [{layer.kind}] {ctx.where}"),), code="head")
 
 
 def _xy(xp, t, s: float):
