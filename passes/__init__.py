@@ -6,7 +6,14 @@ ones (`FoldPrunedBias`, `SliceChannels`, `ZeroPrunedGamma`, `FoldBatchNorm`) app
 masks or fold BatchNorm. Pipelines are values and text (`parse_pipeline`).
 """
 
-from passes.analysis import Prunability, Segment, analyze_prunability, channel_segments
+from passes.analysis import (
+    Blocker,
+    BlockReason,
+    Prunability,
+    Segment,
+    analyze_prunability,
+    channel_segments,
+)
 from passes.blocks import (
     BlockAnalysis,
     RemoveBlocks,
@@ -51,7 +58,8 @@ from passes.slim import SlimChannels
 from passes.text import pass_text
 
 __all__ = [
-    "ChannelMasks", "FoldBatchNorm", "FoldPrunedBias", "GraphFingerprint", "Pass",
+    "Blocker", "BlockReason", "ChannelMasks", "FoldBatchNorm", "FoldPrunedBias",
+    "GraphFingerprint", "Pass",
     "PassResult", "Pipeline", "PipelineResult", "PruneConfig", "PruneError", "PruneResult",
     "Prunability", "Segment", "SlimChannels", "SliceChannels", "Threshold",
     "ZeroPrunedGamma", "analyze_prunability", "balance_mask", "channel_segments",

@@ -7,7 +7,6 @@ from rich.table import Table
 import ir
 import passes
 from darkslim.ui import make_console, warn
-from passes.analysis import Blocker, BlockReason
 
 
 def add_parser(sub) -> None:
@@ -28,18 +27,19 @@ def _describe(layer: ir.Layer) -> str:
 
 #: The table's words for each reason code (`passes.analysis.BlockReason`); the full
 #: text is `passes.Prunability.reasons`.
+_R = passes.BlockReason
 _WORDS = {
-    BlockReason.HEAD: "feeds {kind}", BlockReason.NO_BN: "no BN",
-    BlockReason.ACROSS_CHANNELS: "across-channel op", BlockReason.MAXPOOL_DEPTH: "maxpool_depth",
-    BlockReason.REORDER: "{kind}", BlockReason.PER_PIXEL_SCALE: "per-pixel scale",
-    BlockReason.SHARED_WEIGHTS: "shared weights", BlockReason.GROUPED_CONV: "grouped conv",
-    BlockReason.UNSUPPORTED: "unsupported layer", BlockReason.READ_BY: "unknown reader",
-    BlockReason.PARTIAL: "partial {kind}", BlockReason.ROUTE_GROUPS: "route groups",
-    BlockReason.SHORTCUT_REGULAR: "coupled group", BlockReason.IGNORED: "ignored",
+    _R.HEAD: "feeds {kind}", _R.NO_BN: "no BN", _R.ACROSS_CHANNELS: "across-channel op",
+    _R.MAXPOOL_DEPTH: "maxpool_depth", _R.REORDER: "{kind}",
+    _R.PER_PIXEL_SCALE: "per-pixel scale", _R.SHARED_WEIGHTS: "shared weights",
+    _R.GROUPED_CONV: "grouped conv", _R.UNSUPPORTED: "unsupported layer",
+    _R.READ_BY: "unknown reader", _R.PARTIAL: "partial {kind}",
+    _R.ROUTE_GROUPS: "route groups", _R.SHORTCUT_REGULAR: "coupled group",
+    _R.IGNORED: "ignored",
 }
 
 
-def short_reason(blocker: Blocker) -> str:
+def short_reason(blocker: passes.Blocker) -> str:
     """A few words for the table, from the reason's code and the kind it comes from."""
     return _WORDS[blocker.code].format(kind=blocker.kind)
 

@@ -69,7 +69,8 @@ class Conv:
 
 
 def _parse(r: SectionReader, index: int) -> Conv:
-    conv: dict[str, Any] = dict(filters=r.int("filters", 1), size=r.int("size", 1),
+    conv: dict[str, Any]
+    conv = dict(filters=r.int("filters", 1), size=r.int("size", 1),
                 stride=r.int("stride", 1), pad=r.bool("pad"), padding=r.int("padding", 0),
                 groups=r.int("groups", 1), dilation=r.int("dilation", 1),
                 batch_normalize=r.bool("batch_normalize"),

@@ -54,7 +54,8 @@ class Detection:
 
 
 def _parse(r: SectionReader, index: int) -> Detection:
-    values: dict[str, Any] = {k: r.int(k, d) for k, d in (("classes", 1), ("coords", 1), ("num", 1),
+    values: dict[str, Any]
+    values = {k: r.int(k, d) for k, d in (("classes", 1), ("coords", 1), ("num", 1),
                                             ("side", 7))}
     for key, value in values.items():
         if value < 1:
