@@ -176,9 +176,14 @@ def export_onnx(graph: ir.Graph, variables: Variables, options: ExportOptions = 
     return model
 
 
-def _head(graph: ir.Graph, index: int) -> ir.Yolo | ir.GaussianYolo | ir.Region:
+HEAD_KINDS = (ir.Yolo, ir.GaussianYolo, ir.Region, ir.Detection)
+"""The layer classes of the kinds whose spec ``is_head`` (a test keeps them in step)."""
+
+
+def _head(graph: ir.Graph, index: int
+          ) -> ir.Yolo | ir.GaussianYolo | ir.Region | ir.Detection:
     head = graph.layers[index]
-    assert isinstance(head, (ir.Yolo, ir.GaussianYolo, ir.Region))  # a head_indices() layer
+    assert isinstance(head, HEAD_KINDS)  # a head_indices() layer
     return head
 
 
