@@ -1,15 +1,15 @@
-# `make test` and `make demo` each build .venv from nothing when it is missing.
+# `make test`, `make lint` and `make demo` each build .venv from nothing when it is missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo bench clean
+.PHONY: test test-slow lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -17,6 +17,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -m slow
+
+# ruff over everything (tests and benchmarks too); mypy over the library packages
+# (pyproject.toml's [tool.mypy]: strict on frontends/, default mode elsewhere).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: $(STAMP)
 	$(VENV)/bin/darkslim demo

@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import ir  # noqa: E402
 import passes  # noqa: E402
-from darkslim.latency import measure_latency  # noqa: E402
+from darkslim.latency import measure_latency, measure_onnx_latency  # noqa: E402
 from darkslim.testing import random_inputs, random_variables  # noqa: E402
 from export import ExportOptions, export_onnx  # noqa: E402
-from darkslim.latency import measure_onnx_latency  # noqa: E402
 from export.runtimes import run_onnxruntime  # noqa: E402
 
 DEFAULT_CFG = ROOT.parent / "shared" / "cfg" / "yolov3.cfg"

@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import frontends  # noqa: E402
-from benchmarks.engines import EngineProcess, alternate, timed  # noqa: E402
 import ir  # noqa: E402
 import runtime  # noqa: E402
+from benchmarks.engines import EngineProcess, alternate, timed  # noqa: E402
 
 DEFAULT_CFG = ROOT.parent / "shared" / "cfg" / "yolov3.cfg"
 

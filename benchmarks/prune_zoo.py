@@ -42,9 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import frontends
-import ir
-from ir.variables import layer_shapes
+import frontends  # noqa: E402  (after the sys.path line: run as a script from anywhere)
+import ir  # noqa: E402
+from ir.variables import layer_shapes  # noqa: E402
 
 DARKSLIM = [sys.executable, "-c", "import sys; from darkslim.cli import main; sys.exit(main())"]
 TIME = "/usr/bin/time"

@@ -25,6 +25,7 @@ import numpy as np
 
 import ir
 from darkslim.latency import time_interleaved
+from ir import Variables
 
 
 class EngineUnavailable(RuntimeError):
@@ -59,7 +60,9 @@ def random_targets(graph: ir.Graph, batch: int, per_image: int = 8, seed: int = 
     if not graph.yolo_indices():
         raise ValueError(f"{graph.path}: no [yolo] layer, so no YOLOv3 loss to train with")
     rng = np.random.default_rng(seed)
-    classes = graph.layers[graph.yolo_indices()[0]].classes
+    head = graph.layers[graph.yolo_indices()[0]]
+    assert isinstance(head, ir.Yolo)  # a yolo_indices() layer
+    classes = head.classes
     targets = np.full((batch, per_image, 5), -1.0, np.float32)
     for n in range(batch):
         k = int(rng.integers(1, per_image))
@@ -69,7 +72,7 @@ def random_targets(graph: ir.Graph, batch: int, per_image: int = 8, seed: int = 
     return targets
 
 
-def prepare_forward(graph: ir.Graph, variables: Any, batch: int, *, device=None,
+def prepare_forward(graph: ir.Graph, variables: Variables, batch: int, *, device=None,
                     seed: int = 0) -> tuple[Callable[[], Any], float]:
     """A zero-argument run of the compiled inference forward (`runtime.forward`,
     running BN statistics) at ``batch``, and its compile seconds."""
@@ -86,7 +89,7 @@ def prepare_forward(graph: ir.Graph, variables: Any, batch: int, *, device=None,
     return (lambda: jax.block_until_ready(compiled(params, x))), compile_s
 
 
-def prepare_train_step(graph: ir.Graph, variables: Any, batch: int, *,
+def prepare_train_step(graph: ir.Graph, variables: Variables, batch: int, *,
                        sparsity: float = 1e-3, learning_rate: float = 1e-3,
                        optimizer: str = "sgd", device=None, seed: int = 0
                        ) -> tuple[Callable[[], Any], float]:
@@ -122,14 +125,14 @@ def prepare_train_step(graph: ir.Graph, variables: Any, batch: int, *,
     return run, compile_s
 
 
-def forward_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: int = 5,
+def forward_timing(graph: ir.Graph, variables: Variables, batch: int, *, repeats: int = 5,
                    warmup: int = 1, device=None, seed: int = 0) -> Timing:
     """Inference latency of `runtime.forward` at ``batch`` (`prepare_forward`)."""
     run, compile_s = prepare_forward(graph, variables, batch, device=device, seed=seed)
     return _time_runs(run, repeats, warmup, compile_s)
 
 
-def train_step_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: int = 5,
+def train_step_timing(graph: ir.Graph, variables: Variables, batch: int, *, repeats: int = 5,
                       warmup: int = 1, sparsity: float = 1e-3, device=None, seed: int = 0
                       ) -> Timing:
     """One SGD training step with the sparsity penalty (`prepare_train_step`)."""
@@ -138,7 +141,7 @@ def train_step_timing(graph: ir.Graph, variables: Any, batch: int, *, repeats: i
     return _time_runs(run, repeats, warmup, compile_s)
 
 
-def _onnxruntime(graph: ir.Graph, variables: Any, images: np.ndarray) -> Callable[[], Any]:
+def _onnxruntime(graph: ir.Graph, variables: Variables, images: np.ndarray) -> Callable[[], Any]:
     """The network exported to ONNX (BN folded, `darkslim export`'s defaults) in an
     onnxruntime CPU session with full graph optimisation, as a deployment runs it."""
     try:
@@ -161,7 +164,7 @@ ENGINES: dict[str, Callable[[ir.Graph, Any, np.ndarray], Callable[[], Any]]] = {
 }
 
 
-def engine_timing(name: str, graph: ir.Graph, variables: Any, batch: int, *,
+def engine_timing(name: str, graph: ir.Graph, variables: Variables, batch: int, *,
                   repeats: int = 5, warmup: int = 1, seed: int = 0) -> Timing:
     """Latency of one of `ENGINES` at ``batch``; raises `EngineUnavailable`."""
     images = random_images(graph, batch, seed)
@@ -186,7 +189,7 @@ def device_facts(device=None) -> dict[str, str]:
             "compiler_options": " ".join(f"{k}={v}" for k, v in compiler_options().items())}
 
 
-def bench(graph: ir.Graph, variables: Any, batches: tuple[int, ...] = (1, 8), *,
+def bench(graph: ir.Graph, variables: Variables, batches: tuple[int, ...] = (1, 8), *,
           train: bool = False, engines: tuple[str, ...] = (), repeats: int = 5,
           warmup: int = 1, sparsity: float = 1e-3, device=None) -> dict[str, Any]:
     """Every measurement as a JSON-able dict (`darkslim bench --json`'s content).
@@ -204,7 +207,8 @@ def bench(graph: ir.Graph, variables: Any, batches: tuple[int, ...] = (1, 8), *,
         "gflops_per_image": flops / 1e9, "repeats": repeats, "warmup": warmup,
         **device_facts(device), "forward_ms": {}, "compile_s": {"forward": {}},
         "gflops_per_s": {"forward": {}}, "runs_ms": {"forward": {}}}
-    kinds = [("forward", forward_timing, 1.0, {})]
+    kinds: list[tuple[str, Callable[..., Any], float, dict[str, Any]]] = [
+        ("forward", forward_timing, 1.0, {})]
     if train:
         kinds.append(("train_step", train_step_timing, 3.0, {"sparsity": sparsity}))
         out.update({"train_step_ms": {}, "sparsity": sparsity})

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 import ir
+from ir import Variables
 from ir.activations import activate_xp
 from ir.variables import layer_shapes
 from passes import FoldPrunedBias, PruneResult, ZeroPrunedGamma, tensor_keeps, tree
@@ -119,7 +120,7 @@ class _Tools:
     xp = np
     train = False
 
-    def __init__(self, variables, index: int, eps: float, input_hw) -> None:
+    def __init__(self, variables: Variables, index: int, eps: float, input_hw) -> None:
         self.leaves = tree.leaves_of(variables, index)
         self.eps, self.input_hw = np.float32(eps), input_hw
 
@@ -170,7 +171,7 @@ def _compared(graph: ir.Graph) -> tuple[int, ...]:
     return tuple(i - 1 for i in heads) if heads else (len(graph.layers) - 1,)
 
 
-def heads_numpy(graph: ir.Graph, variables: Any, x_nhwc: np.ndarray, *,
+def heads_numpy(graph: ir.Graph, variables: Variables, x_nhwc: np.ndarray, *,
                 zero_inputs: tuple[np.ndarray, ...] | None = None, bn_eps: float = 1e-5
                 ) -> tuple[np.ndarray, ...]:
     """The raw maps feeding each detection layer (NHWC; the last layer's output for a

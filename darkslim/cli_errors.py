@@ -92,7 +92,10 @@ def to_flags(message: str, args: argparse.Namespace) -> str:
             continue
         pattern = re.compile(rf"(?<![\w.\-{{,]){name}=(\([^)]*\)|'[^']*'|\"[^\"]*\"|"
                              r"[^\s,;:()]+)")
-        message = pattern.sub(lambda m, flag=flag: _flag_text(flag, m.group(1)), message)
+        def text(m: re.Match[str], flag: str = flag) -> str:
+            return _flag_text(flag, m.group(1))
+
+        message = pattern.sub(text, message)
     return message
 
 

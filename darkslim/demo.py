@@ -22,6 +22,8 @@ import ir
 import passes
 from darkslim import report as reports
 from darkslim.check import measure_prune_diffs
+from ir import Variables
+from passes.analysis import Mode
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class DemoConfig:
     percent: float | None = None
     min_percent: float = 0.55
     round_to: int = 16
-    mode: str = "regular"
+    mode: Mode = "regular"
     narrow: int = 1
     # A batch-1 forward of this net takes ~1 ms: 200 interleaved runs (~0.5 s) keep the
     # before/after ratio within ±0.02 across runs, where 20 runs scattered it 1.11-1.34.
@@ -88,7 +90,7 @@ def template_cfg() -> ir.Graph:
     return ir.parse_cfg(text)
 
 
-def choose_percent(graph: ir.Graph, variables, analysis: passes.Prunability,
+def choose_percent(graph: ir.Graph, variables: Variables, analysis: passes.Prunability,
                    floor: float = 0.5, collapsed: float = 0.01, step: float = 0.05) -> float:
     """The prune ratio read off the γ distribution: the share of prunable |γ| that
     sparse training drove below ``collapsed`` (rounded down to ``step``), at least
@@ -120,13 +122,13 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     import time
 
     from darkslim.latency import measure_latency
+    from darkslim.trainlog import RunWriter
     from runtime import init_variables
     from runtime.data import load_dataset
     from runtime.metrics import evaluate
-    from runtime.synth import write_synth
     from runtime.sparsity import init_gammas
+    from runtime.synth import write_synth
     from runtime.train import TrainConfig, fit, init_head_biases
-    from darkslim.trainlog import RunWriter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +148,7 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     data = write_synth(out / "data", train=config.train, valid=config.valid,
                        size=config.size, seed=config.seed, cfg=template,
                        write=frontends.write_atomic)
+    assert data.cfg is not None  # written from the template
     graph = ir.parse_cfg(data.cfg)
     train_set = load_dataset(data.data, "train")
     valid_set = load_dataset(data.data, "valid")
@@ -257,6 +260,7 @@ def markdown_report(demo: DemoResult, config: DemoConfig) -> str:
     r, t = demo.prune, demo.prune.threshold
     kept = "\n".join(f"| {i} | {k} | {total} |" for i, k, total in r.channels)
     prunable_kept, prunable_total = r.prunable_channels
+    checks = demo.checks
     return f"""# darkslim demo
 
 Synthetic dataset: {config.train} train / {config.valid} valid images at {config.size} px
@@ -269,8 +273,8 @@ percent {t.safe_percent:.3f}); fine-tuned
 {markdown_table(demo.stages)}
 
 Prunable channels {prunable_total} → {prunable_kept};
-max |keep-size − compact| = {demo.checks['max_abs_diff_keepsize_vs_compact']:.2e};
-max |γ-zeroed − compact| = {demo.checks['max_abs_diff_gamma_zeroed_vs_compact']:.2e} (border effect).
+max |keep-size − compact| = {checks['max_abs_diff_keepsize_vs_compact']:.2e};
+max |γ-zeroed − compact| = {checks['max_abs_diff_gamma_zeroed_vs_compact']:.2e} (border effect).
 
 ![γ before](gamma_before.png) ![γ after](gamma_after.png)
 

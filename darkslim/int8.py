@@ -146,8 +146,14 @@ def int8_export(graph: ir.Graph, model, *, calibration: np.ndarray, valid,
     import onnxruntime
 
     from darkslim.latency import measure_onnx_latency
-    from export.int8 import (Int8Options, count_qdq, first_conv, head_convs,
-                             head_fidelity, quantize_int8)
+    from export.int8 import (
+        Int8Options,
+        count_qdq,
+        first_conv,
+        head_convs,
+        head_fidelity,
+        quantize_int8,
+    )
     from runtime.metrics import evaluate_heads
 
     if engine != "onnxruntime":

@@ -11,9 +11,10 @@ from typing import Any, Sequence
 
 import frontends
 import ir
+from ir import Variables
 
 
-def export_checked(graph: ir.Graph, variables, options=None):
+def export_checked(graph: ir.Graph, variables: Variables, options=None):
     """`export.export_onnx` with default options; the exporter itself refuses layers
     and keys darkslim does not execute (`ir.unsupported_reason`), naming the cfg line."""
     from export import ExportOptions, export_onnx
@@ -26,12 +27,12 @@ def onnx_latencies(programs: Sequence[tuple[ir.Graph, Any]], *, bn_eps: float = 
                    ) -> tuple[float, ...]:
     """Median onnxruntime CPU latency (ms, batch 1) of each network, exported with BN
     folded and run interleaved in the same session of measurements."""
-    from export import ExportOptions
     from darkslim.latency import measure_onnx_latency
+    from export import ExportOptions
 
     if models is None:
         models = [export_checked(g, v, ExportOptions(bn_eps=bn_eps)) for g, v in programs]
-    shapes = [tuple(ir.input_shape(g)) for g, _ in programs]
+    shapes = [(s.c, s.h, s.w) for s in (ir.input_shape(g) for g, _ in programs)]
     return tuple(t.median_ms for t in measure_onnx_latency(models, shapes, repeats=repeats,
                                                            warmup=warmup))
 

@@ -20,6 +20,7 @@ import numpy as np
 
 import passes
 from frontends import atomic_path
+from ir import Variables
 from passes import tree
 
 
@@ -70,9 +71,11 @@ class ChartProcess:
         if self._request:
             raise ChartError("ChartProcess draws one chart; start another for the next")
         self._request, self._what = pickle.dumps((plot, args)), plot.__name__
+        stdin = self._process.stdin
+        assert stdin is not None  # started with stdin=PIPE
         try:
-            self._process.stdin.write(self._request)
-            self._process.stdin.close()
+            stdin.write(self._request)
+            stdin.close()
         except BrokenPipeError:  # the worker died first: leaving the block says why
             pass
 
@@ -84,8 +87,9 @@ class ChartProcess:
             return
         if exc_type is not None or not self._request:  # failed, or nothing to draw
             self._process.kill()
-        if not self._process.stdin.closed:
-            self._process.stdin.close()
+        stdin = self._process.stdin
+        if stdin is not None and not stdin.closed:
+            stdin.close()
         self._process.wait()
         self._errors.seek(0)
         err = self._errors.read().decode(errors="replace")
@@ -159,7 +163,7 @@ def plot_gamma_histogram(gammas: dict[str, np.ndarray], path: str | os.PathLike,
     _atomic_figure(fig, path)
 
 
-def prunable_gammas(variables, analysis: passes.Prunability) -> np.ndarray:
+def prunable_gammas(variables: Variables, analysis: passes.Prunability) -> np.ndarray:
     """|γ| of every prunable channel, concatenated."""
     if not analysis.prunable:
         return np.zeros(0, np.float32)

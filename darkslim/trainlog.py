@@ -3,7 +3,7 @@
 `RunWriter` is the ``on_epoch`` callback of `runtime.train.fit` that writes, after every
 epoch: ``last.weights`` (and ``best.weights`` when the epoch scored best),
 ``history.json``, ``metrics.jsonl`` (one JSON object per epoch: loss terms, s, the
-sparsity diagnostics of `runtime.diagnostics`, mAP) and ``sparsity.png`` (those curves
+sparsity diagnostics of `passes.diagnostics`, mAP) and ``sparsity.png`` (those curves
 over the epochs and the per-epoch |γ| histogram as a heat map). Every file is rewritten
 whole from the run's history, atomically, so a resumed run leaves the same files as an
 uninterrupted one. The runtime writes only its Orbax checkpoints.

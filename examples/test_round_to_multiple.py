@@ -1,6 +1,7 @@
 """Property test of the user pass in examples/round_to_multiple.py, with darkslim.testing."""
 
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 import ir
 import passes

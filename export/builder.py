@@ -13,9 +13,11 @@ so the graph reads like the cfg in Netron and in error messages.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, overload
 
 import numpy as np
+
+from ir import Variables
 
 # ONNX TensorProto data types of the numpy dtypes the rules use (onnx's own enum values,
 # spelled out so this table needs no import of onnx).
@@ -37,7 +39,7 @@ class OnnxBuilder:
             detection-layer rule that added one, in cfg order.
     """
 
-    def __init__(self, *, variables: dict, opset: int = 17, bn_eps: float = 1e-5,
+    def __init__(self, *, variables: Variables, opset: int = 17, bn_eps: float = 1e-5,
                  decode: bool = False, input_hw: tuple[int, int] = (416, 416),
                  fold_bn: bool = True) -> None:
         self.opset = opset
@@ -61,7 +63,8 @@ class OnnxBuilder:
 
     def set_shape(self, name: str, chw: Sequence[int]) -> None:
         """Record the (C, H, W) of tensor ``name`` (a layer's output, or the image)."""
-        self._shapes[name] = tuple(int(v) for v in chw)
+        c, h, w = (int(v) for v in chw)
+        self._shapes[name] = (c, h, w)
 
     def nodes(self) -> list[Any]:
         return list(self._nodes)
@@ -103,6 +106,14 @@ class OnnxBuilder:
             name = f"{self._prefix}/{base}_{k}"
         self._used.add(name)
         return name
+
+    @overload
+    def node(self, op: str, inputs: Iterable[str], *, outputs: Literal[1] = 1,
+             **attrs: Any) -> str: ...
+
+    @overload
+    def node(self, op: str, inputs: Iterable[str], *, outputs: int,
+             **attrs: Any) -> tuple[str, ...]: ...
 
     def node(self, op: str, inputs: Iterable[str], *, outputs: int = 1,
              **attrs: Any) -> str | tuple[str, ...]:
@@ -162,6 +173,6 @@ def live_nodes(nodes: list[Any], outputs: Sequence[str]) -> list[Any]:
     return keep[::-1]
 
 
-def tensor_type(dtype: np.dtype) -> int:
+def tensor_type(dtype: np.typing.DTypeLike) -> int:
     """The ONNX element type of a numpy dtype the builder supports."""
     return _ONNX_DTYPES[np.dtype(dtype)]

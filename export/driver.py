@@ -19,6 +19,7 @@ Then it names the outputs, as `runtime.model.collect_outputs` defines them:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ import ir
 import passes
 from export.builder import OnnxBuilder, live_nodes, tensor_type
 from export.rules import ONNX_RULES
+from ir.variables import Variables
 
 
 class ExportError(ir.CfgError):
@@ -76,7 +78,8 @@ def check_exportable(graph: ir.Graph) -> None:
     Darknet does (`ir.unsupported_reason`: exporting it would be a silently wrong
     graph)."""
     for index, layer in enumerate(graph.layers):
-        where = dict(path=layer.path or graph.path, line=layer.line, section=layer.kind)
+        where: dict[str, Any] = dict(path=layer.path or graph.path, line=layer.line,
+                                     section=layer.kind)
         reason = ir.unsupported_reason(layer)
         if reason is not None:
             what = f" {reason}" if reason else ""
@@ -89,7 +92,7 @@ def check_exportable(graph: ir.Graph) -> None:
                               f"{refused} (exportable: {', '.join(exportable)})", **where)
 
 
-def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptions()):
+def export_onnx(graph: ir.Graph, variables: Variables, options: ExportOptions = ExportOptions()):
     """The network as an ``onnx.ModelProto`` that passes ``onnx.checker`` (full check).
 
     Args:
@@ -133,14 +136,13 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
         outputs.append(("output", env[len(graph.layers) - 1], [batch, *shapes[-1]]))
     if decode and heads:
         b.begin(len(graph.layers), "detections")
-        widths = [5 + graph.layers[y].classes for y in heads]
+        widths = [5 + _head(graph, y).classes for y in heads]
         fields = max(widths)
         parts = [d if width == fields else b.node(
             "Pad", [d, b.ints([0, 0, 0, 0, 0, fields - width], "pads")])
             for d, width in zip(b.detections, widths, strict=True)]
         det = parts[0] if len(parts) == 1 else b.node("Concat", parts, axis=1)
-        boxes = sum(ir.spec_of(graph.layers[y]).boxes(graph.layers[y], shapes[y])
-                    for y in heads)
+        boxes = sum(_boxes(graph, y, shapes[y]) for y in heads)
         outputs.append(("detections", det, [batch, boxes, fields]))
         if options.nms:
             outputs.append(("selected_indices", _emit_nms(b, det, fields, options),
@@ -172,6 +174,24 @@ def export_onnx(graph: ir.Graph, variables, options: ExportOptions = ExportOptio
     oh.set_model_props(model, meta)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+HEAD_KINDS = (ir.Yolo, ir.GaussianYolo, ir.Region, ir.Detection)
+"""The layer classes of the kinds whose spec ``is_head`` (a test keeps them in step)."""
+
+
+def _head(graph: ir.Graph, index: int
+          ) -> ir.Yolo | ir.GaussianYolo | ir.Region | ir.Detection:
+    head = graph.layers[index]
+    assert isinstance(head, HEAD_KINDS)  # a head_indices() layer
+    return head
+
+
+def _boxes(graph: ir.Graph, index: int, shape: ir.Shape) -> int:
+    """How many boxes the detection layer ``index`` decodes (its kind's ``boxes`` rule)."""
+    boxes = ir.spec_of(graph.layers[index]).boxes
+    assert boxes is not None  # every head kind has one
+    return boxes(graph.layers[index], shape)
 
 
 def _emit_nms(b: OnnxBuilder, det: str, fields: int, options: ExportOptions) -> str:

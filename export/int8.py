@@ -162,8 +162,7 @@ def quantize_int8(graph: ir.Graph, model, images: np.ndarray,
             ``keep_float`` layer that does not exist.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     images = np.asarray(images, np.float32)

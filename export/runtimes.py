@@ -1,11 +1,10 @@
 """Run an exported model with a real consumer (onnxruntime, OpenVINO).
 
-Library code: returns arrays, never prints (`darkslim.latency` times the sessions). The consumers are imported
-when called; OpenVINO is optional (``pip install darkslim[openvino]``).
+Library code: returns arrays, never prints (`darkslim.latency` times the sessions). The
+consumers are imported when called; OpenVINO is optional (``pip install darkslim[openvino]``).
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 

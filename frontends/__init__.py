@@ -27,19 +27,42 @@ from pathlib import Path
 
 import ir
 from frontends._atomic import atomic_path, write_atomic
-from frontends.darknet import (PARTIAL_HEADER, DarknetHeader, read_darknet, write_darknet,
-                               write_partial)
+from frontends.darknet import (
+    PARTIAL_HEADER,
+    DarknetHeader,
+    read_darknet,
+    write_darknet,
+    write_partial,
+)
 from frontends.errors import CheckpointError, WeightsError
 from frontends.msgpack import read_msgpack, write_msgpack
-from frontends.torch_ckpt import (DEFAULT_BN_EPS, LAYOUTS, CheckpointMeta, read_torch,
-                                  state_dict_from_variables, write_torch)
-from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
-                                 check_variables, default_variables, expected_shapes)
-from frontends.transfer import (LayerChange, Transfer, TransferReport, retarget_heads,
-                                transfer_variables)
+from frontends.torch_ckpt import (
+    DEFAULT_BN_EPS,
+    LAYOUTS,
+    CheckpointMeta,
+    read_torch,
+    state_dict_from_variables,
+    write_torch,
+)
+from frontends.transfer import (
+    LayerChange,
+    Transfer,
+    TransferReport,
+    retarget_heads,
+    transfer_variables,
+)
+from frontends.variables import (
+    RUNTIME_BN_EPS,
+    LoadedWeights,
+    Variables,
+    check_variables,
+    default_variables,
+    expected_shapes,
+)
 
 __all__ = [
-    "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS", "CheckpointError",
+    "atomic_path", "write_atomic", "DEFAULT_BN_EPS", "FORMATS", "LAYOUTS", "RUNTIME_BN_EPS",
+    "CheckpointError",
     "CheckpointMeta", "DarknetHeader", "LoadedWeights", "Variables", "WeightsError",
     "check_variables", "darknet_header_of", "default_variables", "expected_shapes",
     "format_of", "is_backbone_name",
@@ -53,7 +76,7 @@ FORMATS = ("darknet", "torch", "msgpack")
 _SUFFIXES = {".weights": "darknet", ".pt": "torch", ".pth": "torch", ".msgpack": "msgpack"}
 
 
-def format_of(path: str | os.PathLike) -> str:
+def format_of(path: str | os.PathLike[str]) -> str:
     """``"darknet"``, ``"torch"`` or ``"msgpack"`` from the file name.
 
     ``.weights`` and Darknet's backbone names with a numeric suffix
@@ -69,14 +92,14 @@ def format_of(path: str | os.PathLike) -> str:
                        "(Flax variables)")
 
 
-def is_backbone_name(path: str | os.PathLike) -> bool:
+def is_backbone_name(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is named as Darknet names backbones: ``*.conv.N``
     (``darknet53.conv.74``, ``yolov4.conv.137``), a file meant to hold only the first
     convs of a network."""
     return re.search(r"\.conv\.\d+$", Path(path).name) is not None
 
 
-def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
+def load_variables(graph: ir.Graph, path: str | os.PathLike[str], *,
                    bn_eps: float | None = None, layout: str | None = None,
                    seed: int = 0, allow_partial: bool = True,
                    upto: int | None = None) -> LoadedWeights:
@@ -122,9 +145,9 @@ def load_variables(graph: ir.Graph, path: str | os.PathLike, *,
     return read_msgpack(graph, path)
 
 
-def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLike[str], *,
                    format: str | None = None, layout: str | None = None,
-                   bn_eps: float | None = None, header=None,
+                   bn_eps: float | None = None, header: object = None,
                    anchor_buffers: bool | None = None) -> tuple[str, ...]:
     """Write ``variables`` for ``graph`` to ``path``, atomically, in any format.
 
@@ -162,7 +185,7 @@ def save_variables(graph: ir.Graph, variables: Variables, path: str | os.PathLik
                        darknet_header=darknet_header_of(header))
 
 
-def darknet_header_of(header) -> DarknetHeader | None:
+def darknet_header_of(header: object) -> DarknetHeader | None:
     """The Darknet header a `LoadedWeights.header` carries: itself, or the one an
     ultralytics checkpoint converted from ``.weights`` kept."""
     if isinstance(header, DarknetHeader):

@@ -7,11 +7,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path in the destination's folder; on success it replaces ``path``.
 
     The temp file has the destination's own name, inside a hidden temp folder, because
@@ -32,14 +32,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_chunks(path: str | os.PathLike, chunks) -> None:
+def write_chunks(path: str | os.PathLike[str], chunks: Iterable[Any]) -> None:
     """Write ``chunks`` (bytes-like objects, e.g. contiguous numpy arrays) atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for chunk in chunks:
             f.write(memoryview(chunk).cast("B"))
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` atomically, mode 0644 (or the mode
     an existing file has)."""
     with atomic_path(path) as tmp:

@@ -23,16 +23,23 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import ir
 from frontends._atomic import write_chunks
-from frontends.weights_order import file_order
 from frontends.errors import WeightsError
-from frontends.variables import (LoadedWeights, Variables, check_variables,
-                                 default_variables, layer_key, unsupported_weighted_layers,
-                                 where)
+from frontends.variables import (
+    LoadedWeights,
+    Variables,
+    check_variables,
+    default_variables,
+    layer_key,
+    unsupported_weighted_layers,
+    where,
+)
+from frontends.weights_order import file_order
 from ir.variables import layer_shapes
 
 __all__ = ["PARTIAL_HEADER", "DarknetHeader", "WeightsError", "read_darknet",
@@ -73,7 +80,7 @@ class DarknetHeader:
         return {name: int(getattr(self, name)) for name in _HEADER_FIELDS}
 
     @classmethod
-    def from_stored(cls, value, source: str, error: type[ValueError] = WeightsError
+    def from_stored(cls, value: object, source: str, error: type[ValueError] = WeightsError
                     ) -> "DarknetHeader":
         """The header another format stored (`as_dict`, or a 4-tuple in field order).
 
@@ -99,12 +106,12 @@ class DarknetHeader:
 _HEADER_FIELDS = ("major", "minor", "revision", "seen")
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _read_header(buf: bytearray, source: str) -> DarknetHeader:
+def _read_header(buf: bytes, source: str) -> DarknetHeader:
     if len(buf) < 12:
         raise WeightsError(f"{source}: {len(buf)} bytes, too short for a .weights header "
                            "(expected at least 16: int32 major, minor, revision, then "
@@ -162,8 +169,8 @@ def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0,
             else "weighted layer")
     shapes = layer_shapes(graph)
     unsupported = set(unsupported_weighted_layers(graph))
-    params: dict[str, dict] = {}
-    stats: dict[str, dict] = {}
+    params: dict[str, dict[str, Any]] = {}
+    stats: dict[str, dict[str, Any]] = {}
     pos = 0  # in floats, after the header
     loaded: list[int] = []
     for index, layer in enumerate(graph.layers):
@@ -235,7 +242,7 @@ def _from_file(flat: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndar
     return flat.reshape(shape)
 
 
-def _to_file(value, layout: str) -> np.ndarray:
+def _to_file(value: Any, layout: str) -> np.ndarray:
     value = np.asarray(value)
     if layout == "oihw":
         return _f32(value.transpose(3, 2, 0, 1))
@@ -244,7 +251,7 @@ def _to_file(value, layout: str) -> np.ndarray:
     return _f32(value)
 
 
-def _f32(value) -> np.ndarray:
+def _f32(value: Any) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=_F32)
 
 

@@ -1,8 +1,8 @@
 """Flax ``.msgpack`` files: the variables pytree as `flax.serialization` writes it.
 
 ``flax.serialization.to_bytes(variables)`` on the way out and flax's decoding (with
-every array checked) on the way in, so the files open in any Flax code; what is read is checked against the cfg's expected shapes. Flax is imported
-inside the functions only.
+every array checked) on the way in, so the files open in any Flax code; what is read is
+checked against the cfg's expected shapes. Flax is imported inside the functions only.
 
 Variables read from a Darknet ``.weights`` file keep its header (version and ``seen``,
 which Darknet's learning-rate schedule reads when training resumes) as the extra
@@ -14,7 +14,8 @@ variables target ignores it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from frontends.variables import LoadedWeights, Variables, as_float32, check_vari
 __all__ = ["read_msgpack", "write_msgpack"]
 
 
-def _map_leaves(tree, fn):
+def _map_leaves(tree: Mapping[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
     return {k: _map_leaves(v, fn) if isinstance(v, Mapping) else fn(v)
             for k, v in tree.items()}
 
@@ -37,7 +38,7 @@ _DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "int16
                      "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"})
 
 
-def _array_hook(source: str):
+def _array_hook(source: str) -> Callable[[int, bytes], np.ndarray]:
     """An ``ext_hook`` that decodes flax's ndarrays and checks them first: the file is
     data from anywhere, and flax's own decoder lets numpy and ``complex()`` raise
     whatever they raise on malformed bytes."""
@@ -68,7 +69,7 @@ def _array_hook(source: str):
     return hook
 
 
-def _check_leaves(tree: Mapping, source: str, prefix: tuple[str, ...] = ()) -> None:
+def _check_leaves(tree: Mapping[str, Any], source: str, prefix: tuple[str, ...] = ()) -> None:
     """Every leaf is an array (dicts nest; a list, string or number is an error)."""
     for key, value in tree.items():
         path = (*prefix, str(key))
@@ -83,13 +84,13 @@ def _check_leaves(tree: Mapping, source: str, prefix: tuple[str, ...] = ()) -> N
                                "expected an array (or a dict of them)")
 
 
-def _bfloat16():
+def _bfloat16() -> Any:
     import ml_dtypes  # installed with jax
 
     return ml_dtypes.bfloat16
 
 
-def read_msgpack(graph: ir.Graph, path: str | os.PathLike) -> LoadedWeights:
+def read_msgpack(graph: ir.Graph, path: str | os.PathLike[str]) -> LoadedWeights:
     """Read a Flax ``.msgpack`` variables file for ``graph``.
 
     The bytes are decoded as `flax.serialization.msgpack_restore` does (arrays are
@@ -127,7 +128,7 @@ def read_msgpack(graph: ir.Graph, path: str | os.PathLike) -> LoadedWeights:
     check_variables(graph, tree, source)
     dtypes: set[str] = set()
 
-    def to_f32(leaf):
+    def to_f32(leaf: Any) -> np.ndarray:
         if leaf.dtype != np.float32:
             dtypes.add(str(leaf.dtype))
         return as_float32(leaf)
@@ -141,7 +142,7 @@ def read_msgpack(graph: ir.Graph, path: str | os.PathLike) -> LoadedWeights:
                          total_convs=n, header=header, warnings=warnings)
 
 
-def write_msgpack(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+def write_msgpack(graph: ir.Graph, variables: Variables, path: str | os.PathLike[str], *,
                   header: DarknetHeader | None = None) -> None:
     """Write ``variables`` (numpy or jax arrays) as a Flax ``.msgpack`` file, atomically.
 

@@ -43,11 +43,17 @@ import ir
 from frontends._atomic import atomic_path
 from frontends.darknet import DarknetHeader
 from frontends.errors import CheckpointError
-from frontends.torch_file import (detect_layout, find_state_dict, safe_load,
-                                  stored_darknet_header)
-from frontends.variables import (RUNTIME_BN_EPS, LoadedWeights, Variables,
-                                 check_variables, conv_in_channels, layer_key,
-                                 unsupported_weighted_layers, where)
+from frontends.torch_file import detect_layout, find_state_dict, safe_load, stored_darknet_header
+from frontends.variables import (
+    RUNTIME_BN_EPS,
+    LoadedWeights,
+    Variables,
+    check_variables,
+    conv_in_channels,
+    layer_key,
+    unsupported_weighted_layers,
+    where,
+)
 
 __all__ = ["DEFAULT_BN_EPS", "LAYOUTS", "CheckpointError", "CheckpointMeta",
            "read_torch", "state_dict_from_variables", "write_torch"]
@@ -90,7 +96,7 @@ class CheckpointMeta:
 class _Slot(NamedTuple):
     """One state_dict entry the cfg calls for."""
 
-    index: int  # layer index
+    index: int  # type: ignore[assignment]  # a NamedTuple field named like a tuple method: the layer index
     path: tuple[str, ...]  # variables path, or () for buffers with no variable
     shape: tuple[int, ...]  # torch shape
     required: bool
@@ -169,14 +175,19 @@ def _problem(graph: ir.Graph, key: str, slot: _Slot | None, what: str) -> str:
     return f"  {key}{at}: {what}"
 
 
-def _check_anchors(graph: ir.Graph, state: Mapping, slots: dict[str, _Slot],
+def _head_anchors(layer: ir.Layer) -> tuple[tuple[float, float], ...]:
+    assert isinstance(layer, (ir.Yolo, ir.GaussianYolo))  # only heads have anchor slots
+    return layer.head_anchors
+
+
+def _check_anchors(graph: ir.Graph, state: Mapping[str, Any], slots: dict[str, _Slot],
                    source: str) -> None:
     problems = []
     for key, slot in slots.items():
         if not key.endswith((".anchors", ".anchor_grid")) or key not in state:
             continue
         layer = graph.layers[slot.index]
-        expected = np.asarray(layer.head_anchors, dtype=np.float32)
+        expected = np.asarray(_head_anchors(layer), dtype=np.float32)
         found = state[key].detach().double().numpy()
         if not np.allclose(found.reshape(-1, 2), expected, rtol=1e-5, atol=1e-3):
             problems.append(_problem(graph, key, slot, "expected the cfg's anchors "
@@ -187,7 +198,7 @@ def _check_anchors(graph: ir.Graph, state: Mapping, slots: dict[str, _Slot],
                               f"{graph.path}:\n" + "\n".join(problems[:_SHOW]))
 
 
-def read_torch(graph: ir.Graph, path: str | os.PathLike, *, bn_eps: float | None = None,
+def read_torch(graph: ir.Graph, path: str | os.PathLike[str], *, bn_eps: float | None = None,
                layout: str | None = None) -> LoadedWeights:
     """Read an ultralytics or erik torch checkpoint for ``graph``.
 
@@ -255,8 +266,8 @@ def read_torch(graph: ir.Graph, path: str | os.PathLike, *, bn_eps: float | None
             + "\n(a checkpoint for another cfg?)")
     _check_anchors(graph, state, slots, source)
 
-    params: dict[str, dict] = {}
-    stats: dict[str, dict] = {}
+    params: dict[str, dict[str, Any]] = {}
+    stats: dict[str, dict[str, Any]] = {}
     clamped: dict[int, int] = {}
     dtypes: set[str] = set()
     for key, slot in slots.items():
@@ -294,7 +305,7 @@ def read_torch(graph: ir.Graph, path: str | os.PathLike, *, bn_eps: float | None
 
 # -- writing ---------------------------------------------------------------------------
 
-def _tensor(value: Any):
+def _tensor(value: Any) -> Any:
     import torch
 
     array = np.ascontiguousarray(value, dtype=np.float32)
@@ -332,7 +343,7 @@ def state_dict_from_variables(graph: ir.Graph, variables: Variables, *,
             if key.endswith("num_batches_tracked"):
                 state[key] = torch.tensor(0, dtype=torch.long)
             elif slot.required:
-                anchors = torch.tensor(layer.head_anchors, dtype=torch.float32)
+                anchors = torch.tensor(_head_anchors(layer), dtype=torch.float32)
                 state[key] = anchors.reshape(slot.shape).clone()
             continue
         group, name, module, leaf = slot.path
@@ -352,7 +363,7 @@ def state_dict_from_variables(graph: ir.Graph, variables: Variables, *,
     return state, tuple(warns)
 
 
-def write_torch(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+def write_torch(graph: ir.Graph, variables: Variables, path: str | os.PathLike[str], *,
                 layout: str = "ultralytics", bn_eps: float | None = None,
                 anchor_buffers: bool | None = None, meta: CheckpointMeta | None = None,
                 darknet_header: DarknetHeader | None = None) -> tuple[str, ...]:
@@ -392,7 +403,9 @@ def write_torch(graph: ir.Graph, variables: Variables, path: str | os.PathLike, 
             h = darknet_header
             obj["darknet_header"] = (h.major, h.minor, h.revision, h.seen)
     elif darknet_header is not None:
-        state._metadata = {"darknet_header": darknet_header.as_dict()}
+        # torch.save keeps a state_dict's _metadata attribute, as nn.Module.state_dict sets it.
+        state._metadata = {  # type: ignore[attr-defined]
+            "darknet_header": darknet_header.as_dict()}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return warns

@@ -21,7 +21,7 @@ import pickle
 import re
 import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ _LAYOUT_PATTERNS = {
 }
 
 
-def detect_layout(keys, source: str) -> str:
+def detect_layout(keys: Collection[str], source: str) -> str:
     """``"ultralytics"`` or ``"erik"``, from the state_dict's keys."""
     counts = {name: sum(1 for k in keys if pattern.match(k))
               for name, pattern in _LAYOUT_PATTERNS.items()}
@@ -56,7 +56,7 @@ def detect_layout(keys, source: str) -> str:
         f"{counts['erik']} erik): pass layout='ultralytics' or layout='erik'")
 
 
-def _numpy_globals() -> list:
+def _numpy_globals() -> list[Any]:
     """Exactly what a pickled numpy float64 array needs, under both module spellings."""
     core = getattr(np, "_core", None)  # numpy 2; numpy 1 only has numpy.core
     if core is None:  # pragma: no cover - numpy 1
@@ -70,7 +70,7 @@ def _numpy_globals() -> list:
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def safe_load(path: str | os.PathLike, source: str) -> tuple[Any, tuple[str, ...]]:
+def safe_load(path: str | os.PathLike[str], source: str) -> tuple[Any, tuple[str, ...]]:
     import torch
     from torch.serialization import safe_globals
 
@@ -119,7 +119,8 @@ def _last_line(text: str) -> str:
     return (meaningful or lines or [""])[-1][:300]
 
 
-def find_state_dict(obj: Any, source: str) -> tuple[Mapping, str, tuple[str, ...]]:
+def find_state_dict(obj: Any, source: str
+                    ) -> tuple[Mapping[str, Any], str, tuple[str, ...]]:
     import torch
 
     if not isinstance(obj, Mapping):

@@ -275,7 +275,8 @@ def transfer_variables(graph: ir.Graph, path: str | os.PathLike, init: Variables
         shown = "\n".join(differing[:6]) + (f"\n  ... and {len(differing) - 6} more"
                                             if len(differing) > 6 else "")
         raise WeightsError(
-            f"{src_path}: written for {described}, not {graph.path}: {len(differing)} layer(s) differ in shape:\n{shown}\n"
+            f"{src_path}: written for {described}, not {graph.path}: "
+            f"{len(differing)} layer(s) differ in shape:\n{shown}\n"
             "To start from it anyway (transfer learning: load every layer whose shapes "
             "match, re-initialise the detection heads and the layers that differ), pass "
             "reinit_heads=True")

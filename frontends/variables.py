@@ -16,14 +16,17 @@ import numpy as np
 
 import ir
 from frontends.errors import WeightsError
-from ir.variables import (  # noqa: F401  (re-exported for the frontends)
-    check_variables as _check_variables, conv_in_channels, expected_shapes, flat_shapes,
-    init_variables, layer_key, where)
+from ir.variables import Variables as Variables
+from ir.variables import check_variables as _check_variables
+from ir.variables import conv_in_channels as conv_in_channels
+from ir.variables import expected_shapes as expected_shapes
+from ir.variables import flat_shapes as flat_shapes
+from ir.variables import init_variables
+from ir.variables import layer_key as layer_key
+from ir.variables import where as where
 
 RUNTIME_BN_EPS = 1e-5
 """The BatchNorm eps the variables pytree assumes (Darknet's and the runtime's)."""
-
-Variables = dict[str, Any]
 
 # Darknet sections that carry weights in a .weights file besides [convolutional];
 # darkslim cannot read or write those yet, so it refuses rather than misreading bytes.

@@ -6,6 +6,7 @@ stay in the layer's ``extra`` verbatim, so writing a parsed cfg loses nothing.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 
 from ir.activations import Activation
@@ -44,21 +45,21 @@ class SectionReader:
             raise self.error(f"missing required key {key}=")
         return default
 
-    def int(self, key: str, default: int | None = None) -> int:
+    def int(self, key: builtins.str, default: builtins.int | None = None) -> builtins.int:
         value = self.str(key, None if default is None else str(default))
         try:
             return int(value)
         except ValueError:
             raise self.error(f"{key}={value}: expected an integer", key) from None
 
-    def float(self, key: str, default: float) -> float:
+    def float(self, key: builtins.str, default: builtins.float) -> builtins.float:
         value = self.str(key, repr(default))
         try:
             return float(value)
         except ValueError:
             raise self.error(f"{key}={value}: expected a number", key) from None
 
-    def ints(self, key: str) -> tuple[int, ...]:
+    def ints(self, key: builtins.str) -> tuple[builtins.int, ...]:
         value = self.str(key)
         try:
             return tuple(int(v) for v in value.split(",") if v)
@@ -66,7 +67,7 @@ class SectionReader:
             raise self.error(f"{key}={value}: expected comma-separated integers",
                              key) from None
 
-    def floats(self, key: str) -> tuple[float, ...]:
+    def floats(self, key: builtins.str) -> tuple[builtins.float, ...]:
         value = self.str(key)
         try:
             return tuple(float(v) for v in value.split(",") if v)
@@ -83,7 +84,7 @@ class SectionReader:
             raise self.error(f"activation={value}: not supported (expected one of {known})",
                              "activation") from None
 
-    def refs(self, key: str, index: int) -> tuple[int, ...]:
+    def refs(self, key: builtins.str, index: builtins.int) -> tuple[builtins.int, ...]:
         resolved = []
         for ref in self.ints(key):
             absolute = index + ref if ref < 0 else ref
@@ -105,7 +106,7 @@ class SectionReader:
             seen.add(key)
         return tuple(kept)
 
-    def bool(self, key: str) -> bool:
+    def bool(self, key: builtins.str) -> builtins.bool:
         return self.int(key, 0) != 0
 
     @property

@@ -8,9 +8,10 @@ Flax linen's layout, keyed by absolute layer index (`layer_key`)::
 
 A conv without BatchNorm has ``conv.bias`` instead of ``bn``; a ``[connected]`` has
 ``dense.kernel`` ``(C·H·W, output)`` and ``dense.bias`` or ``bn``. Each kind's
-``variables`` rule (`ir.kinds`) gives the shapes. Frontends, passes, the runtime and the testing kit all take the
-layout from here. The checks read only ``.shape``, so they hold for numpy and jax
-arrays alike; the initialisers import numpy when called, so ``import ir`` stays light.
+``variables`` rule (`ir.kinds`) gives the shapes. Frontends, passes, the runtime and the
+testing kit all take the layout from here (and `Variables`, the type of every variables
+argument). The checks read only ``.shape``, so they hold for numpy and jax arrays alike;
+the initialisers import numpy when called, so ``import ir`` stays light.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from typing import Any, Callable, Iterator, NamedTuple
 from ir.kinds import spec_of
 from ir.layers import Graph, layer_inputs
 from ir.shapes import input_shape, verify
+
+Variables = Mapping[str, Any]
+"""The variables pytree ``{collection: {layer_key(i): {part: {name: array}}}}``: the one type
+of every ``variables`` argument (read-only: passes return new dicts, never edit one)."""
 
 Leaf = tuple[str, str, str]  # (collection, part, name) of one conv layer's variable
 
@@ -114,7 +119,7 @@ class Misfit(NamedTuple):
     """One variable that does not fit: its path, its layer (or None) and what is wrong."""
 
     path: tuple[str, ...]
-    index: int | None
+    index: int | None  # type: ignore[assignment]  # a NamedTuple field named like a tuple method
     problem: str
 
 
@@ -131,13 +136,13 @@ def misfits(graph: Graph, variables: Any) -> tuple[Misfit, ...]:
     """
     if (not isinstance(variables, Mapping)
             or not set(variables) <= {"params", "batch_stats"}):
-        found = (sorted(variables) if isinstance(variables, Mapping)
-                 else type(variables).__name__)
+        keys = (sorted(variables) if isinstance(variables, Mapping)
+                else type(variables).__name__)
         return (Misfit((), None, "expected a variables dict with 'params' and "
-                                 f"'batch_stats', found {found}"),)
+                                 f"'batch_stats', found {keys}"),)
     expected = flat_shapes(graph)
     found = dict(iter_leaves(variables))
-    problems = []
+    problems: list[Misfit] = []
     for path, shape in expected.items():
         if path not in found:
             problems.append(Misfit(path, layer_index(path[1]),
@@ -268,7 +273,8 @@ def init_variables(graph: Graph, initialiser: str = "darknet", seed: int = 0,
     >>> g = ir.parse_cfg("[net]\\nchannels=3\\n[convolutional]\\nbatch_normalize=1\\n"
     ...                  "filters=4\\nsize=3\\n")
     >>> v = init_variables(g, "sparse", seed=1)
-    >>> v["params"]["layer_0"]["conv"]["kernel"].shape, v["batch_stats"]["layer_0"]["bn"]["var"].shape
+    >>> (v["params"]["layer_0"]["conv"]["kernel"].shape,
+    ...  v["batch_stats"]["layer_0"]["bn"]["var"].shape)
     ((3, 3, 3, 4), (4,))
     """
     if initialiser not in INITIALISERS:

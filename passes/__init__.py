@@ -6,26 +6,60 @@ ones (`FoldPrunedBias`, `SliceChannels`, `ZeroPrunedGamma`, `FoldBatchNorm`) app
 masks or fold BatchNorm. Pipelines are values and text (`parse_pipeline`).
 """
 
-from passes.analysis import Prunability, Segment, analyze_prunability, channel_segments
-from passes.blocks import (BlockAnalysis, RemoveBlocks, ResidualBlock, ScoredBlock,
-                           analyze_blocks, choose_blocks, find_residual_blocks, layer_map,
-                           mean_abs_gamma, rank_blocks, remove_blocks)
+from passes.analysis import (
+    Blocker,
+    BlockReason,
+    Prunability,
+    Segment,
+    analyze_prunability,
+    channel_segments,
+)
+from passes.blocks import (
+    BlockAnalysis,
+    RemoveBlocks,
+    ResidualBlock,
+    ScoredBlock,
+    analyze_blocks,
+    choose_blocks,
+    find_residual_blocks,
+    layer_map,
+    mean_abs_gamma,
+    rank_blocks,
+    remove_blocks,
+)
 from passes.errors import PruneError
 from passes.fold import FoldPrunedBias, SliceChannels, ZeroPrunedGamma, tensor_keeps
 from passes.fold_bn import FoldBatchNorm
-from passes.masks import (ChannelMasks, GraphFingerprint, Threshold, balance_mask,
-                          check_masks, compute_masks, compute_threshold)
+from passes.masks import (
+    ChannelMasks,
+    GraphFingerprint,
+    Threshold,
+    balance_mask,
+    check_masks,
+    compute_masks,
+    compute_threshold,
+)
 from passes.pipeline import Pass, PassResult, Pipeline, PipelineResult, pipeline
 from passes.program import verify_program
 from passes.prune import PruneConfig, PruneResult, prune
-from passes.registry import PASSES
-from passes.reports import (BlocksReport, Counts, PassReport, RemovedBlock, SlimReport,
-                            dump_reports, load_reports, report_from_json, report_to_json)
+from passes.registry import PASSES, parse_pipeline
+from passes.reports import (
+    BlocksReport,
+    Counts,
+    PassReport,
+    RemovedBlock,
+    SlimReport,
+    dump_reports,
+    load_reports,
+    report_from_json,
+    report_to_json,
+)
 from passes.slim import SlimChannels
-from passes.text import parse_pipeline, pass_text
+from passes.text import pass_text
 
 __all__ = [
-    "ChannelMasks", "FoldBatchNorm", "FoldPrunedBias", "GraphFingerprint", "Pass",
+    "Blocker", "BlockReason", "ChannelMasks", "FoldBatchNorm", "FoldPrunedBias",
+    "GraphFingerprint", "Pass",
     "PassResult", "Pipeline", "PipelineResult", "PruneConfig", "PruneError", "PruneResult",
     "Prunability", "Segment", "SlimChannels", "SliceChannels", "Threshold",
     "ZeroPrunedGamma", "analyze_prunability", "balance_mask", "channel_segments",

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from enum import Enum
+from typing import Callable, Iterable, Literal, NamedTuple
 
 from ir import Conv, Graph, Layer, layer_inputs, unsupported_reason
 from ir.shapes import input_shape, verify
@@ -23,6 +24,35 @@ from passes.errors import PruneError
 from passes.rules import IMAGE, Flow, FlowContext, Segment, Segments, pass_rule
 
 Mode = Literal["regular", "shortcut"]
+
+
+class BlockReason(Enum):
+    """Why a conv is not prunable, as a code beside the reason's text: what a program
+    reads (`Prunability.code`) instead of parsing the text. The values are the codes
+    the kinds' channel rules give (``Flow.code``, `ir.kinds`)."""
+
+    HEAD = "head"                         # feeds a detection head ([yolo], [region], ...)
+    NO_BN = "no_bn"                       # no BatchNorm: no γ to rank its channels by
+    ACROSS_CHANNELS = "across_channels"   # read by an op that mixes channels (softmax, ...)
+    MAXPOOL_DEPTH = "maxpool_depth"       # a max across channels
+    REORDER = "reorder"                   # [reorg], [reorg3d]: channels move to positions
+    PER_PIXEL_SCALE = "per_pixel_scale"   # [scale_channels] scale_wh=1
+    SHARED_WEIGHTS = "shared_weights"     # share_index: two convs, one kernel
+    GROUPED_CONV = "grouped_conv"         # groups > 1, not depthwise
+    UNSUPPORTED = "unsupported"           # read by a layer darkslim does not execute
+    READ_BY = "read_by"                   # read by a kind that keeps its inputs whole
+    PARTIAL = "partial"                   # an element-wise op over a partial channel range
+    ROUTE_GROUPS = "route_groups"         # [route] groups= slices it unevenly
+    SHORTCUT_REGULAR = "shortcut_regular"  # coupled group, kept whole in regular mode
+    IGNORED = "ignored"                   # the user's ignore=
+
+
+class Blocker(NamedTuple):
+    """What keeps a conv whole: the reason's code and the kind of the layer it comes
+    from (the head, the reader, the element-wise op, or the conv itself)."""
+
+    code: BlockReason
+    kind: str
 
 
 def _flows(graph: Graph) -> tuple[tuple[Segments, ...], tuple[Flow, ...]]:
@@ -47,7 +77,8 @@ def _flows(graph: Graph) -> tuple[tuple[Segments, ...], tuple[Flow, ...]]:
                 else "which darkslim does not execute")
             owns = flow.segments == ctx.own(shapes[i].c)
             flow = Flow(flow.segments if owns else ctx.opaque(),
-                        block=((ctx.all_inputs(), why),), own=why if owns else None)
+                        block=((ctx.all_inputs(), why),), own=why if owns else None,
+                        code=BlockReason.UNSUPPORTED.value)
         flows.append(flow)
         segments.append(flow.segments)
     return tuple(segments), tuple(flows)
@@ -69,6 +100,9 @@ class Prunability:
             (a single conv, or a whole coupled group in ``shortcut`` mode).
         groups: every coupled group (size >= 2) found, prunable or not.
         reasons: ``(conv index, why it is not prunable)`` for every other conv.
+        codes: ``(conv index, Blocker)`` for the same convs: the reason as a code and
+            the kind it comes from. A conv blocked through its coupled group carries
+            the code of the member that blocks the group.
         balanced: ``(unit, groups)`` for units read in ``groups`` equal slices by a
             ``[route] groups=``: their masks keep the same count in every slice.
     """
@@ -78,6 +112,7 @@ class Prunability:
     groups: tuple[tuple[int, ...], ...]
     reasons: tuple[tuple[int, str], ...]
     balanced: tuple[tuple[tuple[int, ...], int], ...] = ()
+    codes: tuple[tuple[int, Blocker], ...] = ()
 
     @property
     def prunable(self) -> tuple[int, ...]:
@@ -86,6 +121,10 @@ class Prunability:
 
     def reason(self, index: int) -> str | None:
         return dict(self.reasons).get(index)
+
+    def code(self, index: int) -> Blocker | None:
+        """Why conv ``index`` is not prunable, as a code (None when it is)."""
+        return dict(self.codes).get(index)
 
     def unit_of(self, index: int) -> tuple[int, ...] | None:
         for unit in self.units:
@@ -145,12 +184,13 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
     shapes = verify(graph)
     uf = _UnionFind()
     blocked: dict[int, str] = {}
+    codes: dict[int, Blocker] = {}
     balance: dict[int, int] = {}
 
-    def block(segs: Iterable[Segment], why: str) -> None:
+    def block(segs: Iterable[Segment], why: str, code: Blocker) -> None:
         for seg in segs:
-            if seg.space >= 0:
-                blocked.setdefault(seg.space, why)
+            if seg.space >= 0 and seg.space not in blocked:
+                blocked[seg.space], codes[seg.space] = why, code
 
     def whole(segs: Segments) -> int | None:
         """The space if ``segs`` is exactly one whole prunable output, else None."""
@@ -161,29 +201,34 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
 
     for i, (layer, flow) in enumerate(zip(graph.layers, flows)):
         where = f"layer {i} (cfg line {layer.line})"
-        if flow.own is not None:
-            blocked.setdefault(i, flow.own)
+        code = Blocker(BlockReason(flow.code), layer.kind)
+        if flow.own is not None and i not in blocked:
+            blocked[i], codes[i] = flow.own, code
         for segs, why in flow.block:
-            block(segs, why)
+            block(segs, why, code)
         for tensors in flow.couple:
             spaces = [whole(s) for s in tensors]
             if None in spaces or len({shapes[s].c for s in spaces if s is not None}) > 1:
                 for s in tensors:
                     block(s, f"combined element-wise by [{layer.kind}] {where} over a "
-                             "partial or concatenated channel range")
+                             "partial or concatenated channel range",
+                          Blocker(BlockReason.PARTIAL, layer.kind))
             else:
-                for s in spaces[1:]:
-                    uf.union(spaces[0], s)
+                first, *rest = [space for space in spaces if space is not None]
+                for other in rest:
+                    uf.union(first, other)
         for segs, groups in flow.balanced:
             space = whole(segs)
             if space is None:
                 block(segs, f"sliced by [{layer.kind}] {where} groups={groups} over a "
-                            "partial or concatenated channel range")
+                            "partial or concatenated channel range",
+                      Blocker(BlockReason.ROUTE_GROUPS, layer.kind))
             else:
                 balance[space] = math.lcm(balance.get(space, 1), groups)
 
     for i in _ignored(graph, ignore):
-        blocked.setdefault(i, "ignored by the user")
+        block((Segment(i, 0, shapes[i].c),), "ignored by the user",
+              Blocker(BlockReason.IGNORED, graph.layers[i].kind))
 
     convs = [i for i, seg in enumerate(segments)
              if len(seg) == 1 and seg[0].space == i]  # layers with an output space
@@ -193,29 +238,35 @@ def analyze_prunability(graph: Graph, mode: Mode = "regular",
     coupled = tuple(tuple(m) for m in components.values() if len(m) > 1)
 
     reasons: dict[int, str] = {}
+    reason_codes: dict[int, Blocker] = {}
     units: list[tuple[int, ...]] = []
     balanced: list[tuple[tuple[int, ...], int]] = []
     for members in components.values():
         groups = math.lcm(*(balance.get(m, 1) for m in members))
         if groups > 1 and shapes[members[0]].c % groups:
             for m in members:
-                blocked.setdefault(m, f"sliced into {groups} groups, which do not divide "
-                                      f"its {shapes[m].c} channels")
+                block((Segment(m, 0, shapes[m].c),),
+                      f"sliced into {groups} groups, which do not divide its "
+                      f"{shapes[m].c} channels", Blocker(BlockReason.ROUTE_GROUPS, "route"))
         first_blocked = next((m for m in members if m in blocked), None)
         if first_blocked is not None:
             for m in members:
                 reasons[m] = (blocked[m] if m in blocked else
                               f"coupled with layer {first_blocked}: {blocked[first_blocked]}")
+                reason_codes[m] = codes[m if m in blocked else first_blocked]
         elif len(members) > 1 and mode == "regular":
             for m in members:
                 reasons[m] = (f"coupled with layers {', '.join(map(str, members))} through "
-                              "an element-wise op ([shortcut], [sam], [scale_channels], depthwise): regular "
-                              "mode keeps coupled groups whole "
+                              "an element-wise op ([shortcut], [sam], [scale_channels], "
+                              "depthwise): regular mode keeps coupled groups whole "
                               "(mode=shortcut prunes them with one mask)")
+                reason_codes[m] = Blocker(BlockReason.SHORTCUT_REGULAR,
+                                          graph.layers[m].kind)
         else:
             units.append(tuple(members))
             if groups > 1:
                 balanced.append((tuple(members), groups))
     return Prunability(mode=mode, units=tuple(sorted(units)), groups=coupled,
                        reasons=tuple(sorted(reasons.items())),
-                       balanced=tuple(sorted(balanced)))
+                       balanced=tuple(sorted(balanced)),
+                       codes=tuple(sorted(reason_codes.items())))

@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ir import (Activation, Conv, Graph, Shortcut, layer_inputs, layer_refs, spec_of,
-                variables_owner)
+from ir import Activation, Conv, Graph, Shortcut, layer_inputs, layer_refs, spec_of, variables_owner
 from ir.shapes import verify
+from ir.variables import Variables
 from passes import tree
 from passes.errors import PruneError
 from passes.pipeline import PassResult
@@ -117,6 +117,7 @@ def _referrers(graph: Graph) -> tuple[tuple[int, ...], ...]:
 def _not_removable(graph: Graph, s: int, readers, shapes) -> str | None:
     """Why the shortcut at ``s`` does not close a removable block (None if it does)."""
     layer = graph.layers[s]
+    assert isinstance(layer, Shortcut)  # called on shortcuts only
     if len(layer.inputs) != 2:
         refs = ",".join(str(j) for j in layer.inputs[1:])
         return (f"adds {len(layer.inputs)} inputs (layers {s - 1} and {refs}): only a "
@@ -181,7 +182,7 @@ def analyze_blocks(graph: Graph) -> BlockAnalysis:
             continue
         f = layer.inputs[1]
         convs = tuple(range(f + 1, s))
-        bn = [j for j in convs if graph.layers[j].batch_normalize]
+        bn = [j for j in convs if getattr(graph.layers[j], "batch_normalize", False)]
         blocks.append(ResidualBlock(source=f, shortcut=s, convs=convs,
                                     gamma_conv=bn[-1] if bn else None))
     return BlockAnalysis(blocks=tuple(blocks), reasons=tuple(reasons))
@@ -210,7 +211,8 @@ class ScoredBlock:
     score: float | None
 
 
-def _score(graph: Graph, variables, block: ResidualBlock, score: BlockScore) -> float | None:
+def _score(graph: Graph, variables: Variables, block: ResidualBlock, score: BlockScore
+           ) -> float | None:
     if block.gamma_conv is None:
         return None
     owner = variables_owner(graph.layers[block.gamma_conv], block.gamma_conv)
@@ -227,7 +229,7 @@ def _score(graph: Graph, variables, block: ResidualBlock, score: BlockScore) -> 
     return value
 
 
-def rank_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock] | None = None,
+def rank_blocks(graph: Graph, variables: Variables, blocks: Iterable[ResidualBlock] | None = None,
                 score: BlockScore = mean_abs_gamma) -> tuple[ScoredBlock, ...]:
     """Blocks scored by ``score(γ of their gamma_conv)``, lowest (least useful) first.
 
@@ -239,7 +241,7 @@ def rank_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock] | None 
                                                 sb.block.shortcut)))
 
 
-def choose_blocks(graph: Graph, variables, *, n: int | None = None,
+def choose_blocks(graph: Graph, variables: Variables, *, n: int | None = None,
                   threshold: float | None = None, score: BlockScore = mean_abs_gamma,
                   analysis: BlockAnalysis | None = None) -> tuple[ScoredBlock, ...]:
     """The ``n`` lowest-scoring blocks, or every block scoring below ``threshold``.
@@ -259,10 +261,11 @@ def choose_blocks(graph: Graph, variables, *, n: int | None = None,
                              "shortcuts not removable; see analyze_blocks)", argument="n")
         chosen = ranked[:n]
     else:
+        assert threshold is not None  # exactly one of n and threshold was given
         if not math.isfinite(threshold):
             raise PruneError(f"threshold={threshold}: expected a finite number",
                              argument="threshold")
-        chosen = [sb for sb in ranked if sb.score < threshold]
+        chosen = [sb for sb in ranked if sb.score is not None and sb.score < threshold]
     return tuple(sorted(chosen, key=lambda sb: sb.block.shortcut))
 
 
@@ -358,7 +361,7 @@ class RemoveBlocks:
         if self.blocks is not None:
             object.__setattr__(self, "blocks", tuple(int(s) for s in self.blocks))
 
-    def select(self, graph: Graph, variables,
+    def select(self, graph: Graph, variables: Variables,
                analysis: BlockAnalysis | None = None) -> tuple[ScoredBlock, ...]:
         """The blocks this pass removes from ``(graph, variables)``, with scores, in
         layer order."""
@@ -380,7 +383,7 @@ class RemoveBlocks:
         return tuple(sorted(rank_blocks(graph, variables, chosen, self.score),
                             key=lambda sb: sb.block.shortcut))
 
-    def run(self, graph: Graph, variables):
+    def run(self, graph: Graph, variables: Variables):
         """Select once, remove, and report the blocks removed with their scores."""
         analysis = analyze_blocks(graph)
         chosen = self.select(graph, variables, analysis)
@@ -397,6 +400,6 @@ class RemoveBlocks:
             score=getattr(self.score, "__name__", repr(self.score)))
         return PassResult(out_graph, out_vars, report)
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         result = self.run(graph, variables)
         return result.graph, result.variables

@@ -10,17 +10,21 @@ and the params and BFLOPs a prune at that ratio leaves.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 import ir
 import passes
+from ir import Variables
+from passes.analysis import Mode
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 # |γ| histogram bins for the per-epoch heat map: log-spaced, the first one open below.
 HIST_EDGES = tuple(float(e) for e in np.logspace(-4, 1, 41))
 
 
-def prunable_abs_gammas(variables: dict, analysis: passes.Prunability) -> np.ndarray:
+def prunable_abs_gammas(variables: Variables, analysis: passes.Prunability) -> np.ndarray:
     """|γ| of every prunable channel (host numpy), in layer order."""
     if not analysis.prunable:
         return np.zeros(0, np.float32)
@@ -36,7 +40,7 @@ def gamma_histogram(gammas: np.ndarray) -> list[int]:
     return [int(c) for c in counts]
 
 
-def sparsity_metrics(graph: ir.Graph, variables: dict, mode: str = "regular") -> dict:
+def sparsity_metrics(graph: ir.Graph, variables: Variables, mode: Mode = "regular") -> dict:
     """The sparsity diagnostics of ``variables`` (host arrays) as a flat JSON-able dict:
     ``gamma_q10`` .. ``gamma_q90``, ``gamma_below_1e-2``, ``gamma_below_1e-3``,
     ``safe_prune_ratio``, ``params_at_safe``, ``bflops_at_safe`` (and ``params``,
@@ -46,7 +50,8 @@ def sparsity_metrics(graph: ir.Graph, variables: dict, mode: str = "regular") ->
     gammas = prunable_abs_gammas(variables, analysis)
     if not len(gammas):
         return {}
-    out = {f"gamma_q{round(q * 100)}": float(np.quantile(gammas, q)) for q in QUANTILES}
+    out: dict[str, Any] = {f"gamma_q{round(q * 100)}": float(np.quantile(gammas, q))
+                           for q in QUANTILES}
     out["gamma_below_1e-2"] = float((gammas < 1e-2).mean())
     out["gamma_below_1e-3"] = float((gammas < 1e-3).mean())
     threshold = passes.compute_threshold(graph, variables, analysis, percent=0.0)

@@ -3,10 +3,11 @@
 Folding, in one paragraph. With γ_c = 0 a BN conv's channel c emits the constant
 ``act(β_c)`` everywhere. That constant travels through ``[route]`` (concat),
 ``[upsample]`` and ``[maxpool]`` unchanged and through ``[shortcut]`` as
-``act_s(Σ inputs)``: each kind's ``dropped`` rule (`passes.rules`) says what it becomes. A consumer conv reading it adds ``Σ_{kh,kw} W[kh, kw, c, o] · K_c``
-to output o, which it can absorb: subtracted from its BN running mean, or added to its
-conv bias. This is exact for 1×1 consumers and away from the zero-padded border of k×k
-consumers (at the border part of the window reads padding, not the constant).
+``act_s(Σ inputs)``: each kind's ``dropped`` rule (`passes.rules`) says what it becomes. A
+consumer conv reading it adds ``Σ_{kh,kw} W[kh, kw, c, o] · K_c`` to output o, which it
+can absorb: subtracted from its BN running mean, or added to its conv bias. This is exact
+for 1×1 consumers and away from the zero-padded border of k×k consumers (at the border
+part of the window reads padding, not the constant).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from ir import Graph, layer_inputs
 from ir.shapes import verify
+from ir.variables import Variables
 from passes import tree
 from passes.analysis import channel_segments
 from passes.arrays import namespace
@@ -35,7 +37,7 @@ def tensor_keeps(graph: Graph, masks: ChannelMasks) -> tuple[np.ndarray, ...]:
     return tuple(keeps)
 
 
-def _dropped_constants(graph: Graph, variables, masks: ChannelMasks, keeps, xp):
+def _dropped_constants(graph: Graph, variables: Variables, masks: ChannelMasks, keeps, xp):
     """Per tensor, the constant each dropped channel emits once its γ is zero (each
     kind's ``dropped`` rule), 0 where the channel is kept."""
     shapes = verify(graph)
@@ -60,7 +62,7 @@ def _input_of(graph: Graph, index: int, per_tensor, image):
     return per_tensor[j] if j >= 0 else image
 
 
-def _leaves_namespace(variables):
+def _leaves_namespace(variables: Variables):
     return namespace(*(leaf for layer in variables["params"].values()
                        for part in layer.values() for leaf in part.values()))
 
@@ -75,7 +77,7 @@ class ZeroPrunedGamma:
     masks: ChannelMasks
     name: str = "zero-pruned-gamma"
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         check_masks(graph, self.masks, self.name)
         updates = {}
         for i, mask in self.masks.as_dict().items():
@@ -102,7 +104,7 @@ class FoldPrunedBias:
     zero_dropped_inputs: bool = True
     name: str = "fold-pruned-bias"
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         check_masks(graph, self.masks, self.name)
         if self.masks.is_noop:
             return graph, variables
@@ -134,7 +136,7 @@ class SliceChannels:
     masks: ChannelMasks
     name: str = "slice-channels"
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         check_masks(graph, self.masks, self.name)
         if self.masks.is_noop:
             return graph, variables

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ir import Graph
+from ir import Connected, Conv, Graph, Variables
 from passes import tree
 from passes.arrays import namespace
 
@@ -31,7 +31,7 @@ class FoldBatchNorm:
     eps: float = 1e-5
     name: str = "fold-batch-norm"
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         folded = [i for i, layer in enumerate(graph.layers)
                   if getattr(layer, "batch_normalize", False)]  # [convolutional], [connected]
         if not folded:
@@ -40,7 +40,9 @@ class FoldBatchNorm:
         stats = dict(variables.get("batch_stats", {}))
         layers = list(graph.layers)
         for i in folded:
-            layers[i] = dataclasses.replace(graph.layers[i], batch_normalize=False)
+            layer = graph.layers[i]
+            assert isinstance(layer, (Conv, Connected))  # the kinds with batch_normalize
+            layers[i] = dataclasses.replace(layer, batch_normalize=False)
             if getattr(graph.layers[i], "share", None) is not None:
                 continue  # runs with its owner's variables, folded there (share_index)
             key = tree.layer_key(i)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ir import Connected, Conv, Graph
+from ir import Connected, Conv, Graph, Variables
 from passes import tree
 from passes.analysis import Prunability
 from passes.errors import PruneError
@@ -122,6 +122,7 @@ def check_masks(graph: Graph, masks: ChannelMasks, by: str) -> None:
     here = GraphFingerprint.of(graph)
     if masks.fingerprint != here:
         i = masks.fingerprint.first_difference(here)
+        assert i is not None  # the fingerprints differ, so some layer does
         at = (f"layer {i} ([{graph.layers[i].kind}] at cfg line {graph.layers[i].line})"
               if i < len(graph.layers) else f"layer {i} (past this graph's end)")
         raise PruneError(
@@ -143,8 +144,9 @@ def check_masks(graph: Graph, masks: ChannelMasks, by: str) -> None:
                              "layers can drop channels (a dropped channel becomes act(β))")
         channels = layer.filters if isinstance(layer, Conv) else layer.output
         if len(mask) != channels:
+            what = "filters" if isinstance(layer, Conv) else "outputs"
             raise PruneError(f"{by}: mask for {where}: {len(mask)} entries; expected "
-                             f"{channels}, its {'filters' if isinstance(layer, Conv) else 'outputs'}")
+                             f"{channels}, its {what}")
         if not any(mask):
             raise PruneError(f"{by}: mask for {where}: keeps none of its {channels} "
                              "channels; expected at least one")
@@ -161,7 +163,7 @@ class Threshold:
     n_channels: int
 
 
-def _abs_gamma(graph: Graph, variables, index: int) -> np.ndarray:
+def _abs_gamma(graph: Graph, variables: Variables, index: int) -> np.ndarray:
     gamma = np.abs(np.asarray(tree.get(variables, index, tree.GAMMA), dtype=np.float32))
     if not np.all(np.isfinite(gamma)):
         bad = int(np.flatnonzero(~np.isfinite(gamma))[0])
@@ -170,13 +172,14 @@ def _abs_gamma(graph: Graph, variables, index: int) -> np.ndarray:
     return gamma
 
 
-def unit_scores(graph: Graph, variables, analysis: Prunability) -> dict[tuple[int, ...], np.ndarray]:
+def unit_scores(graph: Graph, variables: Variables, analysis: Prunability
+                ) -> dict[tuple[int, ...], np.ndarray]:
     """Per unit, the |γ| that decides each channel (max over members: the union rule)."""
     return {unit: np.max([_abs_gamma(graph, variables, i) for i in unit], axis=0)
             for unit in analysis.units}
 
 
-def compute_threshold(graph: Graph, variables, analysis: Prunability,
+def compute_threshold(graph: Graph, variables: Variables, analysis: Prunability,
                       percent: float | None = None,
                       threshold: float | None = None) -> Threshold:
     """The seed's global threshold at ``percent``, or an explicit ``threshold``."""
@@ -202,6 +205,7 @@ def compute_threshold(graph: Graph, variables, analysis: Prunability,
     safe = float(min(s.max() for s in scores.values()))
     safe_percent = int(np.searchsorted(ordered, safe, side="left")) / n
     if threshold is None:
+        assert percent is not None  # exactly one of the two was given
         value = float(ordered[int(n * percent)])
     else:
         if not math.isfinite(threshold) or threshold < 0:
@@ -235,7 +239,7 @@ def balance_mask(keep: np.ndarray, groups: int, score: np.ndarray | None = None
     return balanced.reshape(-1)
 
 
-def compute_masks(graph: Graph, variables, analysis: Prunability, threshold: float,
+def compute_masks(graph: Graph, variables: Variables, analysis: Prunability, threshold: float,
                   min_keep: float = 0.01, round_to: int = 1) -> ChannelMasks:
     """Keep ``|γ| >= threshold`` per unit, with a floor and optional rounding; units
     read in slices by a ``[route] groups=`` get group-balanced masks (`balance_mask`).

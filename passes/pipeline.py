@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ir import Graph
+from ir import Graph, Variables
 from passes.errors import PruneError
 from passes.program import verify_program
 from passes.reports import Counts, PassReport
@@ -25,9 +25,10 @@ class Pass(Protocol):
     whose report says what it decided; `Pipeline.run` uses it when present.
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...  # a frozen field or a class attribute
 
-    def __call__(self, graph: Graph, variables: Any) -> tuple[Graph, Any]: ...
+    def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class Pipeline:
             flat.extend(p.passes if isinstance(p, Pipeline) else (p,))
         object.__setattr__(self, "passes", tuple(flat))
 
-    def run(self, graph: Graph, variables: Any, *, keep_inputs: bool = False
+    def run(self, graph: Graph, variables: Variables, *, keep_inputs: bool = False
             ) -> PipelineResult:
         """Run every pass; the result holds the final program and each pass's report."""
         verify_program(graph, variables, "the pipeline's input")
@@ -103,7 +104,7 @@ class Pipeline:
             done.append(p.name)
         return PipelineResult(graph, variables, tuple(reports), tuple(inputs))
 
-    def __call__(self, graph: Graph, variables: Any) -> tuple[Graph, Any]:
+    def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Any]:
         result = self.run(graph, variables)
         return result.graph, result.variables
 

@@ -7,15 +7,13 @@ after every pass, as xDSL verifies after each rewrite.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ir import Graph, Shape
+from ir import Graph, Shape, Variables
 from ir.shapes import verify
 from ir.variables import describe_misfits, misfits
 from passes.errors import PruneError
 
 
-def verify_program(graph: Graph, variables: Any, source: str = "variables"
+def verify_program(graph: Graph, variables: Variables, source: str = "variables"
                    ) -> tuple[Shape, ...]:
     """Verify ``graph`` (`ir.verify`) and that every variable has the shape it expects.
 

@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from ir import Graph
+from ir import Graph, Variables
 from passes.analysis import Prunability, analyze_prunability
 from passes.fold import FoldPrunedBias, ZeroPrunedGamma
 from passes.masks import ChannelMasks, Threshold
@@ -59,12 +59,13 @@ class PruneResult:
         return ZeroPrunedGamma(self.masks)(*self.original)
 
 
-def prune(graph: Graph, variables: Any, config: SlimChannels) -> PruneResult:
+def prune(graph: Graph, variables: Variables, config: SlimChannels) -> PruneResult:
     """Run ``config`` (a `SlimChannels`) on ``(graph, variables)``, keeping the original.
 
     >>> result = prune(graph, variables, SlimChannels(percent=0.5))
     >>> compact_graph, compact_vars = result.compact
     """
     result = config.run(graph, variables)
+    assert isinstance(result.report, SlimReport)  # what SlimChannels reports
     return PruneResult(config=config, report=result.report, original=(graph, variables),
                        compact=(result.graph, result.variables))

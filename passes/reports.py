@@ -185,6 +185,16 @@ def _ints(values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def _pair(values) -> tuple[int, int]:
+    a, b = values
+    return int(a), int(b)
+
+
+def _triple(values) -> tuple[int, int, int]:
+    a, b, c = values
+    return int(a), int(b), int(c)
+
+
 def report_from_json(data: dict) -> PassReport:
     """The report `report_to_json` wrote (a `PruneError` for an unknown kind)."""
     kind = data.get("kind")
@@ -201,7 +211,7 @@ def report_from_json(data: dict) -> PassReport:
             ignore=None if data["ignore"] is None else _ints(data["ignore"]),
             threshold=Threshold(**data["threshold"]),
             units=tuple(_ints(u) for u in data["units"]),
-            channels=tuple(_ints(c) for c in data["channels"]),
+            channels=tuple(_triple(c) for c in data["channels"]),
             masks=_masks_from(data["masks"]))
     return BlocksReport(
         **common, found=data["found"], score=data["score"],
@@ -209,7 +219,7 @@ def report_from_json(data: dict) -> PassReport:
                                    layers=_ints(b["layers"]), gamma_conv=b["gamma_conv"],
                                    score=b["score"]) for b in data["removed"]),
         not_removable=tuple((int(s), str(why)) for s, why in data["not_removable"]),
-        index_map=tuple(_ints(pair) for pair in data["index_map"]))
+        index_map=tuple(_pair(pair) for pair in data["index_map"]))
 
 
 def load_reports(data: dict) -> tuple[str, tuple[PassReport, ...]]:

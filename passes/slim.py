@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
-from ir import Graph, Layer
+from ir import Graph, Layer, Variables
 from passes.analysis import Mode, analyze_prunability
 from passes.errors import PruneError
 from passes.fold import FoldPrunedBias, SliceChannels
@@ -81,7 +81,7 @@ class SlimChannels:
         if not (isinstance(self.round_to, int) and self.round_to >= 1):
             raise bad("round_to", "a positive integer")
 
-    def run(self, graph: Graph, variables) -> PassResult:
+    def run(self, graph: Graph, variables: Variables) -> PassResult:
         """Analyse, threshold, mask, fold and slice; the report holds the decisions."""
         analysis = analyze_prunability(graph, self.mode, self.ignore)
         threshold = compute_threshold(graph, variables, analysis, self.percent,
@@ -102,6 +102,6 @@ class SlimChannels:
             threshold=threshold, units=analysis.units, channels=channels, masks=masks)
         return PassResult(out_graph, out_vars, report)
 
-    def __call__(self, graph: Graph, variables):
+    def __call__(self, graph: Graph, variables: Variables):
         result = self.run(graph, variables)
         return result.graph, result.variables

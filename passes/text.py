@@ -2,9 +2,10 @@
 
 A pass prints as its kebab-case name followed, in braces, by the options that differ
 from their defaults (``mlir-opt --pass-pipeline`` and xDSL's ``-p`` read the same way);
-`parse_pipeline` maps each name to a pass class through a registry and builds it from
-those options, so ``parse_pipeline(str(p)) == p``. Values are numbers, bare words,
-``true``/``false``, ``none`` and lists of integers in brackets (``ignore=[84,96]``).
+`parse_pipeline` (beside the registry, `passes.registry`) maps each name to a pass class
+and builds it from those options, so ``parse_pipeline(str(p)) == p``. Values are numbers,
+bare words, ``true``/``false``, ``none`` and lists of integers in brackets
+(``ignore=[84,96]``). This module only tokenises and parses; it imports no pass.
 Options that have no text form (masks, a score function) print in angle brackets and
 are refused by the parser with the reason.
 """
@@ -150,21 +151,9 @@ def parse_pass(text: str, registry: Mapping[str, type | str]) -> Any:
                          pass_name=name) from exc
 
 
-def parse_pipeline(text: str, registry: Mapping[str, type | str] | None = None):
-    """The `Pipeline` that ``text`` names, e.g.
-    ``parse_pipeline("remove-blocks{n=8},slim-channels{percent=0.5,mode=shortcut}")``.
-
-    Args:
-        registry: name -> pass class (or, for a pass that cannot be written as text,
-            the reason); default `passes.PASSES`. Add your own passes with
-            ``{**passes.PASSES, "my-pass": MyPass}``.
-
-    ``str(parse_pipeline(t))`` is ``t`` in canonical form (defaults left out).
-    """
-    from passes.pipeline import Pipeline
-    from passes.registry import PASSES
-
-    registry = PASSES if registry is None else registry
+def parse_passes(text: str, registry: Mapping[str, type | str]) -> tuple[Any, ...]:
+    """The passes that ``text`` names, in order (``a{...},b``); `passes.parse_pipeline`
+    wraps them in a `Pipeline`."""
     if not text.strip():
         raise PruneError("pipeline: empty; expected passes such as slim-channels{percent=0.5}")
-    return Pipeline(tuple(parse_pass(part, registry) for part in _split(text)))
+    return tuple(parse_pass(part, registry) for part in _split(text))

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ir.variables import (BETA, CONV_BIAS, GAMMA, KERNEL, MEAN, VAR, Leaf,  # noqa: F401
-                          layer_index, layer_key)
-
-Variables = Mapping[str, Any]
+from ir.variables import BETA as BETA
+from ir.variables import CONV_BIAS as CONV_BIAS
+from ir.variables import GAMMA as GAMMA
+from ir.variables import KERNEL as KERNEL
+from ir.variables import MEAN as MEAN
+from ir.variables import VAR as VAR
+from ir.variables import Leaf as Leaf
+from ir.variables import Variables as Variables
+from ir.variables import layer_index, layer_key
 
 
 def get(variables: Variables, index: int, leaf: Leaf):
     collection, part, name = leaf
     return variables[collection][layer_key(index)][part][name]
-
-
-def has(variables: Variables, index: int, leaf: Leaf) -> bool:
-    collection, part, name = leaf
-    return name in variables.get(collection, {}).get(layer_key(index), {}).get(part, {})
 
 
 def leaves_of(variables: Variables, index: int) -> dict[Leaf, Any]:
@@ -53,6 +53,10 @@ def drop_layers(variables: Variables, keep: Mapping[int, int]) -> dict:
     """Variables renumbered by ``keep`` (old index -> new index); other layers vanish."""
     new: dict = {}
     for collection, layers in variables.items():
-        new[collection] = {layer_key(keep[layer_index(k)]): v
-                           for k, v in layers.items() if layer_index(k) in keep}
+        renumbered = {}
+        for k, v in layers.items():
+            old = layer_index(k)
+            if old is not None and old in keep:
+                renumbered[layer_key(keep[old])] = v
+        new[collection] = renumbered
     return new

@@ -2,10 +2,27 @@
 Darknet ``.data``/list/label files; `runtime.batches` letterboxes, augments, batches
 and prefetches)."""
 
-from runtime.batches import (NO_AUGMENT, Augment, Batch, Prefetch, iterate_batches,
-                             prefetch, prepare_sample, read_image)
-from runtime.dataset import (DataConfig, DataError, Dataset, Sample, label_path,
-                             load_dataset, read_data_config, read_labels, read_list)
+from runtime.batches import (
+    NO_AUGMENT,
+    Augment,
+    Batch,
+    Prefetch,
+    iterate_batches,
+    prefetch,
+    prepare_sample,
+    read_image,
+)
+from runtime.dataset import (
+    DataConfig,
+    DataError,
+    Dataset,
+    Sample,
+    label_path,
+    load_dataset,
+    read_data_config,
+    read_labels,
+    read_list,
+)
 
 __all__ = ["NO_AUGMENT", "Augment", "Batch", "DataConfig", "DataError", "Dataset",
            "Prefetch", "Sample", "iterate_batches", "label_path", "load_dataset", "prefetch",

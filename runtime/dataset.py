@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
@@ -85,7 +84,7 @@ def read_data_config(path: str | os.PathLike) -> DataConfig:
             raise DataError(f"expected key=value, found {line!r}", path=path, line=number)
         key, value = (s.strip() for s in line.split("=", 1))
         options.append((key, value, number))
-    first = {}
+    first: dict[str, tuple[str, int]] = {}
     for key, value, number in options:
         first.setdefault(key, (value, number))
     if "classes" not in first:

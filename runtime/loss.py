@@ -31,7 +31,7 @@ In training the loss is the term `YoloLoss` (`runtime.terms`), reporting ``box``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +142,7 @@ def _head_loss(head: jax.Array, layer: ir.Yolo, targets: jax.Array,
     if layer.new_coords:
         xy = p[..., :2] * s - (s - 1) / 2
         pwh = (2 * p[..., 2:4]) ** 2 * anchors
-        bce = _bce_prob
+        bce: Callable[[jax.Array, jax.Array], jax.Array] = _bce_prob
     else:
         xy = jax.nn.sigmoid(p[..., :2]) * s - (s - 1) / 2
         pwh = jnp.minimum(jnp.exp(p[..., 2:4]), 1e3) * anchors
@@ -228,6 +228,7 @@ def yolo_loss(graph: ir.Graph, heads: tuple[jax.Array, ...], targets: jax.Array,
     box = obj = cls = jnp.zeros((), jnp.float32)
     for head, index in zip(heads, yolos):
         layer = graph.layers[index]
+        assert isinstance(layer, ir.Yolo)  # a yolo_indices() layer
         stride = input_hw[0] // head.shape[1]
         lb, lo, lc = _head_loss(head, layer, targets, input_hw, config)
         box, cls = box + lb, cls + lc

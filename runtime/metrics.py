@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ir import Variables
+
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, np.float64)
@@ -259,7 +261,9 @@ def coco_map(detections: list[np.ndarray], truths: list[np.ndarray],
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, annotations, results = [], [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
+    results: list[dict] = []
     for image_id, (det, truth) in enumerate(zip(detections, truths), start=1):
         images.append({"id": image_id})
         for row in np.asarray(truth, np.float64).reshape(-1, 5):
@@ -313,7 +317,7 @@ class EvalResult:
                                                          m.recall, m.f1, m.ap)]}
 
 
-def evaluate(graph, variables: dict, dataset, *, batch_size: int = 32,
+def evaluate(graph, variables: Variables, dataset, *, batch_size: int = 32,
              conf_thres: float = 0.01, nms_thres: float = 0.5, iou_thres: float = 0.5,
              bn_eps: float = 1e-5, coco: bool = True) -> EvalResult:
     """mAP of ``variables`` on a `runtime.data.Dataset`, with the seed's protocol.

@@ -20,14 +20,14 @@ A conv without ``batch_normalize`` has ``conv.bias`` and no ``bn``.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 import ir
-from ir import Activation, CfgError
+from ir import Activation, CfgError, Variables
 from ir.activations import ACTIVATIONS as XP_ACTIVATIONS
 from runtime.xla_options import compiler_options
 
@@ -48,6 +48,13 @@ class ForwardOut(NamedTuple):
     heads: tuple[jax.Array, ...]
     detections: jax.Array
     output: jax.Array | None = None
+
+
+def _decode(layer: ir.Layer, xp, head, input_hw: tuple[int, int]):
+    decode = ir.spec_of(layer).decode
+    if decode is None:
+        raise UnsupportedLayerError(f"[{layer.kind}] has no decode rule: it is not a head")
+    return decode(layer, xp, head, input_hw)
 
 
 def collect_outputs(graph: ir.Graph, env, input_hw: tuple[int, int], xp) -> ForwardOut:
@@ -217,7 +224,7 @@ def decode_yolo(head: jax.Array, layer, input_hw: tuple[int, int]) -> jax.Array:
     Returns:
         ``(N, len(mask) * H * W, 5 + classes)``, boxes ordered anchor, y, x.
     """
-    return ir.spec_of(layer).decode(layer, jnp, head, input_hw)
+    return _decode(layer, jnp, head, input_hw)
 
 
 class DarknetModule(nn.Module):
@@ -277,7 +284,7 @@ def init_variables(graph: ir.Graph, seed: int = 0) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("graph", "bn_eps"),
                    compiler_options=compiler_options())
-def forward(graph: ir.Graph, variables: dict, x_nhwc: jax.Array,
+def forward(graph: ir.Graph, variables: Variables, x_nhwc: jax.Array,
             bn_eps: float = 1e-5) -> ForwardOut:
     """Inference forward pass (running BN statistics), jit-compiled per graph and shape.
 
@@ -290,4 +297,5 @@ def forward(graph: ir.Graph, variables: dict, x_nhwc: jax.Array,
     Returns:
         `ForwardOut` with NHWC heads and ``(N, boxes, 5 + classes)`` detections.
     """
-    return DarknetModule(graph, bn_eps=bn_eps).apply(variables, x_nhwc)
+    # apply's annotation covers mutable collections too; without them it returns __call__'s.
+    return cast(ForwardOut, DarknetModule(graph, bn_eps=bn_eps).apply(variables, x_nhwc))

@@ -97,11 +97,6 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                    source or ("environment" if launcher is None else launcher))
 
 
-def is_primary() -> bool:
-    """True in the process that writes checkpoints' extras, logs and plots (process 0)."""
-    return jax.process_index() == 0
-
-
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh named ``data`` over ``devices`` (default: every device of every
     process, in `jax.devices` order)."""
@@ -129,7 +124,8 @@ def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
         raise ValueError(f"batch of {batch_size} does not split over {size} devices: "
                          "choose a batch size that is a multiple of the device count")
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    slices = sharding.addressable_devices_indices_map((batch_size,)).values()
+    slices = [s for s in sharding.addressable_devices_indices_map((batch_size,)).values()
+              if s is not None]
     starts = sorted(s[0].start or 0 for s in slices)
     stops = sorted(s[0].stop if s[0].stop is not None else batch_size for s in slices)
     return starts[0], stops[-1]

@@ -26,13 +26,15 @@ import jax.numpy as jnp
 import optax
 
 import ir
+from ir import Variables
 from passes import analyze_prunability
+from passes.analysis import Mode
 
 SPARSITY_SCHEDULES = ("constant", "global", "local", "auto")
 
 
 class BnL1State(NamedTuple):
-    count: jax.Array  # steps taken; the schedules read it
+    count: jax.Array  # type: ignore[assignment]  # a NamedTuple field named like a tuple method; steps taken
     rate: jax.Array   # the s applied at the last step (for logs)
 
 
@@ -107,7 +109,7 @@ def bn_l1_local(s: float, start: int, keep: float = 0.15, factor: float = 0.01
 
 
 class AutoSparsityState(NamedTuple):
-    count: jax.Array    # steps taken
+    count: jax.Array  # type: ignore[assignment]  # a NamedTuple field named like a tuple method; steps taken
     rate: jax.Array     # the current s
     reached: jax.Array  # True once the target share collapsed: s is held from then on
     share: jax.Array    # share of penalised |γ| below the threshold at the last check
@@ -208,7 +210,7 @@ def sparsity_schedule(s: float, schedule: str = "constant", total_steps: int = 1
     raise ValueError(f"schedule={schedule!r}: expected one of {SPARSITY_SCHEDULES}")
 
 
-def gamma_mask(graph: ir.Graph, params: dict, mode: str = "regular",
+def gamma_mask(graph: ir.Graph, params: dict, mode: Mode = "regular",
                ignore: tuple[int, ...] = ()) -> dict:
     """A pytree of bools shaped like ``params``: True at the BatchNorm scales of the
     convs `passes.analyze_prunability` calls prunable in ``mode``, False elsewhere."""
@@ -223,7 +225,7 @@ def gamma_mask(graph: ir.Graph, params: dict, mode: str = "regular",
 
 
 def sparsity(graph: ir.Graph, params: dict, s: float, schedule: str = "constant", *,
-             mode: str = "regular", total_steps: int = 1, fraction: float = 0.5,
+             mode: Mode = "regular", total_steps: int = 1, fraction: float = 0.5,
              ignore: tuple[int, ...] = ()) -> optax.GradientTransformation:
     """``optax.masked(sparsity_schedule(...), gamma_mask(graph, params, mode))``."""
     return optax.masked(sparsity_schedule(s, schedule, total_steps, fraction),
@@ -231,7 +233,7 @@ def sparsity(graph: ir.Graph, params: dict, s: float, schedule: str = "constant"
 
 
 def auto_sparsity(graph: ir.Graph, params: dict, s: float, target: float, *,
-                  mode: str = "regular", period: int, total_steps: int,
+                  mode: Mode = "regular", period: int, total_steps: int,
                   ignore: tuple[int, ...] = (), **options) -> optax.GradientTransformation:
     """``optax.masked(bn_l1_auto(...), gamma_mask(graph, params, mode))``: the
     controller over exactly the γ the prune pass ranks."""
@@ -239,7 +241,7 @@ def auto_sparsity(graph: ir.Graph, params: dict, s: float, target: float, *,
                         gamma_mask(graph, params, mode, ignore))
 
 
-def init_gammas(variables: dict, value: float = 0.5) -> dict:
+def init_gammas(variables: Variables, value: float = 0.5) -> dict:
     """Variables with every BatchNorm scale γ set to ``value``: network slimming's
     initialisation for sparse training from scratch (Liu et al. 2017 start γ at 0.5,
     so the L1 term reaches the useless channels within a short run)."""

@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import ir
+from ir.variables import Variables
 from runtime.loss import LossConfig, yolo_terms
 from runtime.model import DarknetModule
 from runtime.parallel import replicate
@@ -28,7 +29,7 @@ from runtime.terms import LossTerm, StepOutputs, check_terms, sum_terms
 from runtime.xla_options import compiler_options
 
 
-def init_head_biases(graph: ir.Graph, variables: dict, objects_per_image: float = 4.0
+def init_head_biases(graph: ir.Graph, variables: Variables, objects_per_image: float = 4.0
                      ) -> dict:
     """Variables with the biases of the convs feeding ``[yolo]`` set to priors
     (ultralytics' recipe): objectness ``log(p / (1 - p))`` with ``p`` the chance that a
@@ -43,6 +44,7 @@ def init_head_biases(graph: ir.Graph, variables: dict, objects_per_image: float 
         if not isinstance(conv, ir.Conv) or "bias" not in params.get(key, {}).get("conv", {}):
             continue
         layer = graph.layers[index]
+        assert isinstance(layer, ir.Yolo)  # a yolo_indices() layer
         count = len(layer.mask)
         bias = np.asarray(params[key]["conv"]["bias"], np.float32).reshape(count, -1).copy()
         grid = shapes[index].h * shapes[index].w * count * len(graph.yolo_indices())
@@ -97,8 +99,8 @@ def _batch_moments(graph: ir.Graph, bn_eps: float, mesh: Mesh | None = None):
                    out_shardings=replicated, compiler_options=compiler_options())
 
 
-def recalibrate_bn(graph: ir.Graph, variables: dict, batches, bn_eps: float = 1e-5,
-                   mesh: Mesh | None = None) -> dict:
+def recalibrate_bn(graph: ir.Graph, variables: Variables, batches, bn_eps: float = 1e-5,
+                   mesh: Mesh | None = None) -> Variables:
     """Replace the running BatchNorm statistics by their average over ``batches``
     (arrays of images): "precise BN" (Wu & Johnson 2021, detectron2). Darknet's
     running average (momentum .99) lags far behind the weights in a run of a few
@@ -118,7 +120,7 @@ def recalibrate_bn(graph: ir.Graph, variables: dict, batches, bn_eps: float = 1e
     return {**variables, "batch_stats": jax.tree.map(lambda a: a / count, total)}
 
 
-def init_train_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+def init_train_state(variables: Variables, tx: optax.GradientTransformation) -> TrainState:
     params = variables["params"]
     return TrainState(params=params, batch_stats=variables.get("batch_stats", {}),
                       opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))

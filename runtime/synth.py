@@ -13,8 +13,8 @@ the set can be moved, and Darknet run from ``OUT`` reads it too)::
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +57,7 @@ class SynthDataset:
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth colour field, mid-frequency blotches, pixel noise and a few lines."""
     low = rng.uniform(30, 225, (3, 3, 3)).astype(np.float32)
-    img = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+    img = np.asarray(cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC), np.float32)
     cells = int(rng.integers(6, 14))
     mid = rng.normal(0, rng.uniform(8, 22), (cells, cells, 3)).astype(np.float32)
     img += cv2.resize(mid, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -137,7 +137,9 @@ def render_sample(rng: np.random.Generator, spec: SynthSpec = SynthSpec()
             if np.abs(color - local).sum() > 150:
                 break
         pts = np.round(poly * (1 << shift)).astype(np.int32)[None]
-        cv2.fillPoly(img, pts, tuple(int(c) for c in color), cv2.LINE_AA, shift)
+        # cv2's stubs want a sequence of polygons; the (1, n, 2) int32 array is one.
+        cv2.fillPoly(img, pts, tuple(int(c) for c in color), cv2.LINE_AA,  # type: ignore[call-overload]
+                     shift)
         boxes.append(box)
         labels.append([cls, (box[0] + box[2]) / 2 / size, (box[1] + box[3]) / 2 / size,
                        (box[2] - box[0]) / size, (box[3] - box[1]) / size])
@@ -186,6 +188,7 @@ def adapt_cfg(graph: ir.Graph, *, classes: int, size: int,
     updates: dict[int, ir.Layer] = {}
     for index in graph.yolo_indices():
         head = graph.layers[index]
+        assert isinstance(head, ir.Yolo)  # a yolo_indices() layer
         new_anchors = head.anchors
         if anchors is not None:
             if len(anchors) != len(head.anchors):
@@ -206,6 +209,12 @@ def adapt_cfg(graph: ir.Graph, *, classes: int, size: int,
 def _format_labels(labels: np.ndarray) -> str:
     return "".join(f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n"
                    for c, x, y, w, h in labels)
+
+
+def _first_yolo(graph: ir.Graph) -> ir.Yolo:
+    head = graph.layers[graph.yolo_indices()[0]]
+    assert isinstance(head, ir.Yolo)  # a yolo_indices() layer
+    return head
 
 
 def write_synth(out_dir: str | os.PathLike, *, train: int = 512, valid: int = 128,
@@ -252,12 +261,12 @@ def write_synth(out_dir: str | os.PathLike, *, train: int = 512, valid: int = 12
     anchors: tuple[tuple[int, int], ...] = ()
     cfg_path = None
     if cfg is not None:
-        k = max(len(graph_head.anchors) for graph_head in
-                (cfg.layers[i] for i in cfg.yolo_indices()))
+        heads = [cfg.layers[i] for i in cfg.yolo_indices()]
+        assert all(isinstance(head, ir.Yolo) for head in heads)
+        k = max(len(head.anchors) for head in heads if isinstance(head, ir.Yolo))
         wh = np.concatenate(all_wh) if all_wh else np.zeros((0, 2))
         anchors = (kmeans_anchors(wh, k) if len(wh) >= k else
-                   tuple((int(w), int(h)) for w, h in cfg.layers[cfg.yolo_indices()[0]]
-                         .anchors))
+                   tuple((int(w), int(h)) for w, h in _first_yolo(cfg).anchors))
         model = adapt_cfg(cfg, classes=len(spec.classes), size=size, anchors=anchors)
         cfg_path = root / "model.cfg"
         write_atomic(cfg_path, ir.write_cfg(model).encode())

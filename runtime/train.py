@@ -3,7 +3,7 @@
 `fit` trains data-parallel over a mesh of every device of every process
 (`runtime.parallel`): each process loads its rows of every batch, the jitted step
 (`runtime.step`) all-reduces, the state is replicated. Per epoch it re-estimates the
-BatchNorm statistics, computes the sparsity diagnostics (`runtime.diagnostics`) and
+BatchNorm statistics, computes the sparsity diagnostics (`passes.diagnostics`) and
 mAP, hands the epoch to ``on_epoch`` (the app writes weights, logs and plots there,
 in process 0 only) and saves the training state with Orbax (`runtime.checkpoint`).
 The runtime itself writes nothing but those checkpoints.
@@ -27,20 +27,28 @@ import optax
 from jax.sharding import Mesh
 
 import ir
+from ir import Variables
 from passes import analyze_prunability
+from passes.analysis import Mode
+from passes.diagnostics import sparsity_metrics
 from runtime.batches import NO_AUGMENT, Augment, iterate_batches, prefetch
 from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
 from runtime.dataset import Dataset
-from passes.diagnostics import sparsity_metrics
 from runtime.loss import LossConfig, yolo_terms
 from runtime.model import init_variables
 from runtime.optim import build_optimizer, kernel_mask, lr_schedule, make_optimizer
-from runtime.parallel import (data_mesh, global_batch, process_rows, replicate,
-                              shard_batch, to_host)
+from runtime.parallel import data_mesh, global_batch, process_rows, replicate, shard_batch, to_host
 from runtime.sparsity import init_gammas, sparsity
-from runtime.step import (TrainState, TrainStep, gamma_stats, init_head_biases,
-                          init_train_state, make_train_step, place_extras,
-                          recalibrate_bn)
+from runtime.step import (
+    TrainState,
+    TrainStep,
+    gamma_stats,
+    init_head_biases,
+    init_train_state,
+    make_train_step,
+    place_extras,
+    recalibrate_bn,
+)
 from runtime.terms import LossTerm, check_terms, term_names, without_extra
 
 __all__ = [
@@ -82,7 +90,7 @@ class TrainConfig:
     sparsity_schedule: str = "constant"
     sparsity_fraction: float = 0.5
     target_prune: float = 0.5
-    mode: str = "regular"
+    mode: Mode = "regular"
     seed: int = 0
     augment: Augment = field(default_factory=Augment)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -124,6 +132,7 @@ def check_classes(graph: ir.Graph, classes: int, source: str) -> None:
     the dataset has."""
     for index in graph.yolo_indices():
         head = graph.layers[index]
+        assert isinstance(head, ir.Yolo)  # a yolo_indices() layer
         if head.classes != classes:
             raise ValueError(f"{head.path}:{head.line}: [yolo] classes={head.classes} but "
                              f"the dataset ({source}) has classes={classes}: use a cfg "
@@ -176,7 +185,7 @@ def _mean_metrics(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfig, *,
+def fit(graph: ir.Graph, variables: Variables, train_set: Dataset, config: TrainConfig, *,
         valid_set: Dataset | None = None, out_dir: str | os.PathLike | None = None,
         resume: bool = False, mesh: Mesh | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
@@ -186,7 +195,7 @@ def fit(graph: ir.Graph, variables: dict, train_set: Dataset, config: TrainConfi
 
     Per epoch: shuffled, augmented batches prefetched in the background (each process
     loads its own rows); the jitted step; BatchNorm recalibration; the epoch summary
-    (mean losses, the sparsity strength ``s``, `runtime.diagnostics.sparsity_metrics`,
+    (mean losses, the sparsity strength ``s``, `passes.diagnostics.sparsity_metrics`,
     and with ``valid_set`` mAP@0.5); ``on_epoch``; then (with ``out_dir``) an Orbax
     checkpoint in ``out_dir/checkpoints``. Weights files, logs and plots are the
     caller's, in ``on_epoch`` (`darkslim.trainlog` writes them in process 0).

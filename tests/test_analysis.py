@@ -16,7 +16,8 @@ def seed_prune_idx(graph: ir.Graph, extra_ignore=(84, 96)) -> list[int]:
     except the conv before each [shortcut], its `from` conv (or, when `from` is a
     shortcut, the conv before that one), and the hard-coded 84 and 96."""
     layers = graph.layers
-    cbl = [i for i, l in enumerate(layers) if isinstance(l, ir.Conv) and l.batch_normalize]
+    cbl = [i for i, layer in enumerate(layers)
+           if isinstance(layer, ir.Conv) and layer.batch_normalize]
     ignore = set(extra_ignore)
     for i, layer in enumerate(layers):
         if isinstance(layer, ir.Shortcut):
@@ -71,8 +72,8 @@ def test_shortcut_groups_of_yolov3():
 def test_spp_route_concat_is_understood():
     graph = ir.parse_cfg(cfg_path("yolov3-spp.cfg"))
     analysis = passes.analyze_prunability(graph, "regular")
-    spp_route = next(i for i, l in enumerate(graph.layers)
-                     if isinstance(l, ir.Route) and len(l.inputs) == 4)
+    spp_route = next(i for i, layer in enumerate(graph.layers)
+                     if isinstance(layer, ir.Route) and len(layer.inputs) == 4)
     feeding_conv = spp_route - 6
     assert isinstance(graph.layers[feeding_conv], ir.Conv)
     assert feeding_conv in analysis.prunable

@@ -9,12 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import ir
 from conftest import cfg_path
-from runtime.anchors import (box_shapes, cfg_anchors, iou_wh, kmeans_anchors,
-                             mean_best_iou, with_anchors)
+from runtime.anchors import (
+    box_shapes,
+    cfg_anchors,
+    iou_wh,
+    kmeans_anchors,
+    mean_best_iou,
+    with_anchors,
+)
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "data" / "raccoon"
 if not RACCOON.exists():

@@ -13,13 +13,21 @@ from hypothesis import strategies as st
 
 import frontends
 import ir
-from ir.activations import ACTIVATIONS
 import passes
-import runtime
-from darkslim.testing import (assert_equivalent, assert_identity_when_noop,
-                              assert_pass_is_pure, assert_roundtrip_cfg,
-                              assert_roundtrip_weights, assert_verifies, programs,
-                              random_inputs, random_variables, reference_forward, tree_diff)
+from darkslim.testing import (
+    assert_equivalent,
+    assert_identity_when_noop,
+    assert_pass_is_pure,
+    assert_roundtrip_cfg,
+    assert_roundtrip_weights,
+    assert_verifies,
+    programs,
+    random_inputs,
+    random_variables,
+    reference_forward,
+    tree_diff,
+)
+from ir.activations import ACTIVATIONS
 from passes import tree
 from tests.conftest import cfg_path
 from tests.test_prune import small  # filters // 8 except the convs feeding [yolo], at 64

@@ -14,9 +14,17 @@ from hypothesis import strategies as st
 
 import ir
 import passes
-from darkslim.testing import (assert_equivalent, assert_roundtrip_cfg,
-                              assert_verifies, graph_features, graphs, programs,
-                              random_inputs, random_variables, reference_forward)
+from darkslim.testing import (
+    assert_equivalent,
+    assert_roundtrip_cfg,
+    assert_verifies,
+    graph_features,
+    graphs,
+    programs,
+    random_inputs,
+    random_variables,
+    reference_forward,
+)
 from ir.activations import ACTIVATIONS
 from passes import tree
 
@@ -224,7 +232,7 @@ def test_removing_random_blocks_keeps_every_reference(program, data):
     event("exact" if exact else "runs")
     g, v = passes.RemoveBlocks(blocks=shortcuts)(graph, variables)
     assert len(g.layers) == len(graph.layers) - sum(len(b.layers) for b in picked)
-    for i, layer in enumerate(graph.layers[shortcuts[0] + 1:], shortcuts[0] + 1):
+    for _i, layer in enumerate(graph.layers[shortcuts[0] + 1:], shortcuts[0] + 1):
         if ir.spec_of(layer).refs(layer):  # a reference the removal renumbers
             event(f"renumbered [{layer.kind}]" + (" share" if getattr(layer, "share", None)
                                                   is not None else ""))

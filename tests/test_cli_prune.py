@@ -18,7 +18,6 @@ from tests.conftest import cfg_path, write_network
 from tests.test_prune import at_size, small
 
 
-
 def read_reports(out) -> tuple[str, tuple[passes.PassReport, ...]]:
     return passes.load_reports(json.loads((out / "report.json").read_text()))
 

@@ -16,10 +16,10 @@ import pytest
 
 import frontends
 import ir
-from ir import layer_key
-from tests.conftest import cfg_path
 from darkslim.cli import main
 from frontends import DarknetHeader, WeightsError
+from ir import layer_key
+from tests.conftest import cfg_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,18 @@ import pytest
 
 import ir
 from darkslim.commands.synth import synth_cfg_path
-from runtime.data import (NO_AUGMENT, Augment, DataError, Prefetch, iterate_batches,
-                          label_path, load_dataset, prepare_sample, read_data_config,
-                          read_labels)
+from runtime.data import (
+    NO_AUGMENT,
+    Augment,
+    DataError,
+    Prefetch,
+    iterate_batches,
+    label_path,
+    load_dataset,
+    prepare_sample,
+    read_data_config,
+    read_labels,
+)
 from runtime.synth import adapt_cfg, kmeans_anchors, sample, write_synth
 
 

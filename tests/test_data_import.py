@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 import frontends.annotations as fa
 from darkslim.cli import main
 from runtime.dataset import label_path, load_dataset, read_labels
-from tests.annotation_sets import (coco_dict, voc_xml, write_coco, write_image,
-                                   write_voc, write_yolo)
+from tests.annotation_sets import coco_dict, voc_xml, write_coco, write_image, write_voc, write_yolo
 
 RACCOON = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "raccoon"
 
@@ -133,7 +132,7 @@ def test_voc_to_darknet_round_trip_within_half_a_pixel(tmp_path_factory, image):
     written = write(fa.Annotations(images=ann.images, names=names), root / "out")
     labels = read_labels(label_path(written.root / "images" / "x.png"), len(names))
     assert len(labels) == len(boxes)
-    for (cls, cx, cy, w, h), (_, (x0, y0, x1, y1)) in zip(labels, boxes):
+    for (_cls, cx, cy, w, h), (_, (x0, y0, x1, y1)) in zip(labels, boxes):
         # voc_label.py inverted: xmin = (cx - w/2) * W + 1, xmax = (cx + w/2) * W + 1
         back = ((cx - w / 2) * width + 1, (cy - h / 2) * height + 1,
                 (cx + w / 2) * width + 1, (cy + h / 2) * height + 1)

@@ -66,3 +66,9 @@ def test_detection_exports_to_onnx(softmax):
     assert np.allclose(got["head_0"], np.asarray(want.heads[0]).transpose(0, 3, 1, 2),
                        atol=1e-5)
     assert np.allclose(got["detections"], np.asarray(want.detections), atol=1e-4)
+
+
+def test_the_exporter_knows_every_head_kind():
+    from export.driver import HEAD_KINDS
+
+    assert set(HEAD_KINDS) == {spec.layer for spec in ir.KINDS if spec.is_head}

@@ -11,7 +11,6 @@ of their scale (`tests.test_export.check_parity`).
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from hypothesis import given, settings

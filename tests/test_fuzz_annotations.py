@@ -20,8 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import frontends.annotations as fa
-from tests.annotation_sets import (coco_dict, voc_xml, write_coco, write_image,
-                                   write_yolo)
+from tests.annotation_sets import coco_dict, voc_xml, write_coco, write_image, write_yolo
 
 EXAMPLES = int(os.environ.get("DARKSLIM_FUZZ_EXAMPLES", "200"))
 

@@ -48,7 +48,9 @@ GATE = "[convolutional]\nbatch_normalize=1\nfilters={c}\nsize=1\nactivation=logi
 ])
 def test_each_kind_has_a_short_reason(body, layer, mode, short):
     analysis = passes.analyze_prunability(ir.parse_cfg(HEAD + body), mode)
-    assert short_reason(analysis.reason(layer)) == short, analysis.reason(layer)
+    blocker = analysis.code(layer)
+    assert blocker is not None, analysis.reason(layer)
+    assert short_reason(blocker) == short, analysis.reason(layer)
 
 
 def test_pass_through_kinds_leave_convs_prunable():
@@ -72,3 +74,23 @@ def test_info_shows_the_reasons(capsys, name, rows):
     printed = capsys.readouterr().out
     for row in rows:
         assert row in printed, printed
+
+
+def test_every_reason_code_has_table_words():
+    from darkslim.commands.info import _WORDS
+    from passes.analysis import BlockReason
+
+    assert set(_WORDS) == set(BlockReason)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CFG.glob("*.cfg")))
+@pytest.mark.parametrize("mode", ["regular", "shortcut"])
+def test_each_reason_has_a_code(name, mode):
+    """The codes name exactly the convs the reasons name, and a conv coupled with a
+    blocked one carries that one's code (the root cause, as its text says)."""
+    analysis = passes.analyze_prunability(ir.parse_cfg(CFG / name), mode)
+    assert [i for i, _ in analysis.codes] == [i for i, _ in analysis.reasons]
+    for i, text in analysis.reasons:
+        if text.startswith("coupled with layer "):
+            root = int(text.split()[3].rstrip(":"))
+            assert analysis.code(i) == analysis.code(root), text

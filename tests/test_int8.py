@@ -13,8 +13,16 @@ import ir
 from darkslim.cli import main
 from darkslim.int8 import calibration_images, head_runner, parse_keep_float
 from export import ExportOptions, export_onnx
-from export.int8 import (Int8Error, Int8Options, count_qdq, first_conv, head_convs,
-                         head_fidelity, layer_nodes, quantize_int8)
+from export.int8 import (
+    Int8Error,
+    Int8Options,
+    count_qdq,
+    first_conv,
+    head_convs,
+    head_fidelity,
+    layer_nodes,
+    quantize_int8,
+)
 from runtime import init_variables, load_dataset
 from runtime.metrics import evaluate, evaluate_heads
 from runtime.synth import write_synth

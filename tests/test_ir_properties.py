@@ -9,8 +9,13 @@ from hypothesis import find, given, settings
 
 import ir
 import runtime
-from darkslim.testing import (assert_roundtrip_cfg, assert_verifies, describe_graph,
-                              graph_features, graphs)
+from darkslim.testing import (
+    assert_roundtrip_cfg,
+    assert_verifies,
+    describe_graph,
+    graph_features,
+    graphs,
+)
 
 
 @given(graphs())
@@ -50,7 +55,7 @@ def test_head_kinds_are_respected(graph):
 @given(graphs(max_blocks=3, styles=("classifier",)))
 def test_classifiers_end_with_connected_softmax_cost(graph):
     assert not graph.head_indices()
-    assert [type(l) for l in graph.layers[-3:]] == [ir.Connected, ir.Softmax, ir.Cost]
+    assert [type(layer) for layer in graph.layers[-3:]] == [ir.Connected, ir.Softmax, ir.Cost]
 
 
 def test_a_large_sample_covers_every_kind_the_runtime_executes():
@@ -90,17 +95,17 @@ def _find(condition):
 def test_shrinking_reaches_tiny_graphs():
     # The simplest graph: one conv block, the head conv and its [yolo].
     smallest = _find(lambda g: True)
-    assert [type(l) for l in smallest.layers] == [ir.Conv, ir.Conv, ir.Yolo]
+    assert [type(layer) for layer in smallest.layers] == [ir.Conv, ir.Conv, ir.Yolo]
     assert (smallest.height, smallest.width) == (16, 16)
     assert smallest.layers[0].filters == 2 and smallest.layers[0].size == 1
     bare = find(graphs(min_blocks=0), lambda g: True, settings=settings(database=None))
-    assert [type(l) for l in bare.layers] == [ir.Conv, ir.Yolo]
+    assert [type(layer) for layer in bare.layers] == [ir.Conv, ir.Yolo]
     # Each construct shrinks to exactly the layers it needs, plus the head.
     up = _find(lambda g: "Upsample" in graph_features(g))
-    assert [type(l) for l in up.layers] == [
+    assert [type(layer) for layer in up.layers] == [
         ir.Conv, ir.Conv, ir.Upsample, ir.Route, ir.Conv, ir.Yolo], describe_graph(up)
     assert up.layers[3].inputs == (2, 0)  # the upsampled map joins the one before
     chained = _find(lambda g: "shortcut:chained" in graph_features(g))
-    assert [type(l) for l in chained.layers] == [
+    assert [type(layer) for layer in chained.layers] == [
         ir.Conv, ir.Conv, ir.Shortcut, ir.Conv, ir.Shortcut, ir.Conv, ir.Yolo
     ], describe_graph(chained)

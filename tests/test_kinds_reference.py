@@ -82,7 +82,7 @@ def rel(got: np.ndarray, want: np.ndarray) -> float:
 def darknet_output(graph: ir.Graph, out) -> np.ndarray:
     """runtime's ``output`` as Darknet's flat l.output: NCHW, except a [region] whose
     buffer Darknet flattens to NHWC order (and a trailing [cost]: the layer before)."""
-    last = max(i for i, l in enumerate(graph.layers) if not isinstance(l, ir.Cost))
+    last = max(i for i, layer in enumerate(graph.layers) if not isinstance(layer, ir.Cost))
     y = np.asarray(out, np.float64)
     if not isinstance(graph.layers[last], ir.Region):
         y = y.transpose(0, 3, 1, 2)

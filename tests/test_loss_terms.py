@@ -21,13 +21,29 @@ import ir
 from darkslim.commands.synth import synth_cfg_path
 from darkslim.commands.train import _epoch_line, _terms_text
 from darkslim.trainlog import RunWriter
-from runtime import (DarknetModule, LossConfig, LossTerm, LossTermError, StepOutputs,
-                     YoloLoss, init_variables, term_names, yolo_loss, yolo_terms)
-from runtime.parallel import data_mesh
+from runtime import (
+    DarknetModule,
+    LossConfig,
+    LossTerm,
+    LossTermError,
+    StepOutputs,
+    YoloLoss,
+    init_variables,
+    term_names,
+    yolo_loss,
+    yolo_terms,
+)
 from runtime.data import NO_AUGMENT, iterate_batches, load_dataset
+from runtime.parallel import data_mesh
 from runtime.synth import write_synth
-from runtime.train import (EpochInfo, TrainConfig, fit, init_head_biases, init_train_state,
-                           make_train_step)
+from runtime.train import (
+    EpochInfo,
+    TrainConfig,
+    fit,
+    init_head_biases,
+    init_train_state,
+    make_train_step,
+)
 
 LR, WEIGHT = 0.05, 1e-3
 

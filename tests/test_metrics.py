@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.metrics import (ap_per_class, box_iou, coco_map, compute_ap,
-                             evaluate_detections, match_detections, nms, postprocess)
+from runtime.metrics import (
+    ap_per_class,
+    box_iou,
+    coco_map,
+    compute_ap,
+    evaluate_detections,
+    match_detections,
+    nms,
+    postprocess,
+)
 
 
 def _random_case(seed: int, classes: int = 3, images: int = 20):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import ir
-from ir import layer_key
 import passes
 import runtime
 from darkslim.testing.strategies import random_variables
+from ir import layer_key
 from tests.conftest import cfg_path
 
 
@@ -124,10 +124,10 @@ def test_min_keep_floor_and_round_to():
     variables = random_variables(graph, seed=2, sparsity=0.9)
     analysis = passes.analyze_prunability(graph)
     masks = passes.compute_masks(graph, variables, analysis, threshold=1e9, min_keep=0.25)
-    for i, mask in masks.as_dict().items():
+    for mask in masks.as_dict().values():
         assert mask.sum() == int(np.ceil(0.25 * len(mask)))
     rounded = passes.compute_masks(graph, variables, analysis, threshold=0.01, round_to=8)
-    for i, mask in rounded.as_dict().items():
+    for mask in rounded.as_dict().values():
         assert mask.sum() % 8 == 0 or mask.sum() == len(mask)
 
 
@@ -180,7 +180,8 @@ def test_folding_any_activation_through_shortcut_route_upsample(activation):
     # 1×1 consumers only: folding is exact everywhere, border included.
     assert max_rel_diff(zeroed, compact, x) <= 1e-4
     assert max_rel_diff(keep, compact, x) <= 1e-5
-    assert [l.filters for l in compact[0].layers if isinstance(l, ir.Conv)] == [3, 3, 3, 7]
+    assert [layer.filters for layer in compact[0].layers
+            if isinstance(layer, ir.Conv)] == [3, 3, 3, 7]
 
 
 def test_published_pruned_hand_cfg_is_reachable_by_slicing():

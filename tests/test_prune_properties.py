@@ -10,9 +10,18 @@ from hypothesis import strategies as st
 
 import ir
 import passes
-from darkslim.testing import (assert_equivalent, assert_identity_when_noop,
-                              assert_pass_is_pure, assert_verifies, graphs, masks, programs,
-                              random_inputs, random_variables, reference_forward)
+from darkslim.testing import (
+    assert_equivalent,
+    assert_identity_when_noop,
+    assert_pass_is_pure,
+    assert_verifies,
+    graphs,
+    masks,
+    programs,
+    random_inputs,
+    random_variables,
+    reference_forward,
+)
 
 MODES = st.sampled_from(["regular", "shortcut"])
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,13 +15,12 @@ import pytest
 
 import frontends
 import ir
-from ir import layer_key
 import runtime
 from darkslim.cli import main
+from ir import layer_key
 from runtime import UnsupportedLayerError
 from tests.conftest import cfg_path
 from tests.reference_numpy import run_reference
-
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -14,15 +14,28 @@ from hypothesis import strategies as st
 
 import frontends
 import ir
-from ir import layer_key
 import passes
 import runtime
-from darkslim.testing import (PROFILES, assert_equivalent, assert_identity_when_noop,
-                              assert_pass_is_pure, assert_roundtrip_cfg,
-                              assert_roundtrip_weights, assert_verifies, describe_graph,
-                              graphs, inputs, load_profile, masks, programs,
-                              random_inputs, random_variables, reference_forward,
-                              variables)
+from darkslim.testing import (
+    PROFILES,
+    assert_equivalent,
+    assert_identity_when_noop,
+    assert_pass_is_pure,
+    assert_roundtrip_cfg,
+    assert_roundtrip_weights,
+    assert_verifies,
+    describe_graph,
+    graphs,
+    inputs,
+    load_profile,
+    masks,
+    programs,
+    random_inputs,
+    random_variables,
+    reference_forward,
+    variables,
+)
+from ir import layer_key
 
 # ------------------------------------------------------------- a toy pass, bug planted
 
@@ -106,7 +119,8 @@ def test_planted_route_offset_bug_is_found_and_shrunk():
     # The counterexample is the bug and nothing else: two convs, a route joining
     # them (the second input at a non-zero offset), the head conv that reads it.
     assert len(graph.layers) <= 5, listing
-    assert any(isinstance(l, ir.Route) and len(l.inputs) >= 2 for l in graph.layers), listing
+    assert any(isinstance(layer, ir.Route) and len(layer.inputs) >= 2
+               for layer in graph.layers), listing
     assert not masks_.is_noop
     # ...and the correct toy passes on it.
     assert slicing_is_exact(case, False)
@@ -243,7 +257,7 @@ def test_assert_verifies_and_roundtrip_cfg_show_the_layer():
 def mixed_graph():
     """A generated graph with BN convs and a conv with a bias besides the head's."""
     return find(graphs(), lambda g: len(g.conv_indices()) >= 4 and any(
-        not l.batch_normalize for l in g.layers[:-2] if isinstance(l, ir.Conv)),
+        not layer.batch_normalize for layer in g.layers[:-2] if isinstance(layer, ir.Conv)),
         settings=settings(database=None, derandomize=True, max_examples=1000))
 
 

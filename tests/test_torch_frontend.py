@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_darknet_weights import header_bytes, random_body
+from torch_reference import Darknet
 
 import frontends
 import ir
-from tests.conftest import cfg_path
 from darkslim.cli import main
 from frontends import CheckpointError, DarknetHeader
-from test_darknet_weights import header_bytes, random_body
-from torch_reference import Darknet
+from tests.conftest import cfg_path
 
 SIZE = 128
 

@@ -10,7 +10,6 @@ fixture, which is costly to build, so they stay in one module.)
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import subprocess
@@ -26,20 +25,27 @@ import pytest
 
 import ir
 import passes
-from ir import layer_key
 from darkslim.commands.synth import synth_cfg_path
+from darkslim.trainlog import RunWriter
 from frontends import load_variables
+from ir import layer_key
 from passes import analyze_prunability
 from runtime import init_variables
+from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
 from runtime.data import NO_AUGMENT, load_dataset
 from runtime.loss import LossConfig, yolo_loss
 from runtime.model import decode_yolo
 from runtime.sparsity import gamma_mask, init_gammas
 from runtime.synth import write_synth
-from darkslim.trainlog import RunWriter
-from runtime.checkpoint import CHECKPOINTS, Checkpointer, TrainStateError
-from runtime.train import (TrainConfig, build_optimizer, fit, init_head_biases,
-                           init_train_state, make_optimizer, recalibrate_bn)
+from runtime.train import (
+    TrainConfig,
+    build_optimizer,
+    fit,
+    init_head_biases,
+    init_train_state,
+    make_optimizer,
+    recalibrate_bn,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import ir
 from darkslim.cli import main
 from frontends import CheckpointError, DarknetHeader, WeightsError
 from tests.conftest import cfg_path
-from tests.test_darknet_weights import conv_float_counts, header_bytes, random_body
+from tests.test_darknet_weights import header_bytes, random_body
 
 HEADERS = {  # (major, minor, revision, seen, seen is int64)
     "0.2.5-seen64": (0, 2, 5, 2**35 + 123, True),

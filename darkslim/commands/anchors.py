@@ -36,8 +36,7 @@ def run(args) -> int:
     import ir
     from darkslim.ui import make_console
     from frontends import write_atomic
-    from runtime.anchors import (box_shapes, cfg_anchors, kmeans_anchors, mean_best_iou,
-                                 with_anchors)
+    from runtime.anchors import box_shapes, cfg_anchors, kmeans_anchors, mean_best_iou, with_anchors
     from runtime.data import load_dataset
 
     if args.write and not args.cfg:

@@ -90,7 +90,9 @@ def run(args) -> int:
         result = measure.bench(graph, variables, tuple(args.batch), train=args.train,
                                engines=tuple(args.engine), repeats=args.repeats,
                                warmup=args.warmup, sparsity=args.sparsity, device=device)
-    result["matmul_precision"] = str(jax.config.jax_default_matmul_precision or "default")
+    # jax's Config declares its flags at run time: read this one from its values.
+    precision = jax.config.values.get("jax_default_matmul_precision")
+    result["matmul_precision"] = str(precision or "default")
     console.print(render_table(result))
     for name, facts in result["engines"].items():
         if "unavailable" in facts:

@@ -123,6 +123,7 @@ def run(args) -> int:
         else:
             warn(out, warning)
     if fmt == "torch":
+        assert layout is not None  # set above for torch
         eps = args.bn_eps if args.bn_eps is not None else (
             loaded.header.bn_eps if isinstance(loaded.header, frontends.CheckpointMeta)
             and loaded.header.layout == layout else frontends.DEFAULT_BN_EPS[layout])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from frontends import write_atomic
@@ -38,8 +38,10 @@ def results_table(result, title: str = "") -> Table:
     """A rich table of an `runtime.metrics.EvalResult`."""
     m = result.metrics
     table = Table(title=title or None, title_justify="left")
-    for name, justify in (("class", "left"), ("truths", "right"), ("P", "right"),
-                          ("R", "right"), ("F1", "right"), ("AP@0.5", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("class", "left"), ("truths", "right"), ("P", "right"), ("R", "right"),
+        ("F1", "right"), ("AP@0.5", "right"))
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     for c, n, p, r, f, ap in zip(m.classes, m.truths, m.precision, m.recall, m.f1, m.ap):
         name = result.names[c] if c < len(result.names) else str(c)

@@ -153,8 +153,13 @@ def _int8(args, graph, model, console):
 
     from rich.markup import escape
 
-    from darkslim.int8 import (Int8Refused, calibration_images, int8_export,
-                               parse_keep_float, summary_lines)
+    from darkslim.int8 import (
+        Int8Refused,
+        calibration_images,
+        int8_export,
+        parse_keep_float,
+        summary_lines,
+    )
     from runtime.data import load_dataset, read_data_config
     from runtime.train import check_classes
 

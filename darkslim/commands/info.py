@@ -25,26 +25,23 @@ def _describe(layer: ir.Layer) -> str:
     return ir.spec_of(layer).describe(layer)  # each kind's row (`ir.kinds`)
 
 
-#: (text in the full reason, the table's words), the first match wins: the specific
-#: reasons the kinds' channel rules (`passes.rules`) and the analysis give, then the
-#: catch-alls.
-_SHORT = (("feeds [yolo]", "feeds yolo"), ("feeds [Gaussian_yolo]", "feeds Gaussian_yolo"),
-          ("feeds [region]", "feeds region"), ("no BatchNorm", "no BN"),
-          ("regular mode keeps", "coupled group"),
-          ("which darkslim does not execute", "unsupported layer"),
-          ("normalises across channels", "across-channel op"),
-          ("maxpool_depth", "maxpool_depth"), ("read by [reorg3d]", "reorg3d"),
-          ("read by [reorg]", "reorg"), ("scaled per pixel", "per-pixel scale"),
-          ("by [sam]", "partial sam"), ("by [scale_channels]", "partial scale_channels"),
-          ("by [shortcut]", "partial shortcut"), ("coupled with", "coupled"),
-          ("ignored", "ignored"), ("read by", "unknown reader"),
-          ("grouped conv", "grouped conv"), ("sliced", "route groups"),
-          ("added by", "partial shortcut"))
+#: The table's words for each reason code (`passes.analysis.BlockReason`); the full
+#: text is `passes.Prunability.reasons`.
+_R = passes.BlockReason
+_WORDS = {
+    _R.HEAD: "feeds {kind}", _R.NO_BN: "no BN", _R.ACROSS_CHANNELS: "across-channel op",
+    _R.MAXPOOL_DEPTH: "maxpool_depth", _R.REORDER: "{kind}",
+    _R.PER_PIXEL_SCALE: "per-pixel scale", _R.SHARED_WEIGHTS: "shared weights",
+    _R.GROUPED_CONV: "grouped conv", _R.UNSUPPORTED: "unsupported layer",
+    _R.READ_BY: "unknown reader", _R.PARTIAL: "partial {kind}",
+    _R.ROUTE_GROUPS: "route groups", _R.SHORTCUT_REGULAR: "coupled group",
+    _R.IGNORED: "ignored",
+}
 
 
-def short_reason(reason: str) -> str:
-    """A few words for the table; `passes.Prunability.reasons` has the full text."""
-    return next((short for key, short in _SHORT if key in reason), reason)
+def short_reason(blocker: passes.Blocker) -> str:
+    """A few words for the table, from the reason's code and the kind it comes from."""
+    return _WORDS[blocker.code].format(kind=blocker.kind)
 
 
 _KIND = {"convolutional": "conv", "shortcut": "shortcut", "route": "route",
@@ -71,9 +68,9 @@ def run(args) -> int:
     for i, (layer, shape, cost) in enumerate(zip(graph.layers, shapes, costs)):
         source = shapes[i - 1] if i else image
         if isinstance(layer, (ir.Conv, ir.Connected)):  # layers with channels of their own
-            reason = analysis.reason(i)
-            prunable = ("[green]yes[/]" if reason is None
-                        else f"[dim]no: {short_reason(reason)}[/]")
+            blocker = analysis.code(i)
+            prunable = ("[green]yes[/]" if blocker is None
+                        else f"[dim]no: {short_reason(blocker)}[/]")
         else:
             prunable = ""
         table.add_row(str(i), _KIND.get(layer.kind, layer.kind), str(layer.line),

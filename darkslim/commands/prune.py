@@ -20,6 +20,7 @@ import re
 import time
 from pathlib import Path
 
+from rich.console import JustifyMethod
 from rich.table import Table
 
 import frontends
@@ -139,7 +140,7 @@ def build_pipeline(args) -> passes.Pipeline:
             raise passes.PruneError(f"--pipeline with {', '.join(given)}: give the "
                                     "pipeline or the shorthand flags, not both")
         return passes.parse_pipeline(args.pipeline)
-    steps = []
+    steps: list[passes.Pass] = []
     try:
         if args.layers is not None or args.layer_threshold is not None:
             steps.append(passes.RemoveBlocks(n=args.layers, threshold=args.layer_threshold))
@@ -271,7 +272,9 @@ def run_checks(args, console, pipe: passes.Pipeline, result: passes.PipelineResu
             continue
         after = (result.inputs[k + 1] if k + 1 < len(result.inputs)
                  else (result.graph, result.variables))
-        pruned = passes.PruneResult(config=pipe.passes[k], report=report,
+        config = pipe.passes[k]
+        assert isinstance(config, passes.SlimChannels)  # the pass that made a SlimReport
+        pruned = passes.PruneResult(config=config, report=report,
                                     original=result.inputs[k], compact=after)
         entry: dict = {"pass": k, "max_abs_diff_keepsize_vs_compact": None,
                        "max_abs_diff_gamma_zeroed_vs_compact": None}
@@ -317,7 +320,8 @@ def evaluate_three_ways(data: str, program, result: passes.PruneResult) -> dict:
     valid = load_dataset(data, "valid")
     networks = {"original": program, "gamma_zeroed": result.gamma_zeroed,
                 "keep_size": result.keep_size, "compact": result.compact}
-    return {name: evaluate(*net, valid, coco=False).map50 for name, net in networks.items()}
+    return {name: evaluate(net[0], net[1], valid, coco=False).map50
+            for name, net in networks.items()}
 
 
 def print_reports(console, results: tuple[passes.PassReport, ...], checks: dict) -> None:
@@ -345,8 +349,9 @@ def _ratio_row(table: Table, name: str, before, after, fmt="{:,}") -> None:
 
 def render_table(report: passes.SlimReport, onnx: dict | None = None) -> Table:
     table = Table(title=report.text)
-    for column, justify in (("", "left"), ("before", "right"), ("after", "right"),
-                            ("ratio", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("", "left"), ("before", "right"), ("after", "right"), ("ratio", "right"))
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     kept, total = report.prunable_channels
     _ratio_row(table, "prunable channels", total, kept)
@@ -394,8 +399,9 @@ def render_totals(before: passes.Counts, after: passes.Counts, latency: dict | N
                   ) -> Table:
     """Original vs final network, with the CPU latency when it was measured."""
     table = Table(title="original vs final")
-    for column, justify in (("", "left"), ("before", "right"), ("final", "right"),
-                            ("ratio", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("", "left"), ("before", "right"), ("final", "right"), ("ratio", "right"))
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     _ratio_row(table, "layers", before.layers, after.layers)
     _ratio_row(table, "params", before.params, after.params)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -66,7 +67,7 @@ def read_input(path: str, graph: ir.Graph) -> np.ndarray:
     return np.ascontiguousarray(array.astype(np.float32).transpose(0, 2, 3, 1))
 
 
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+def save_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
     """Write ``arrays`` to ``path`` atomically (temp file in the same folder)."""
     with frontends.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)

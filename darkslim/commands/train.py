@@ -6,8 +6,14 @@ import json
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 def add_parser(sub) -> None:
@@ -161,17 +167,23 @@ def run(args) -> int:
 
     import ir
     from darkslim.report import plot_gamma_histogram
-    from passes import analyze_prunability
     from darkslim.trainlog import RunWriter
     from frontends import write_atomic
     from frontends.transfer import transfer_variables
+    from passes import analyze_prunability
+    from passes.diagnostics import prunable_abs_gammas
     from runtime import init_variables
     from runtime.data import NO_AUGMENT, Augment, load_dataset, read_data_config
-    from passes.diagnostics import prunable_abs_gammas
     from runtime.parallel import data_mesh
     from runtime.sparsity import init_gammas
-    from runtime.train import (CHECKPOINTS, Checkpointer, TrainConfig, check_classes, fit,
-                               init_head_biases)
+    from runtime.train import (
+    CHECKPOINTS,
+    Checkpointer,
+    TrainConfig,
+    check_classes,
+    fit,
+    init_head_biases,
+    )
 
     primary = cluster.process_index == 0
     console = Console(stderr=True, quiet=not primary)

@@ -13,19 +13,39 @@ The project's own tests use exactly this kit. Reference and a worked example:
 ...     assert_roundtrip_cfg(graph)
 """
 
-from darkslim.testing.checks import (Program, assert_equivalent, assert_identity_when_noop,
-                                     assert_pass_is_pure, assert_roundtrip_cfg,
-                                     assert_roundtrip_weights, assert_verifies,
-                                     describe_graph, tree_diff)
+from darkslim.testing.checks import (
+    Program,
+    assert_equivalent,
+    assert_identity_when_noop,
+    assert_pass_is_pure,
+    assert_roundtrip_cfg,
+    assert_roundtrip_weights,
+    assert_verifies,
+    describe_graph,
+    tree_diff,
+)
 from darkslim.testing.profiles import ENV_VAR, PROFILES, load_profile
 from darkslim.testing.reference import reference_forward
-from darkslim.testing.strategies import (BLOCK_KINDS, CLASSIC_KINDS, HEAD_KINDS, STYLES, graph_features, graphs, inputs,
-                                         mask_units, masks, programs, random_inputs,
-                                         random_variables, variables)
+from darkslim.testing.strategies import (
+    BLOCK_KINDS,
+    CLASSIC_KINDS,
+    HEAD_KINDS,
+    STYLES,
+    graph_features,
+    graphs,
+    inputs,
+    mask_units,
+    masks,
+    programs,
+    random_inputs,
+    random_variables,
+    variables,
+)
 
 __all__ = [
     # strategies
-    "BLOCK_KINDS", "CLASSIC_KINDS", "HEAD_KINDS", "STYLES", "graphs", "variables", "programs", "inputs", "masks",
+    "BLOCK_KINDS", "CLASSIC_KINDS", "HEAD_KINDS", "STYLES", "graphs", "variables", "programs",
+    "inputs", "masks",
     "random_variables", "random_inputs", "mask_units", "graph_features",
     # checks
     "Program", "assert_verifies", "assert_equivalent", "assert_roundtrip_cfg",

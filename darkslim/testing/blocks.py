@@ -13,9 +13,29 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 import ir
-from ir import (Activation, AvgPool, Connected, Conv, Cost, Crop, Dropout, GaussianYolo,
-                LocalAvgPool, MaxPool, Region, Reorg, Reorg3d, Route, Sam, ScaleChannels,
-                Shape, Shortcut, Softmax, Upsample, Yolo)
+from ir import (
+    Activation,
+    AvgPool,
+    Connected,
+    Conv,
+    Cost,
+    Crop,
+    Dropout,
+    GaussianYolo,
+    LocalAvgPool,
+    MaxPool,
+    Region,
+    Reorg,
+    Reorg3d,
+    Route,
+    Sam,
+    ScaleChannels,
+    Shape,
+    Shortcut,
+    Softmax,
+    Upsample,
+    Yolo,
+)
 from ir.kinds.base import ShapeError
 from ir.kinds.sam import NOT_IN_ACTIVATE_ARRAY
 
@@ -345,6 +365,7 @@ def add_head(b: Builder, anchors: int, classes: int, kind: str = "yolo") -> int:
     [Gaussian_yolo] masks and anchors are filled in later (`fill_anchors`); a
     ``new_coords`` head's conv ends in the logistic, as yolov4-csp's do."""
     mask = tuple(range(anchors))
+    head: GaussianYolo | Region | Yolo
     if kind == "gaussian":
         head = GaussianYolo(mask=mask, anchors=(), classes=classes, num=anchors)
         per_anchor = classes + 9
@@ -391,7 +412,7 @@ def fill_anchors(layers: list) -> list:
     """Give every [yolo] and [Gaussian_yolo] head a distinct run of one shared anchor
     list, as real cfgs do ([region] heads carry their own, in grid cells)."""
     anchored = (Yolo, GaussianYolo)
-    total = sum(len(l.mask) for l in layers if isinstance(l, anchored))
+    total = sum(len(layer.mask) for layer in layers if isinstance(layer, anchored))
     anchors = tuple((float(8 + 6 * k), float(10 + 9 * k)) for k in range(total))
     out, start = [], 0
     for layer in layers:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 import ir
-from ir import Conv, Graph, MaxPool, Route, Shortcut, Upsample, Yolo
+from ir import Conv, Graph, MaxPool, Route, Shortcut, Upsample, Variables, Yolo
 
 __all__ = [
     "Program", "assert_equivalent", "assert_identity_when_noop", "assert_pass_is_pure",
@@ -210,7 +210,7 @@ _SUFFIX = {"darknet": ".weights", "weights": ".weights", "msgpack": ".msgpack",
            "torch": ".pt", "pt": ".pt"}
 
 
-def assert_roundtrip_weights(graph: Graph, variables: Any, fmt: str, **options) -> None:
+def assert_roundtrip_weights(graph: Graph, variables: Variables, fmt: str, **options) -> None:
     """Write ``variables`` through the frontends in ``fmt``, read them back, compare.
 
     Checks that every array comes back equal (bit for bit, float32) and that writing
@@ -428,6 +428,7 @@ def assert_equivalent(prog_a: Program, prog_b: Program, x, *, rtol: float = 1e-4
         ha = np.asarray(ha, np.float64)
         hb = np.asarray(hb, np.float64)
         head = prog_b[0].layers[heads_at[k]]
+        assert isinstance(head, (ir.Yolo, ir.GaussianYolo, ir.Region))  # a head_indices() layer
         label = f"head {k} (feeding [{head.kind}] layer {heads_at[k]})"
         if ha.shape != hb.shape:
             raise AssertionError(f"{label}: shape {ha.shape} (a) != {hb.shape} (b)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 import ir
+from ir import Variables
 from ir.activations import activate_xp
 from runtime import ForwardOut
 from runtime.model import collect_outputs
@@ -36,7 +37,7 @@ class _Tools:
 
     xp = np
 
-    def __init__(self, variables, index: int, eps: float, input_hw) -> None:
+    def __init__(self, variables: Variables, index: int, eps: float, input_hw) -> None:
         self.variables, self.index, self.eps, self.input_hw = variables, index, eps, input_hw
         self.train = False
 
@@ -77,7 +78,7 @@ class _Tools:
         return activate_xp(np, activation, x)
 
 
-def reference_forward(graph: ir.Graph, variables, x_nhwc, bn_eps: float = 1e-5
+def reference_forward(graph: ir.Graph, variables: Variables, x_nhwc, bn_eps: float = 1e-5
                       ) -> ForwardOut:
     """`runtime.forward`'s result computed in float64 numpy (heads, detections, output).
 

@@ -24,11 +24,34 @@ from hypothesis import note
 from hypothesis import strategies as st
 
 import ir
-from darkslim.testing.blocks import (BLOCK_KINDS, BLOCKS, CLASSIC_KINDS, HEAD_KINDS, STYLES,
-                                     Builder, add_classifier, add_head, ensure_layer,
-                                     fill_anchors, last_readable)
-from ir import (Activation, Connected, Conv, Graph, MaxPool, Reorg, Reorg3d, Route,
-                ScaleChannels, Shape, Shortcut, Yolo, layer_key)
+from darkslim.testing.blocks import (
+    BLOCK_KINDS,
+    BLOCKS,
+    CLASSIC_KINDS,
+    HEAD_KINDS,
+    STYLES,
+    Builder,
+    add_classifier,
+    add_head,
+    ensure_layer,
+    fill_anchors,
+    last_readable,
+)
+from ir import (
+    Activation,
+    Connected,
+    Conv,
+    Graph,
+    MaxPool,
+    Reorg,
+    Reorg3d,
+    Route,
+    ScaleChannels,
+    Shape,
+    Shortcut,
+    Yolo,
+    layer_key,
+)
 from passes import ChannelMasks
 from passes.masks import balance_mask
 
@@ -167,8 +190,9 @@ def random_variables(graph: Graph, seed: int = 0, *, sparsity: float = 0.0) -> d
 
     Every layer gets the variables its kind's spec asks for (``KindSpec.variables``).
     Kernels (conv HWIO ``(k, k, in/groups, out)``, dense ``(in, out)``) are drawn
-    with std ``1/sqrt(fan_in)``. BN layers get γ (``params/bn/scale``) of magnitude in [0.2, 1.5] (one in five
-    negative), a fraction ``sparsity`` of them replaced by values in (-1e-3, 1e-3);
+    with std ``1/sqrt(fan_in)``. BN layers get γ (``params/bn/scale``) of magnitude in
+    [0.2, 1.5] (one in five negative), a fraction ``sparsity`` of them replaced by values
+    in (-1e-3, 1e-3);
     β ~ N(0, 0.5); running mean ~ N(0, 0.5) and var in [0.5, 2]. Convs without BN get
     a bias ~ N(0, 0.5).
 
@@ -288,6 +312,7 @@ def masks(draw, graph: Graph, analysis, *, drop: float | None = None) -> Channel
         if rng is None:
             dropped = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
         else:
+            assert drop is not None  # rng exists only with drop
             dropped = rng.random(n) < drop
         keep = ~dropped
         if not keep.any():

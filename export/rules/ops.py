@@ -14,6 +14,7 @@ writes the grid decode every detection head shares (`ir.kinds.yolo.grid_boxes`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ def _clip(lo: float, hi: float):
     return lambda b, x: b.node("Clip", [x, b.const(lo, name="min"), b.const(hi, name="max")])
 
 
-ACTIVATIONS: dict[Activation, Callable[[object, str], str]] = {
+ACTIVATIONS: dict[Activation, Callable[[Any, str], str]] = {
     Activation.LOGISTIC: sigmoid,
     Activation.SWISH: lambda b, x: b.node("Mul", [x, sigmoid(b, x)]),
     Activation.MISH: _mish,

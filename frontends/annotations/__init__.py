@@ -8,13 +8,23 @@ result. The CLI is ``darkslim data import {voc,coco,yolo}``.
 """
 
 from frontends.annotations.coco import read_coco, to_coco
-from frontends.annotations.darknet import (LINKS, WrittenDataset, check_out, label_line,
-                                           write_darknet_dataset)
+from frontends.annotations.darknet import (
+                                           LINKS,
+                                           WrittenDataset,
+                                           check_out,
+                                           label_line,
+                                           write_darknet_dataset,
+)
 from frontends.annotations.errors import AnnotationError, Problem
 from frontends.annotations.images import IMAGE_EXTENSIONS, image_size
 from frontends.annotations.model import Annotations, Box, LabeledImage, check_box
-from frontends.annotations.split import (Split, select_classes, split_by_fraction,
-                                         split_by_lists, split_by_source)
+from frontends.annotations.split import (
+                                           Split,
+                                           select_classes,
+                                           split_by_fraction,
+                                           split_by_lists,
+                                           split_by_source,
+)
 from frontends.annotations.stats import QUANTILES, SplitStats, split_stats
 from frontends.annotations.voc import read_voc
 from frontends.annotations.yolo import read_yolo

@@ -13,9 +13,28 @@ from __future__ import annotations
 
 import dataclasses
 
-from ir.kinds import (avgpool, connected, conv, cost, crop, detection, dropout,
-                      gaussian_yolo, local_avgpool, maxpool, region, reorg, route, sam,
-                      scale_channels, section, shortcut, softmax, upsample, yolo)
+from ir.kinds import (
+    avgpool,
+    connected,
+    conv,
+    cost,
+    crop,
+    detection,
+    dropout,
+    gaussian_yolo,
+    local_avgpool,
+    maxpool,
+    region,
+    reorg,
+    route,
+    sam,
+    scale_channels,
+    section,
+    shortcut,
+    softmax,
+    upsample,
+    yolo,
+)
 from ir.kinds.base import KindSpec
 
 KINDS: tuple[KindSpec, ...] = (

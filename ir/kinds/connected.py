@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from ir.activations import Activation
 from ir.kinds.base import KindSpec, Options, Shape, previous_input, same_layer
 from ir.options import SectionReader

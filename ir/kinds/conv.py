@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-
+from typing import Any
 
 from ir.activations import Activation
-from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, equals, inert,
-                           previous_input)
+from ir.kinds.base import (
+    KeyRule,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    equals,
+    inert,
+    previous_input,
+)
 from ir.options import SectionReader
 
 KERNEL = ("params", "conv", "kernel")
@@ -53,6 +61,7 @@ class Conv:
 
 
 def _parse(r: SectionReader, index: int) -> Conv:
+    conv: dict[str, Any]
     conv = dict(filters=r.int("filters", 1), size=r.int("size", 1),
                 stride=r.int("stride", 1), pad=r.bool("pad"), padding=r.int("padding", 0),
                 groups=r.int("groups", 1), dilation=r.int("dilation", 1),

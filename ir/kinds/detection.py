@@ -13,9 +13,19 @@ score is their product).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, inert, no_cost,
-                           no_variables, previous_input, same_layer)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    inert,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 _TRAINING = ("class_scale", "coord_scale", "forced", "jitter", "max", "noobject_scale",
@@ -40,6 +50,7 @@ class Detection:
 
 
 def _parse(r: SectionReader, index: int) -> Detection:
+    values: dict[str, Any]
     values = {k: r.int(k, d) for k, d in (("classes", 1), ("coords", 1), ("num", 1),
                                             ("side", 7))}
     for key, value in values.items():

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, inert, no_cost, no_variables, previous_input,
-                           same_layer)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    inert,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

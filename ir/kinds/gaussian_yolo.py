@@ -13,11 +13,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-from ir.kinds.base import (KindSpec, Options, fmt, inert, no_cost, no_variables,
-                           previous_input, same_layer)
-from ir.kinds.yolo import (TRAINING_KEYS, anchor_boxes, grid_boxes, head_shape,
-                           parse_anchors, write_anchors)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    fmt,
+    inert,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
+from ir.kinds.yolo import (
+    TRAINING_KEYS,
+    anchor_boxes,
+    grid_boxes,
+    head_shape,
+    parse_anchors,
+    write_anchors,
+)
 from ir.options import SectionReader
 
 _POINTS = ("center", "left_top", "right_bottom")

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, no_cost,
-                           no_variables, previous_input, same_layer)
+from ir.kinds.base import (
+    KeyRule,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

@@ -13,9 +13,19 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, KeyRule, equals, inert,
-                           no_cost, no_variables, previous_input, same_layer)
+from ir.kinds.base import (
+    KeyRule,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    equals,
+    inert,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

@@ -13,9 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-from ir.kinds.base import (KeyRule, KindSpec, Options, inert, no_cost, no_variables,
-                           previous_input, same_layer)
+from ir.kinds.base import (
+    KeyRule,
+    KindSpec,
+    Options,
+    inert,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.kinds.yolo import anchor_boxes, grid_boxes, head_shape, write_anchors
 from ir.options import SectionReader
 

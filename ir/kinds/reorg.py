@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables,
-                           previous_input, same_layer)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

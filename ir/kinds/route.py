@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, inert, no_cost,
-                           no_variables, rel, renumber_inputs)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    inert,
+    no_cost,
+    no_variables,
+    rel,
+    renumber_inputs,
+)
 from ir.options import SectionReader
 
 

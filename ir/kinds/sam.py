@@ -11,8 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables, rel,
-                           renumber_inputs)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_variables,
+    rel,
+    renumber_inputs,
+)
 from ir.options import SectionReader
 
 #: Activations `activate_array` has no case for: Darknet outputs 0 after them.

@@ -12,8 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables, rel,
-                           renumber_inputs)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_variables,
+    rel,
+    renumber_inputs,
+)
 from ir.kinds.sam import refuse_special
 from ir.options import SectionReader
 

@@ -12,8 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, no_cost, no_variables, rel,
-                           renumber_inputs)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    no_cost,
+    no_variables,
+    rel,
+    renumber_inputs,
+)
 from ir.options import SectionReader
 
 #: Darknet's `string_to_layer_type` names without a spec of their own.
@@ -70,8 +78,9 @@ def _shape(layer: Section, ins: tuple[Shape, ...]) -> Shape:
     if layer.type in _SAME_SHAPE:
         return x
     if layer.type in ("rnn", "gru", "lstm", "conv_lstm", "crnn"):
-        return Shape(int(layer.option("output", "1")), x.h, x.w) \
-            if layer.type in ("conv_lstm", "crnn") else Shape(int(layer.option("output", "1")), 1, 1)
+        output = int(layer.option("output", "1"))
+        spatial = layer.type in ("conv_lstm", "crnn")
+        return Shape(output, x.h, x.w) if spatial else Shape(output, 1, 1)
     raise ShapeError(f"[{layer.type}] has no shape rule in darkslim")
 
 
@@ -80,7 +89,8 @@ def _forward(layer: Section, tools, inputs):
 
 
 SPEC = KindSpec(
-    layer=Section, sections=("section",), parse=parse_section, write=_write, keys={},
+    layer=Section, sections=("section",),
+    parse=lambda r, index: parse_section(r, index, r.raw.type), write=_write, keys={},
     inputs=_inputs, renumber=lambda layer, fn: renumber_inputs(layer, fn) if layer.inputs
     else layer, shape=_shape, cost=no_cost, variables=no_variables, forward=_forward,
     describe=lambda layer: "", refuse=lambda layer: "")

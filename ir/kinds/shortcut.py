@@ -13,9 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, equals, no_cost,
-                           no_variables, rel, renumber_inputs)
-from ir.kinds.base import KeyRule
+from ir.kinds.base import (
+    KeyRule,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    equals,
+    no_cost,
+    no_variables,
+    rel,
+    renumber_inputs,
+)
 from ir.options import SectionReader
 
 

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ir.kinds.base import (KindSpec, KeyRule, Options, Shape, ShapeError, equals, inert,
-                           no_cost, no_variables, previous_input, same_layer)
+from ir.kinds.base import (
+    KeyRule,
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    equals,
+    inert,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 

@@ -15,8 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ir.activations import Activation
-from ir.kinds.base import (KindSpec, Options, Shape, ShapeError, fmt, inert, no_cost,
-                           no_variables, previous_input, same_layer)
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    ShapeError,
+    fmt,
+    inert,
+    no_cost,
+    no_variables,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 #: parse_yolo's keys that only matter for training or post-processing.

@@ -42,7 +42,7 @@ from passes.rules.weighted import CONNECTED, CONV
 def _shortcut_channels(layer: ir.Shortcut, ctx: FlowContext) -> Flow:
     if layer.activation.across_channels:
         return ctx.blocked("shortcut", f"activation={layer.activation.value} "
-                           "normalises across channels")
+                           "normalises across channels", "across_channels")
     return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
 
 
@@ -69,7 +69,8 @@ def _route_dropped(layer: ir.Route, ctx: DropContext):
 
 def _maxpool_channels(layer: ir.MaxPool, ctx: FlowContext) -> Flow:
     if layer.depth:
-        return ctx.blocked("maxpool", "maxpool_depth=1 takes a max across channels")
+        return ctx.blocked("maxpool", "maxpool_depth=1 takes a max across channels",
+                           "maxpool_depth")
     return Flow(ctx.in_segments[0])
 
 
@@ -79,7 +80,8 @@ def _maxpool_dropped(layer: ir.MaxPool, ctx: DropContext):
 
 def _head_channels(layer, ctx: FlowContext) -> Flow:
     return Flow(ctx.in_segments[0], block=((ctx.in_segments[0],
-                                            f"feeds [{layer.kind}] {ctx.where}"),))
+                                            f"feeds [{layer.kind}] {ctx.where}"),),
+                code="head")
 
 
 def _product_channels(layer: ir.Sam, ctx: FlowContext) -> Flow:
@@ -96,7 +98,7 @@ def _scale_channels_channels(layer: ir.ScaleChannels, ctx: FlowContext) -> Flow:
     scale, feature = ctx.in_segments
     if layer.scale_wh:
         why = f"scaled per pixel by [scale_channels] {ctx.where} (scale_wh=1)"
-        return Flow(feature, block=((feature + scale, why),))
+        return Flow(feature, block=((feature + scale, why),), code="per_pixel_scale")
     return Flow(feature, couple=((feature, scale),))
 
 
@@ -115,12 +117,12 @@ PASS_RULES: ir.RuleTable[PassRule] = ir.check_table("passes", {
     ir.Region: _HEAD,
     ir.Sam: PassRule(channels=_product_channels, dropped=_product_dropped),
     ir.ScaleChannels: PassRule(channels=_scale_channels_channels, dropped=_product_dropped),
-    ir.Reorg3d: blocking("moves channels across positions"),
-    ir.Reorg: blocking("moves channels across positions"),
+    ir.Reorg3d: blocking("moves channels across positions", "reorder"),
+    ir.Reorg: blocking("moves channels across positions", "reorder"),
     ir.AvgPool: _PASS_THROUGH,
     ir.LocalAvgPool: _PASS_THROUGH,
     ir.Dropout: _PASS_THROUGH,
-    ir.Softmax: blocking("normalises across channels"),
+    ir.Softmax: blocking("normalises across channels", "across_channels"),
     ir.Connected: CONNECTED,
     ir.Cost: _PASS_THROUGH,
     ir.Crop: PassRule(channels=pass_through,
@@ -133,7 +135,7 @@ PASS_RULES: ir.RuleTable[PassRule] = ir.check_table("passes", {
 def pass_rule(layer) -> PassRule:
     """The passes' rule for ``layer``'s kind; a refused kind blocks what it reads."""
     entry = PASS_RULES.of(layer)
-    return blocking(entry.reason) if isinstance(entry, ir.Refusal) else entry
+    return blocking(entry.reason, "unsupported") if isinstance(entry, ir.Refusal) else entry
 
 
 __all__ = ["IMAGE", "PASS_RULES", "DropContext", "Flow", "FlowContext", "PassRule",

@@ -66,6 +66,8 @@ class Flow:
             its pruned space must keep the same number of channels in every slice.
         own: for a layer with its own output space (``segments`` is
             ``ctx.own(...)``), why that space cannot lose channels, or None.
+        code: the kind of reason ``own`` and ``block`` give, as a short code the
+            analysis reads (a `passes.analysis.BlockReason` value).
     """
 
     segments: Segments
@@ -73,6 +75,7 @@ class Flow:
     block: tuple[tuple[Segments, str], ...] = ()
     balanced: tuple[tuple[Segments, int], ...] = ()
     own: str | None = None
+    code: str = "read_by"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +99,11 @@ class FlowContext:
     def all_inputs(self) -> Segments:
         return tuple(seg for segs in self.in_segments for seg in segs)
 
-    def blocked(self, kind: str, why: str = "") -> Flow:
+    def blocked(self, kind: str, why: str = "", code: str = "read_by") -> Flow:
         """Fail closed: every input channel kept, the output opaque. The reason reads
-        ``read by [kind] layer i (cfg line n): why``."""
+        ``read by [kind] layer i (cfg line n): why``; ``code`` names its kind."""
         reason = f"read by [{kind}] {self.where}" + (f": {why}" if why else "")
-        return Flow(self.opaque(), block=((self.all_inputs(), reason),))
+        return Flow(self.opaque(), block=((self.all_inputs(), reason),), code=code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +165,12 @@ class PassRule:
     slice: Callable[..., tuple[Any, dict]] = no_slice
 
 
-def blocking(reason: str) -> PassRule:
+def blocking(reason: str, code: str = "read_by") -> PassRule:
     """The rule of a kind that keeps every channel it reads (``read by [kind] layer i
     (cfg line n): reason``), so nothing dropped reaches it and it has nothing to fold
     or slice: a kind the passes refuse, or one that mixes channels."""
     def blocked(layer, ctx: FlowContext) -> Flow:
-        return ctx.blocked(layer.kind, reason)
+        return ctx.blocked(layer.kind, reason, code)
     return PassRule(channels=blocked, dropped=no_drops)
 
 

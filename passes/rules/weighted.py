@@ -34,18 +34,21 @@ def _conv_channels(layer: ir.Conv, ctx: FlowContext) -> Flow:
         why = f"shares its weights with layer {layer.share} ({ctx.where}: share_index)"
         owner = (Segment(layer.share, 0, layer.filters),)
         owner_in = ctx.earlier[layer.share - 1] if layer.share > 0 else ()
-        return Flow(own, block=((ctx.in_segments[0] + owner + owner_in, why),), own=why)
+        return Flow(own, block=((ctx.in_segments[0] + owner + owner_in, why),), own=why,
+                    code="shared_weights")
     why = None if layer.batch_normalize else "no BatchNorm: no γ to rank its channels by"
+    code = "no_bn"
     if layer.activation.across_channels:
         why = f"activation={layer.activation.value} normalises across channels"
+        code = "across_channels"
     if layer.groups == 1:
-        return Flow(own, own=why)
+        return Flow(own, own=why, code=code)
     source = ctx.in_segments[0]
     if layer.groups == ctx.in_shapes[0].c == layer.filters:
         # Depthwise: input channel c feeds output c only, so the two move together.
-        return Flow(own, couple=((source, own),), own=why)
+        return Flow(own, couple=((source, own),), own=why, code=code)
     why = f"grouped conv {ctx.where} (groups={layer.groups}) is not depthwise"
-    return Flow(own, block=((source, why),), own=why)
+    return Flow(own, block=((source, why),), own=why, code="grouped_conv")
 
 
 def _conv_dropped(layer: ir.Conv, ctx: DropContext):
@@ -136,7 +139,7 @@ def _conv_slice(layer: ir.Conv, xp, leaves, in_keep, out_keep):
 
 def _connected_channels(layer: ir.Connected, ctx: FlowContext) -> Flow:
     why = None if layer.batch_normalize else "no BatchNorm: no γ to rank its outputs by"
-    return Flow(ctx.own(layer.output), own=why)
+    return Flow(ctx.own(layer.output), own=why, code="no_bn")
 
 
 def _connected_dropped(layer: ir.Connected, ctx: DropContext):
