@@ -50,31 +50,31 @@ class Activation(str, enum.Enum):
         return self.value.startswith("normalize_channels")
 
 
-def _sigmoid(xp, x):
+def _sigmoid(xp: Any, x: Any) -> Any:
     # 0.5 * (1 + tanh(x / 2)) is the logistic without exp overflow.
     return 0.5 * (1.0 + xp.tanh(0.5 * x))
 
 
-def _softplus(xp, x, threshold: float = 20.0):
+def _softplus(xp: Any, x: Any, threshold: float = 20.0) -> Any:
     # activations.h softplus_activate: x above the threshold, exp(x) below its negative.
     return xp.where(x > threshold, x, xp.where(x < -threshold, xp.exp(xp.minimum(x, 0.0)),
                                                xp.logaddexp(0.0, x)))
 
 
-def _stair(xp, x):
+def _stair(xp: Any, x: Any) -> Any:
     n = xp.floor(x)
     odd = xp.mod(n, 2.0) != 0
     return xp.where(odd, (x - n) + xp.floor(x / 2.0), xp.floor(x / 2.0))
 
 
-def _normalize_channels(xp, x):
+def _normalize_channels(xp: Any, x: Any) -> Any:
     # activate_array_normalize_channels: positive parts over their sum (+ 1e-4) at each
     # pixel; non-positive values become 0.
     pos = xp.where(x > 0, x, 0.0)
     return pos / (1e-4 + pos.sum(axis=-1, keepdims=True))
 
 
-def _normalize_channels_softmax(xp, x, use_max: bool = False):
+def _normalize_channels_softmax(xp: Any, x: Any, use_max: bool = False) -> Any:
     # activate_array_normalize_channels_softmax: exp(x - max) / sum, max = 0 unless
     # the _maxval variant; eps 0.0001 in the denominator (`float sum = eps;`), so the
     # outputs do not sum to 1.
@@ -116,6 +116,6 @@ ACTIVATIONS: dict[Activation, Callable[[Any, Any], Any]] = {
 }
 
 
-def activate_xp(xp, activation: Activation, x):
+def activate_xp(xp: Any, activation: Activation, x: Any) -> Any:
     """``activation`` applied to ``x`` with the array namespace ``xp``."""
     return ACTIVATIONS[activation](xp, x)

@@ -18,7 +18,7 @@ from ir.layers import Graph, Layer
 from ir.options import RawSection, SectionReader
 
 
-def _read_text(path_or_text: str | os.PathLike) -> tuple[str, str]:
+def _read_text(path_or_text: str | os.PathLike[str]) -> tuple[str, str]:
     if isinstance(path_or_text, os.PathLike):
         path = Path(path_or_text)
     elif "\n" not in path_or_text and "[" not in path_or_text:
@@ -84,10 +84,11 @@ def _build_layer(raw: RawSection, index: int, path: str) -> Layer:
     reader = SectionReader(raw, path)
     if spec.layer is Section:
         return parse_section(reader, index, raw.type)
-    return spec.parse(reader, index)
+    layer: Layer = spec.parse(reader, index)
+    return layer
 
 
-def parse_cfg(path_or_text: str | os.PathLike) -> Graph:
+def parse_cfg(path_or_text: str | os.PathLike[str]) -> Graph:
     """Parse a Darknet cfg, given as a path or as its text.
 
     Returns:

@@ -123,3 +123,9 @@ def consumers(graph: Graph) -> tuple[tuple[int, ...], ...]:
             if j >= 0 and i not in readers[j]:
                 readers[j].append(i)
     return tuple(tuple(r) for r in readers)
+
+
+__all__ = ["AvgPool", "Connected", "Conv", "Cost", "Crop", "Detection", "Dropout", "GaussianYolo",
+           "Graph", "Layer", "LocalAvgPool", "MaxPool", "Options", "Region", "Reorg", "Reorg3d",
+           "Route", "Sam", "ScaleChannels", "Section", "Shortcut", "Softmax", "Upsample", "Yolo",
+           "consumers", "layer_inputs", "layer_refs"]

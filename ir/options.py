@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass
+from typing import Any
 
 from ir.activations import Activation
 from ir.errors import CfgError
@@ -110,6 +111,6 @@ class SectionReader:
         return self.int(key, 0) != 0
 
     @property
-    def loc(self) -> dict:
+    def loc(self) -> dict[builtins.str, Any]:
         """``path`` and ``line`` keyword arguments for the layer dataclass."""
         return {"path": self.path, "line": self.raw.line}

@@ -39,7 +39,7 @@ class Refusal:
             raise TypeError("a Refusal needs a reason")
 
 
-class RuleTable(Mapping, Generic[R]):
+class RuleTable(Mapping[type, R | Refusal], Generic[R]):
     """A consumer's checked, read-only table ``{layer class: rule or Refusal}``."""
 
     __slots__ = ("_rules", "consumer")
@@ -60,7 +60,7 @@ class RuleTable(Mapping, Generic[R]):
     def __repr__(self) -> str:
         return f"RuleTable({self.consumer!r}, {len(self)} kinds)"
 
-    def of(self, layer) -> R | Refusal:
+    def of(self, layer: object) -> R | Refusal:
         """The entry for ``layer``'s kind."""
         try:
             return self._rules[type(layer)]
@@ -68,7 +68,7 @@ class RuleTable(Mapping, Generic[R]):
             raise TypeError(f"{self.consumer}: {type(layer).__name__} is not a registered "
                             "layer kind") from None
 
-    def refusal(self, layer) -> str | None:
+    def refusal(self, layer: object) -> str | None:
         """Why this consumer refuses ``layer``'s kind, or None when it has a rule."""
         entry = self.of(layer)
         return entry.reason if isinstance(entry, Refusal) else None
@@ -78,7 +78,7 @@ class RuleTable(Mapping, Generic[R]):
         return tuple(spec for spec in KINDS if not isinstance(self[spec.layer], Refusal))
 
 
-def check_table(consumer: str, table: Mapping[type, Any]) -> RuleTable:
+def check_table(consumer: str, table: Mapping[type, Any]) -> RuleTable[Any]:
     """``table`` as a `RuleTable`, after checking it against `ir.KINDS`.
 
     Raises:

@@ -7,6 +7,7 @@ returns the shapes as data rather than storing them in the graph.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, cast
 
 from ir.errors import CfgError
 from ir.kinds import spec_of
@@ -41,7 +42,9 @@ def _check_owner(graph: Graph, layer: Layer, index: int, ins: tuple[Shape, ...],
         raise _err(graph, layer, index, f"share_index={owner}: layer {owner} is a "
                    f"[{target.kind}] (cfg line {target.line}) that {what} weights: "
                    f"expected a [{layer.kind}] with weights of its own")
-    mine = spec.variables(dataclasses.replace(layer, share=None), ins)
+    # Only a kind with a ``share`` field gets here (`variables_owner` reads it); mypy
+    # checks the field against every kind of the `Layer` union.
+    mine = spec.variables(dataclasses.replace(cast(Any, layer), share=None), ins)
     theirs = spec.variables(target, in_shapes[owner])
     if mine != theirs:
         raise _err(graph, layer, index, f"share_index={owner}: would run with layer "
@@ -117,3 +120,6 @@ def total_stride(graph: Graph) -> int:
             continue  # its size does not follow the input's
         stride = max(stride, round(probe.height / shape.h), round(probe.width / shape.w))
     return stride
+
+
+__all__ = ["Shape", "ShapeError", "input_shape", "total_stride", "verify"]

@@ -16,12 +16,15 @@ the initialisers import numpy when called, so ``import ir`` stays light.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 from ir.kinds import spec_of
 from ir.layers import Graph, layer_inputs
 from ir.shapes import input_shape, verify
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Variables = Mapping[str, Any]
 """The variables pytree ``{collection: {layer_key(i): {part: {name: array}}}}``: the one type
@@ -81,7 +84,7 @@ def layer_shapes(graph: Graph) -> dict[int, dict[Leaf, tuple[int, ...]]]:
     return out
 
 
-def expected_shapes(graph: Graph) -> dict:
+def expected_shapes(graph: Graph) -> dict[str, Any]:
     """The shape of every variable, as a pytree shaped like the variables themselves.
 
     ``jax.tree.map(np.shape, variables) == expected_shapes(graph)`` holds for variables
@@ -92,7 +95,7 @@ def expected_shapes(graph: Graph) -> dict:
     >>> expected_shapes(g)["params"]["layer_0"]["conv"]["kernel"]
     (3, 3, 3, 4)
     """
-    tree: dict[str, dict] = {"params": {}, "batch_stats": {}}
+    tree: dict[str, dict[str, Any]] = {"params": {}, "batch_stats": {}}
     for i, leaves in layer_shapes(graph).items():
         for (collection, part, name), shape in leaves.items():
             layer = tree[collection].setdefault(layer_key(i), {})
@@ -100,7 +103,7 @@ def expected_shapes(graph: Graph) -> dict:
     return tree
 
 
-def iter_leaves(tree: Mapping, prefix: tuple[str, ...] = ()
+def iter_leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
                 ) -> Iterator[tuple[tuple[str, ...], Any]]:
     """``(path, leaf)`` for every leaf of a nested mapping, in insertion order."""
     for key, value in tree.items():
@@ -191,10 +194,10 @@ def check_variables(graph: Graph, variables: Any, source: str,
 
 # ---------------------------------------------------------------------- initialisers
 
-Initialiser = Callable[..., dict]
+Initialiser = Callable[..., dict[str, Any]]
 
 
-def _kernel(rng, shape: tuple[int, ...]):
+def _kernel(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Darknet's rule (`make_convolutional_layer`): uniform in ±sqrt(2 / fan_in)."""
     import numpy as np
 
@@ -203,10 +206,14 @@ def _kernel(rng, shape: tuple[int, ...]):
     return (rng.random(shape, dtype=np.float32) * 2 - 1) * limit
 
 
-def _init(graph: Graph, seed: int, layers, fill) -> dict:
+_Fill = Callable[["np.random.Generator", Leaf, tuple[int, ...]], "np.ndarray"]
+
+
+def _init(graph: Graph, seed: int, layers: Collection[int] | None, fill: _Fill
+          ) -> dict[str, Any]:
     import numpy as np
 
-    tree: dict[str, dict] = {"params": {}, "batch_stats": {}}
+    tree: dict[str, dict[str, Any]] = {"params": {}, "batch_stats": {}}
     for i, leaves in layer_shapes(graph).items():
         if layers is not None and i not in layers:
             continue
@@ -218,7 +225,8 @@ def _init(graph: Graph, seed: int, layers, fill) -> dict:
     return tree
 
 
-def init_darknet(graph: Graph, seed: int = 0, layers=None) -> dict:
+def init_darknet(graph: Graph, seed: int = 0, layers: Collection[int] | None = None
+                 ) -> dict[str, Any]:
     """Darknet's initial values: kernels uniform in ±sqrt(2 / fan_in), γ = 1, β = 0,
     running mean 0 and variance 1, conv biases 0 (numpy float32).
 
@@ -227,20 +235,21 @@ def init_darknet(graph: Graph, seed: int = 0, layers=None) -> dict:
     """
     import numpy as np
 
-    def fill(rng, leaf, shape):
+    def fill(rng: np.random.Generator, leaf: Leaf, shape: tuple[int, ...]) -> np.ndarray:
         return (np.ones if leaf in (GAMMA, VAR) else np.zeros)(shape, np.float32)
 
     return _init(graph, seed, layers, fill)
 
 
-def init_sparse(graph: Graph, seed: int = 0, layers=None) -> dict:
+def init_sparse(graph: Graph, seed: int = 0, layers: Collection[int] | None = None
+                ) -> dict[str, Any]:
     """Values that look sparse-trained, for trying prunes: Darknet kernels; |γ| spread
     log-uniformly over [1e-4, 1] (about a third below 0.01, one in five negative);
     β ~ N(0, 0.1); running mean ~ N(0, 0.1), variance in [0.5, 1.5]; conv biases 0.
     """
     import numpy as np
 
-    def fill(rng, leaf, shape):
+    def fill(rng: np.random.Generator, leaf: Leaf, shape: tuple[int, ...]) -> np.ndarray:
         if leaf == GAMMA:
             sign = np.where(rng.random(shape) < 0.2, -1.0, 1.0)
             return (sign * 10.0 ** rng.uniform(-4.0, 0.0, shape)).astype(np.float32)
@@ -257,7 +266,7 @@ INITIALISERS: dict[str, Initialiser] = {"darknet": init_darknet, "sparse": init_
 
 
 def init_variables(graph: Graph, initialiser: str = "darknet", seed: int = 0,
-                   layers: frozenset[int] | None = None) -> dict:
+                   layers: frozenset[int] | None = None) -> dict[str, Any]:
     """Fresh numpy float32 variables for ``graph`` from a named initialiser.
 
     Each layer draws from its own generator, seeded by ``(seed, layer index)``, so a

@@ -71,7 +71,7 @@ def _check(kinds: tuple[KindSpec, ...]) -> tuple[dict[type, KindSpec], dict[str,
 _BY_TYPE, _BY_SECTION = _check(KINDS)
 
 
-def spec_of(layer) -> KindSpec:
+def spec_of(layer: object) -> KindSpec:
     """The spec of a layer instance."""
     try:
         return _BY_TYPE[type(layer)]
@@ -88,7 +88,7 @@ def spec_for_section(name: str) -> KindSpec | None:
     return section.SPEC if name in section.OTHER_SECTIONS else None
 
 
-def unsupported_reason(layer) -> str | None:
+def unsupported_reason(layer: object) -> str | None:
     """None when darkslim executes ``layer`` as Darknet does; else why not."""
     return spec_of(layer).unsupported(layer)
 

@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, TypeVar
 
 from ir.options import Options, SectionReader
+
+_L = TypeVar("_L")
+
+VariableShapes = dict[str, dict[str, dict[str, tuple[int, ...]]]]
+"""A kind's ``variables`` rule's answer: ``{collection: {part: {name: shape}}}``."""
 
 
 class Shape(NamedTuple):
@@ -50,7 +55,7 @@ def inert(expected: str = "any value") -> KeyRule:
 
 
 def equals(*allowed: float) -> KeyRule:
-    def test(layer, value: str) -> bool:
+    def test(layer: Any, value: str) -> bool:
         try:
             return float(value) in allowed
         except ValueError:
@@ -66,30 +71,30 @@ COMMON_KEYS: Mapping[str, KeyRule] = {
         "train_only_bn")}
 
 
-def variables_owner(layer, index: int) -> int:
+def variables_owner(layer: Any, index: int) -> int:
     """The layer whose variables layer ``index`` runs with: itself, or the conv it
     shares its weights with (``share_index``)."""
-    share = getattr(layer, "share", None)
+    share: int | None = getattr(layer, "share", None)
     return index if share is None else share
 
 
-def previous_input(layer, index: int) -> tuple[int, ...]:
+def previous_input(layer: Any, index: int) -> tuple[int, ...]:
     return (index - 1,)
 
 
-def same_layer(layer, renumber: Callable[[int], int]):
+def same_layer(layer: _L, renumber: Callable[[int], int]) -> _L:
     return layer
 
 
-def renumber_inputs(layer, renumber: Callable[[int], int]):
+def renumber_inputs(layer: Any, renumber: Callable[[int], int]) -> Any:
     return dataclasses.replace(layer, inputs=tuple(renumber(j) for j in layer.inputs))
 
 
-def no_cost(layer, in_shapes, out_shape) -> tuple[int, int]:
+def no_cost(layer: Any, in_shapes: tuple[Shape, ...], out_shape: Shape) -> tuple[int, int]:
     return (0, 0)
 
 
-def no_variables(layer, in_shapes) -> dict:
+def no_variables(layer: Any, in_shapes: tuple[Shape, ...]) -> VariableShapes:
     return {}
 
 
@@ -144,7 +149,7 @@ class KindSpec:
     renumber: Callable[[Any, Callable[[int], int]], Any]
     shape: Callable[[Any, tuple[Shape, ...]], Shape]
     cost: Callable[[Any, tuple[Shape, ...], Shape], tuple[int, int]]
-    variables: Callable[[Any, tuple[Shape, ...]], dict]
+    variables: Callable[[Any, tuple[Shape, ...]], VariableShapes]
     forward: Callable[..., Any]
     describe: Callable[[Any], str]
     decode: Callable[..., Any] | None = None
@@ -159,16 +164,21 @@ class KindSpec:
     def is_head(self) -> bool:
         return self.decode is not None
 
-    def refs(self, layer) -> tuple[int, ...]:
+    def refs(self, layer: Any) -> tuple[int, ...]:
         """Every layer index ``layer`` holds, in field order: what its ``renumber`` rule
         rewrites (explicit inputs, a conv's ``share_index``), not the implicit previous
         layer of kinds that read it. Derived from ``renumber`` so the indices `ir.verify`
         checks and the ones a pass renumbers can never disagree."""
         held: list[int] = []
-        self.renumber(layer, lambda j: held.append(j) or j)
+
+        def hold(j: int) -> int:
+            held.append(j)
+            return j
+
+        self.renumber(layer, hold)
         return tuple(held)
 
-    def unsupported(self, layer) -> str | None:
+    def unsupported(self, layer: Any) -> str | None:
         """None when darkslim executes ``layer`` as Darknet does, else what it does not
         (``""``: the whole kind). Every key left in ``extra`` must be one the spec
         knows to be inert, or have a value it accepts."""
@@ -188,4 +198,4 @@ class KindSpec:
 
 __all__ = ["COMMON_KEYS", "KeyRule", "KindSpec", "Options", "Shape", "ShapeError",
            "equals", "fmt", "inert", "no_cost", "no_variables", "previous_input", "rel",
-           "renumber_inputs", "same_layer", "variables_owner"]
+           "renumber_inputs", "same_layer", "variables_owner", "VariableShapes"]

@@ -13,10 +13,19 @@ rolling mean, rolling variance -- the BN values come after the weights, unlike a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.activations import Activation
-from ir.kinds.base import KindSpec, Options, Shape, previous_input, same_layer
+from ir.kinds.base import (
+    KindSpec,
+    Options,
+    Shape,
+    VariableShapes,
+    previous_input,
+    same_layer,
+)
 from ir.options import SectionReader
 
 KERNEL = ("params", "dense", "kernel")
@@ -60,13 +69,13 @@ def _refuse(layer: Connected) -> str | None:
     return None
 
 
-def _cost(layer: Connected, ins, out: Shape) -> tuple[int, int]:
+def _cost(layer: Connected, ins: tuple[Shape, ...], out: Shape) -> tuple[int, int]:
     weights = ins[0].c * ins[0].h * ins[0].w * layer.output
     extra = 2 * layer.output if layer.batch_normalize else layer.output
     return weights + extra, 2 * weights
 
 
-def _variables(layer: Connected, ins) -> dict:
+def _variables(layer: Connected, ins: tuple[Shape, ...]) -> VariableShapes:
     f = layer.output
     kernel = (ins[0].c * ins[0].h * ins[0].w, f)
     if layer.batch_normalize:
@@ -75,7 +84,7 @@ def _variables(layer: Connected, ins) -> dict:
     return {"params": {"dense": {"kernel": kernel, "bias": (f,)}}}
 
 
-def _forward(layer: Connected, tools, inputs):
+def _forward(layer: Connected, tools: Any, inputs: Sequence[Any]) -> Any:
     x = inputs[0]
     flat = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
     y = tools.dense(flat, features=layer.output, bias=not layer.batch_normalize)

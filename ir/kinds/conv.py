@@ -10,6 +10,7 @@ is computed without it, so darkslim accepts dilation only where both agree (odd 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from ir.kinds.base import (
     Options,
     Shape,
     ShapeError,
+    VariableShapes,
     equals,
     inert,
     previous_input,
@@ -105,7 +107,7 @@ def _write(layer: Conv, index: int) -> list[str]:
     return lines + [f"activation={layer.activation.value}"]
 
 
-def _same_stride(layer, value: str) -> bool:
+def _same_stride(layer: Conv, value: str) -> bool:
     return value in ("-1", str(layer.stride))
 
 
@@ -136,14 +138,14 @@ def _shape(layer: Conv, ins: tuple[Shape, ...]) -> Shape:
     return Shape(layer.filters, h, w)
 
 
-def _cost(layer: Conv, ins, out: Shape) -> tuple[int, int]:
+def _cost(layer: Conv, ins: tuple[Shape, ...], out: Shape) -> tuple[int, int]:
     weights = layer.filters * (ins[0].c // layer.groups) * layer.size * layer.size
     extra = 2 * layer.filters if layer.batch_normalize else layer.filters
     params = 0 if layer.share is not None else weights + extra  # shared: counted once
     return params, 2 * weights * out.h * out.w
 
 
-def _variables(layer: Conv, ins) -> dict:
+def _variables(layer: Conv, ins: tuple[Shape, ...]) -> VariableShapes:
     if layer.share is not None:
         return {}  # it runs with the variables of the conv it shares
     k, f = layer.size, layer.filters
@@ -154,7 +156,7 @@ def _variables(layer: Conv, ins) -> dict:
     return {"params": {"conv": {"kernel": kernel, "bias": (f,)}}}
 
 
-def _forward(layer: Conv, tools, inputs):
+def _forward(layer: Conv, tools: Any, inputs: Sequence[Any]) -> Any:
     p = layer.pad_pixels
     y = tools.conv(inputs[0], features=layer.filters, size=layer.size, stride=layer.stride,
                    padding=p * layer.dilation, groups=layer.groups, dilation=layer.dilation,
@@ -173,7 +175,7 @@ def _describe(layer: Conv) -> str:
     return text + (" bn " if layer.batch_normalize else " ") + layer.activation.value
 
 
-def _renumber(layer: Conv, renumber):
+def _renumber(layer: Conv, renumber: Callable[[int], int]) -> Conv:
     if layer.share is None:
         return layer
     return dataclasses.replace(layer, share=renumber(layer.share))

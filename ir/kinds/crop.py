@@ -8,7 +8,9 @@ centred (``dh = (h - crop_height) // 2``), no flip, and every value becomes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KindSpec,
@@ -56,12 +58,12 @@ def _shape(layer: Crop, ins: tuple[Shape, ...]) -> Shape:
     return Shape(x.c, layer.crop_height, layer.crop_width)
 
 
-def adjust(layer: Crop, x):
+def adjust(layer: Crop, x: Any) -> Any:
     """``2x - 1`` (``x`` with ``noadjust=1``)."""
     return x if layer.noadjust else x * 2.0 - 1.0
 
 
-def _forward(layer: Crop, tools, inputs):
+def _forward(layer: Crop, tools: Any, inputs: Sequence[Any]) -> Any:
     x = inputs[0]
     dh = (x.shape[1] - layer.crop_height) // 2
     dw = (x.shape[2] - layer.crop_width) // 2

@@ -12,6 +12,7 @@ score is their product).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,11 +82,11 @@ def _shape(layer: Detection, ins: tuple[Shape, ...]) -> Shape:
     return x
 
 
-def _flat(x):
+def _flat(x: Any) -> Any:
     return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # Darknet's NCHW buffer
 
 
-def _classes(layer: Detection, xp, flat):
+def _classes(layer: Detection, xp: Any, flat: Any) -> Any:
     probs = flat[:, :layer.side * layer.side * layer.classes].reshape(
         flat.shape[0], layer.side * layer.side, layer.classes)
     if layer.softmax:
@@ -94,7 +95,7 @@ def _classes(layer: Detection, xp, flat):
     return probs
 
 
-def _forward(layer: Detection, tools, inputs):
+def _forward(layer: Detection, tools: Any, inputs: Sequence[Any]) -> Any:
     x = inputs[0]
     if not layer.softmax:
         return x
@@ -106,7 +107,7 @@ def _forward(layer: Detection, tools, inputs):
     return out.reshape(n, c, h, w).transpose(0, 2, 3, 1)
 
 
-def _decode(layer: Detection, xp, head, input_hw):
+def _decode(layer: Detection, xp: Any, head: Any, input_hw: tuple[int, int]) -> Any:
     flat = _flat(head)
     n, s, k = flat.shape[0], layer.side, layer.num
     cells = s * s
@@ -127,7 +128,7 @@ def _decode(layer: Detection, xp, head, input_hw):
     return out.reshape(n, cells * k, 5 + layer.classes)
 
 
-def _boxes(layer: Detection, shape) -> int:
+def _boxes(layer: Detection, shape: Shape) -> int:
     """YOLOv1 reads a flat input: ``num`` boxes in each of ``side²`` cells."""
     return layer.side * layer.side * layer.num
 

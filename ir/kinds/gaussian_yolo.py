@@ -11,7 +11,9 @@ objectness, classes; the logistic on all but μw and μh, then μx, μy scaled b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KindSpec,
@@ -73,11 +75,11 @@ def _write(layer: GaussianYolo, index: int) -> list[str]:
     return lines + ([f"yolo_point={layer.yolo_point}"] if layer.yolo_point != "center" else [])
 
 
-def _sig(xp, v):
+def _sig(xp: Any, v: Any) -> Any:
     return 0.5 * (1.0 + xp.tanh(0.5 * v))
 
 
-def _entries(layer: GaussianYolo, xp, p):
+def _entries(layer: GaussianYolo, xp: Any, p: Any) -> Any:
     s = layer.scale_x_y
     sig = _sig(xp, p)
     mu_x = sig[..., 0:1] * s - (s - 1) / 2
@@ -86,14 +88,14 @@ def _entries(layer: GaussianYolo, xp, p):
                            sig[..., 5:6], p[..., 6:7], sig[..., 7:]], axis=-1)
 
 
-def _forward(layer: GaussianYolo, tools, inputs):
+def _forward(layer: GaussianYolo, tools: Any, inputs: Sequence[Any]) -> Any:
     x = inputs[0]
     n, h, w, c = x.shape
     a = len(layer.mask)
     return _entries(layer, tools.xp, x.reshape(n, h, w, a, c // a)).reshape(n, h, w, c)
 
 
-def _decode(layer: GaussianYolo, xp, head, input_hw):
+def _decode(layer: GaussianYolo, xp: Any, head: Any, input_hw: tuple[int, int]) -> Any:
     n, h, w, c = head.shape
     a = len(layer.mask)
     p = _entries(layer, xp, head.reshape(n, h, w, a, c // a).transpose(0, 3, 1, 2, 4))

@@ -8,7 +8,9 @@ image. A dropped channel's constant stays the same constant.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KeyRule,
@@ -65,7 +67,7 @@ def _shape(layer: LocalAvgPool, ins: tuple[Shape, ...]) -> Shape:
     return Shape(x.c, h, w)
 
 
-def windows(xp, x, layer: LocalAvgPool):
+def windows(xp: Any, x: Any, layer: LocalAvgPool) -> Any:
     lo = layer.pad_total // 2
     hi = layer.pad_total - lo
     x = xp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
@@ -80,14 +82,14 @@ def windows(xp, x, layer: LocalAvgPool):
     return total
 
 
-def _forward(layer: LocalAvgPool, tools, inputs):
+def _forward(layer: LocalAvgPool, tools: Any, inputs: Sequence[Any]) -> Any:
     xp = tools.xp
     x = inputs[0]
     ones = xp.ones((1, *x.shape[1:3], 1), x.dtype)
     return windows(xp, x, layer) / windows(xp, ones, layer)
 
 
-def _same_stride(layer, value: str) -> bool:
+def _same_stride(layer: LocalAvgPool, value: str) -> bool:
     return value == str(layer.stride)
 
 

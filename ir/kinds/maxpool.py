@@ -11,7 +11,9 @@ the max of input channels ``g, g + out_channels, g + 2·out_channels, ...``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KeyRule,
@@ -74,7 +76,7 @@ def _write(layer: MaxPool, index: int) -> list[str]:
     return lines
 
 
-def _same_stride(layer, value: str) -> bool:
+def _same_stride(layer: MaxPool, value: str) -> bool:
     return value == str(layer.stride)
 
 
@@ -98,7 +100,7 @@ def _shape(layer: MaxPool, ins: tuple[Shape, ...]) -> Shape:
     return Shape(x.c, h, w)
 
 
-def _forward(layer: MaxPool, tools, inputs):
+def _forward(layer: MaxPool, tools: Any, inputs: Sequence[Any]) -> Any:
     xp = tools.xp
     x = inputs[0]
     if layer.depth:

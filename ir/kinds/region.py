@@ -11,7 +11,9 @@ NHWC map darkslim returns has that memory order. ``coords`` other than 4,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KeyRule,
@@ -70,30 +72,30 @@ def _refuse(layer: Region) -> str | None:
     return f"coords={layer.coords} (supported: 4)" if layer.coords != 4 else None
 
 
-def _sig(xp, v):
+def _sig(xp: Any, v: Any) -> Any:
     return 0.5 * (1.0 + xp.tanh(0.5 * v))
 
 
-def _softmax(xp, v):
+def _softmax(xp: Any, v: Any) -> Any:
     e = xp.exp(v - v.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _entries(layer: Region, tools_or_xp, p):
+def _entries(layer: Region, tools_or_xp: Any, p: Any) -> Any:
     xp = getattr(tools_or_xp, "xp", tools_or_xp)
     classes = p[..., 5:5 + layer.classes]
     return xp.concatenate([p[..., :4], _sig(xp, p[..., 4:5]),
                            _softmax(xp, classes) if layer.softmax else classes], axis=-1)
 
 
-def _forward(layer: Region, tools, inputs):
+def _forward(layer: Region, tools: Any, inputs: Sequence[Any]) -> Any:
     x = inputs[0]
     n, h, w, c = x.shape
     p = x.reshape(n, h, w, layer.num, c // layer.num)
     return _entries(layer, tools, p).reshape(n, h, w, c)
 
 
-def _decode(layer: Region, xp, head, input_hw):
+def _decode(layer: Region, xp: Any, head: Any, input_hw: tuple[int, int]) -> Any:
     n, h, w, c = head.shape
     p = head.reshape(n, h, w, layer.num, c // layer.num).transpose(0, 3, 1, 2, 4)
     p = _entries(layer, xp, p)

@@ -16,7 +16,9 @@ move between spatial positions, so pruning does not go through them (fail closed
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +61,11 @@ class Reorg:
     kind = "reorg"
 
 
-def _parser(cls):
-    def parse(r: SectionReader, index: int):
+_AnyReorg = Reorg3d | Reorg
+
+
+def _parser(cls: type[_AnyReorg]) -> Callable[[SectionReader, int], _AnyReorg]:
+    def parse(r: SectionReader, index: int) -> _AnyReorg:
         stride = r.int("stride", 1)
         if stride < 1:
             raise r.error(f"stride={stride}: expected a positive integer", "stride")
@@ -68,11 +73,11 @@ def _parser(cls):
     return parse
 
 
-def _write(layer, index: int) -> list[str]:
+def _write(layer: _AnyReorg, index: int) -> list[str]:
     return [f"stride={layer.stride}"] + (["reverse=1"] if layer.reverse else [])
 
 
-def _shape(layer, ins: tuple[Shape, ...]) -> Shape:
+def _shape(layer: _AnyReorg, ins: tuple[Shape, ...]) -> Shape:
     x, s = ins[0], layer.stride
     if layer.reverse:
         out = Shape(x.c // (s * s), x.h * s, x.w * s)
@@ -108,7 +113,7 @@ def reorg_index(w: int, h: int, c: int, stride: int, forward: bool) -> np.ndarra
     return index
 
 
-def _forward(layer, tools, inputs):
+def _forward(layer: _AnyReorg, tools: Any, inputs: Sequence[Any]) -> Any:
     x = inputs[0]
     n, h, w, c = x.shape
     out = _shape(layer, (Shape(c, h, w),))
@@ -121,7 +126,7 @@ def _forward(layer, tools, inputs):
     return gathered.reshape(n, out.c, out.h, out.w).transpose(0, 2, 3, 1)
 
 
-def _spec(cls, section: str) -> KindSpec:
+def _spec(cls: type[_AnyReorg], section: str) -> KindSpec:
     return KindSpec(
         layer=cls, sections=(section,), parse=_parser(cls), write=_write, keys={},
         inputs=previous_input, renumber=same_layer, shape=_shape, cost=no_cost,

@@ -7,7 +7,9 @@ equal channel parts and part ``group_id`` of each is copied out, in order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KindSpec,
@@ -65,13 +67,13 @@ def _shape(layer: Route, ins: tuple[Shape, ...]) -> Shape:
     return Shape(sum(s.c // layer.groups for s in ins), ins[0].h, ins[0].w)
 
 
-def take_group(xp, x, layer: Route):
+def take_group(xp: Any, x: Any, layer: Route) -> Any:
     """Group ``group_id`` of one input's channels (NHWC)."""
     size = x.shape[-1] // layer.groups
     return x[..., layer.group_id * size:(layer.group_id + 1) * size]
 
 
-def _forward(layer: Route, tools, inputs):
+def _forward(layer: Route, tools: Any, inputs: Sequence[Any]) -> Any:
     parts = [take_group(tools.xp, x, layer) for x in inputs]
     return parts[0] if len(parts) == 1 else tools.xp.concatenate(parts, axis=-1)
 

@@ -8,7 +8,9 @@ refuses them). The sigmoid of SAM is the conv before it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ir.activations import Activation
 from ir.kinds.base import (
@@ -23,6 +25,9 @@ from ir.kinds.base import (
 )
 from ir.options import SectionReader
 
+if TYPE_CHECKING:
+    from ir.kinds.scale_channels import ScaleChannels
+
 #: Activations `activate_array` has no case for: Darknet outputs 0 after them.
 NOT_IN_ACTIVATE_ARRAY = frozenset({
     Activation.SWISH, Activation.MISH, Activation.HARD_MISH, Activation.RELU6,
@@ -30,7 +35,7 @@ NOT_IN_ACTIVATE_ARRAY = frozenset({
     Activation.NORMALIZE_CHANNELS_SOFTMAX_MAXVAL})
 
 
-def refuse_special(layer) -> str | None:
+def refuse_special(layer: Sam | ScaleChannels) -> str | None:
     if layer.activation in NOT_IN_ACTIVATE_ARRAY:
         return (f"activation={layer.activation.value} (Darknet's [{layer.kind}] has no such "
                 "case and outputs 0)")
@@ -69,7 +74,7 @@ def _shape(layer: Sam, ins: tuple[Shape, ...]) -> Shape:
     return ins[0]
 
 
-def _forward(layer: Sam, tools, inputs):
+def _forward(layer: Sam, tools: Any, inputs: Sequence[Any]) -> Any:
     return tools.activate(layer.activation, inputs[0] * inputs[1])
 
 

@@ -9,7 +9,9 @@ Darknet: ``parse_scale_channels``, ``forward_scale_channels_layer``: with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.activations import Activation
 from ir.kinds.base import (
@@ -70,7 +72,7 @@ def _shape(layer: ScaleChannels, ins: tuple[Shape, ...]) -> Shape:
     return feature
 
 
-def _forward(layer: ScaleChannels, tools, inputs):
+def _forward(layer: ScaleChannels, tools: Any, inputs: Sequence[Any]) -> Any:
     return tools.activate(layer.activation, inputs[1] * inputs[0])
 
 

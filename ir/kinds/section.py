@@ -10,7 +10,9 @@ and the prunability analysis keeps every channel it reads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KindSpec,
@@ -84,7 +86,7 @@ def _shape(layer: Section, ins: tuple[Shape, ...]) -> Shape:
     raise ShapeError(f"[{layer.type}] has no shape rule in darkslim")
 
 
-def _forward(layer: Section, tools, inputs):
+def _forward(layer: Section, tools: Any, inputs: Sequence[Any]) -> Any:
     raise NotImplementedError(f"[{layer.type}] has no runtime rule")
 
 

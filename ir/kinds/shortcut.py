@@ -10,7 +10,9 @@ for swish and mish only; hard_mish and the normalize_channels family fall into
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.activations import Activation
 from ir.kinds.base import (
@@ -76,7 +78,7 @@ def _refuse(layer: Shortcut) -> str | None:
     return None
 
 
-def _forward(layer: Shortcut, tools, inputs):
+def _forward(layer: Shortcut, tools: Any, inputs: Sequence[Any]) -> Any:
     xp = tools.xp
     out = inputs[0]
     channels = out.shape[-1]

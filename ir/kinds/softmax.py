@@ -8,7 +8,9 @@ the GPU one, so darkslim refuses it; ``tree`` (softmax_tree) is refused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KeyRule,
@@ -60,7 +62,7 @@ def _shape(layer: Softmax, ins: tuple[Shape, ...]) -> Shape:
     return x
 
 
-def _forward(layer: Softmax, tools, inputs):
+def _forward(layer: Softmax, tools: Any, inputs: Sequence[Any]) -> Any:
     xp = tools.xp
     x = inputs[0]
     n, h, w, c = x.shape

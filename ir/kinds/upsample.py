@@ -6,7 +6,9 @@ stride is Darknet's reverse (sum-pooling) mode, which darkslim does not execute.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ir.kinds.base import (
     KindSpec,
@@ -62,7 +64,7 @@ def _refuse(layer: Upsample) -> str | None:
     return None
 
 
-def _forward(layer: Upsample, tools, inputs):
+def _forward(layer: Upsample, tools: Any, inputs: Sequence[Any]) -> Any:
     x = inputs[0].repeat(layer.stride, axis=1).repeat(layer.stride, axis=2)
     return x if layer.scale == 1.0 else x * layer.scale
 

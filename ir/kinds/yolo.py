@@ -12,7 +12,9 @@ before it already ends in a logistic and nothing is applied), then
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ir.activations import Activation
 from ir.kinds.base import (
@@ -37,6 +39,23 @@ TRAINING_KEYS = ("beta_nms", "cls_normalizer", "counters_per_class", "delta_norm
                  "max_delta", "nms_kind", "obj_normalizer", "objectness_smooth",
                  "random", "resize", "show_details", "sim_thresh", "track_ciou_norm",
                  "track_history_size", "truth_thresh", "uc_normalizer", "yolo_point")
+
+
+class AnchorHead(Protocol):
+    """What the rules shared by the anchor heads read (`Yolo`, `GaussianYolo`,
+    `Region`)."""
+
+    @property
+    def mask(self) -> tuple[int, ...]: ...
+
+    @property
+    def anchors(self) -> tuple[tuple[float, float], ...]: ...
+
+    @property
+    def classes(self) -> int: ...
+
+    @property
+    def num(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,7 +84,7 @@ class Yolo:
         return dict(self.extra).get(key, default)
 
 
-def parse_anchors(r: SectionReader, classes_default: int = 20):
+def parse_anchors(r: SectionReader, classes_default: int = 20) -> dict[str, Any]:
     classes = r.int("classes", classes_default)
     num = r.int("num", 1)
     anchors_flat = r.floats("anchors") if "anchors" in r.first else ()
@@ -88,7 +107,7 @@ def _parse(r: SectionReader, index: int) -> Yolo:
                 new_coords=r.bool("new_coords"), extra=r.extra(), **r.loc)
 
 
-def write_anchors(layer) -> list[str]:
+def write_anchors(layer: AnchorHead) -> list[str]:
     lines = [f"mask={','.join(map(str, layer.mask))}"]
     if layer.anchors:
         lines.append("anchors=" + ", ".join(f"{fmt(w)},{fmt(h)}" for w, h in layer.anchors))
@@ -102,7 +121,8 @@ def _write(layer: Yolo, index: int) -> list[str]:
     return lines + (["new_coords=1"] if layer.new_coords else [])
 
 
-def head_shape(layer, ins: tuple[Shape, ...], per_anchor: int, coords: int = 4) -> Shape:
+def head_shape(layer: AnchorHead, ins: tuple[Shape, ...], per_anchor: int,
+               coords: int = 4) -> Shape:
     x = ins[0]
     expected = len(layer.mask) * per_anchor
     if x.c != expected:
@@ -112,16 +132,16 @@ def head_shape(layer, ins: tuple[Shape, ...], per_anchor: int, coords: int = 4) 
     return x
 
 
-def anchor_boxes(layer, shape: Shape) -> int:
+def anchor_boxes(layer: AnchorHead, shape: Shape) -> int:
     """Boxes of a head with ``mask`` anchors in each cell of its map."""
     return len(layer.mask) * shape.h * shape.w
 
 
-def _xy(xp, t, s: float):
+def _xy(xp: Any, t: Any, s: float) -> Any:
     return t * s - (s - 1) / 2
 
 
-def _forward(layer: Yolo, tools, inputs):
+def _forward(layer: Yolo, tools: Any, inputs: Sequence[Any]) -> Any:
     xp = tools.xp
     x = inputs[0]
     n, h, w, c = x.shape
@@ -129,14 +149,15 @@ def _forward(layer: Yolo, tools, inputs):
     if layer.new_coords:
         p = xp.concatenate([_xy(xp, p[..., :2], layer.scale_x_y), p[..., 2:]], axis=-1)
     else:
-        def sig(v):
+        def sig(v: Any) -> Any:
             return tools.activate(Activation.LOGISTIC, v)
         p = xp.concatenate([_xy(xp, sig(p[..., :2]), layer.scale_x_y), p[..., 2:4],
                             sig(p[..., 4:])], axis=-1)
     return p.reshape(n, h, w, c)
 
 
-def grid_boxes(xp, layer, p, xy, wh, rest, input_hw):
+def grid_boxes(xp: Any, layer: AnchorHead, p: Any, xy: Any, wh: Any, rest: Any,
+               input_hw: tuple[int, int]) -> Any:
     """``(N, anchors·H·W, 5 + classes)`` boxes in input pixels from per-anchor maps."""
     n, a, h, w = p.shape[:4]
     cx = (xy[..., 0] + xp.arange(w, dtype=p.dtype)) / w * input_hw[1]
@@ -145,7 +166,7 @@ def grid_boxes(xp, layer, p, xy, wh, rest, input_hw):
     return boxes.reshape(n, a * h * w, boxes.shape[-1])
 
 
-def _decode(layer: Yolo, xp, head, input_hw):
+def _decode(layer: Yolo, xp: Any, head: Any, input_hw: tuple[int, int]) -> Any:
     n, h, w, c = head.shape
     a = len(layer.mask)
     p = head.reshape(n, h, w, a, c // a).transpose(0, 3, 1, 2, 4)
@@ -155,6 +176,7 @@ def _decode(layer: Yolo, xp, head, input_hw):
         wh = (2.0 * p[..., 2:4]) ** 2 * anchor_wh
         rest = p[..., 4:]
     else:
+        sig: Callable[[Any], Any]
         sig = lambda v: 0.5 * (1.0 + xp.tanh(0.5 * v))  # noqa: E731  (finite for any v)
         xy = _xy(xp, sig(p[..., :2]), layer.scale_x_y)
         wh = xp.exp(p[..., 2:4]) * anchor_wh
