@@ -19,7 +19,7 @@ Then it names the outputs, as `runtime.model.collect_outputs` defines them:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ import passes
 from export.builder import OnnxBuilder, live_nodes, tensor_type
 from export.rules import ONNX_RULES
 from ir.variables import Variables
+
+if TYPE_CHECKING:
+    import onnx
 
 
 class ExportError(ir.CfgError):
@@ -66,7 +69,7 @@ class ExportOptions:
     metadata: tuple[tuple[str, str], ...] = ()
 
 
-def _to_numpy(tree):
+def _to_numpy(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _to_numpy(v) for k, v in tree.items()}
     return np.asarray(tree)
@@ -92,7 +95,8 @@ def check_exportable(graph: ir.Graph) -> None:
                               f"{refused} (exportable: {', '.join(exportable)})", **where)
 
 
-def export_onnx(graph: ir.Graph, variables: Variables, options: ExportOptions = ExportOptions()):
+def export_onnx(graph: ir.Graph, variables: Variables, options: ExportOptions = ExportOptions()
+                ) -> onnx.ModelProto:
     """The network as an ``onnx.ModelProto`` that passes ``onnx.checker`` (full check).
 
     Args:
@@ -124,11 +128,13 @@ def export_onnx(graph: ir.Graph, variables: Variables, options: ExportOptions = 
     for index, layer in enumerate(graph.layers):
         b.begin(index, layer.kind)
         inputs = [env[j] for j in ir.layer_inputs(graph, index)]
-        env[index] = ONNX_RULES.of(layer)(layer, b, index, inputs)
+        rule = ONNX_RULES.of(layer)
+        assert not isinstance(rule, ir.Refusal)  # check_exportable raised for those
+        env[index] = rule(layer, b, index, inputs)
         b.set_shape(env[index], shapes[index])
 
     batch = "N" if options.dynamic_batch else options.batch
-    outputs: list[tuple[str, str, list]] = []  # (output name, tensor, shape)
+    outputs: list[tuple[str, str, list[int | str]]] = []  # (output name, tensor, shape)
     heads = graph.head_indices()
     for k, y in enumerate(heads):
         outputs.append((f"head_{k}", env[y - 1], [batch, *shapes[y - 1]]))

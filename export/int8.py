@@ -28,11 +28,14 @@ import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 import ir
+
+if TYPE_CHECKING:
+    import onnx
 
 METHODS = ("minmax", "percentile", "entropy")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -89,7 +92,7 @@ def head_convs(graph: ir.Graph) -> tuple[int, ...]:
                          if graph.layers[y - 1].kind == "convolutional"}))
 
 
-def float_only_nodes(graph: ir.Graph, model) -> tuple[str, ...]:
+def float_only_nodes(graph: ir.Graph, model: onnx.ModelProto) -> tuple[str, ...]:
     """Names of the nodes of ``model`` (an export of ``graph``) that must stay float:
     the decode and NMS nodes, and the ``outputs/`` identities."""
     prefixes = tuple(layer_prefix(y, graph) for y in graph.head_indices())
@@ -97,7 +100,7 @@ def float_only_nodes(graph: ir.Graph, model) -> tuple[str, ...]:
     return tuple(n.name for n in model.graph.node if n.name.startswith(prefixes))
 
 
-def layer_nodes(graph: ir.Graph, model, layers: Iterable[int]) -> tuple[str, ...]:
+def layer_nodes(graph: ir.Graph, model: onnx.ModelProto, layers: Iterable[int]) -> tuple[str, ...]:
     """Names of the nodes of ``model`` that implement the given darkslim layers.
 
     Raises:
@@ -124,7 +127,7 @@ class _Images:
         self._batch = batch
         self._at = 0
 
-    def get_next(self):
+    def get_next(self) -> dict[str, np.ndarray] | None:
         if self._at >= len(self._images):
             return None
         chunk = self._images[self._at:self._at + self._batch]
@@ -135,14 +138,14 @@ class _Images:
         self._at = 0
 
 
-def _model_batch(model) -> int | None:
+def _model_batch(model: onnx.ModelProto) -> int | None:
     """The model's fixed batch size, or None for a symbolic one."""
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     return dim.dim_value or None
 
 
-def quantize_int8(graph: ir.Graph, model, images: np.ndarray,
-                  options: Int8Options = Int8Options()):
+def quantize_int8(graph: ir.Graph, model: onnx.ModelProto, images: np.ndarray,
+                  options: Int8Options = Int8Options()) -> onnx.ModelProto:
     """The QDQ INT8 version of ``model``, an export of ``graph``.
 
     Args:
@@ -248,7 +251,7 @@ def head_fidelity(float_heads: Sequence[np.ndarray], int8_heads: Sequence[np.nda
     return tuple(out)
 
 
-def count_qdq(model) -> dict[str, int]:
+def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
     """How many ``QuantizeLinear``/``DequantizeLinear`` nodes ``model`` has, and how
     many float ``Conv`` nodes read a per-channel (1-D scale) dequantized weight."""
     import onnx.numpy_helper

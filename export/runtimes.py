@@ -6,14 +6,19 @@ consumers are imported when called; OpenVINO is optional (``pip install darkslim
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
+if TYPE_CHECKING:
+    import onnx
 
-def _serialized(model) -> bytes:
+
+def _serialized(model: onnx.ModelProto | bytes) -> bytes:
     return model if isinstance(model, bytes) else model.SerializeToString()
 
 
-def ort_session(model, threads: int | None = None):
+def ort_session(model: onnx.ModelProto | bytes, threads: int | None = None) -> Any:
     """An onnxruntime CPU session for a ``ModelProto`` or its bytes (full graph
     optimisation, as a deployment would run it)."""
     import onnxruntime as ort
@@ -26,7 +31,7 @@ def ort_session(model, threads: int | None = None):
     return ort.InferenceSession(_serialized(model), so, providers=["CPUExecutionProvider"])
 
 
-def run_onnxruntime(model, x_nchw: np.ndarray) -> dict[str, np.ndarray]:
+def run_onnxruntime(model: onnx.ModelProto | bytes, x_nchw: np.ndarray) -> dict[str, np.ndarray]:
     """Every output of ``model`` on ``x_nchw`` (float32 NCHW), by name."""
     session = ort_session(model)
     names = [o.name for o in session.get_outputs()]
@@ -34,7 +39,7 @@ def run_onnxruntime(model, x_nchw: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(names, values))
 
 
-def run_openvino(model, x_nchw: np.ndarray) -> dict[str, np.ndarray]:
+def run_openvino(model: onnx.ModelProto | bytes, x_nchw: np.ndarray) -> dict[str, np.ndarray]:
     """Every output of ``model`` on ``x_nchw`` through OpenVINO's CPU plugin.
 
     Raises ImportError when OpenVINO is not installed. (Importing ``openvino`` starts

@@ -10,7 +10,6 @@ from passes.analysis import (
     Blocker,
     BlockReason,
     Prunability,
-    Segment,
     analyze_prunability,
     channel_segments,
 )
@@ -54,6 +53,7 @@ from passes.reports import (
     report_from_json,
     report_to_json,
 )
+from passes.rules import Segment
 from passes.slim import SlimChannels
 from passes.text import pass_text
 

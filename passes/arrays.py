@@ -26,10 +26,11 @@ def namespace(*arrays: Any) -> ModuleType:
     """
     jax = sys.modules.get("jax")
     if jax is not None and any(isinstance(a, jax.Array) for a in arrays):
-        return jax.numpy
+        jnp: ModuleType = jax.numpy
+        return jnp
     return np
 
 
-def activate(activation: Activation, x):
+def activate(activation: Activation, x: Any) -> Any:
     """Darknet's ``activation`` applied to ``x`` in ``x``'s own namespace."""
     return activate_xp(namespace(x), activation, x)

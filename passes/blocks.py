@@ -30,7 +30,18 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ir import Activation, Conv, Graph, Shortcut, layer_inputs, layer_refs, spec_of, variables_owner
+from ir import (
+    Activation,
+    Conv,
+    Graph,
+    Layer,
+    Shape,
+    Shortcut,
+    layer_inputs,
+    layer_refs,
+    spec_of,
+    variables_owner,
+)
 from ir.shapes import verify
 from ir.variables import Variables
 from passes import tree
@@ -114,7 +125,8 @@ def _referrers(graph: Graph) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(r) for r in found)
 
 
-def _not_removable(graph: Graph, s: int, readers, shapes) -> str | None:
+def _not_removable(graph: Graph, s: int, readers: tuple[tuple[int, ...], ...],
+                   shapes: tuple[Shape, ...]) -> str | None:
     """Why the shortcut at ``s`` does not close a removable block (None if it does)."""
     layer = graph.layers[s]
     assert isinstance(layer, Shortcut)  # called on shortcuts only
@@ -198,7 +210,7 @@ def find_residual_blocks(graph: Graph) -> tuple[ResidualBlock, ...]:
 BlockScore = Callable[[Any], float]
 
 
-def mean_abs_gamma(gamma) -> float:
+def mean_abs_gamma(gamma: Any) -> float:
     """The field's block score: mean |γ| of the conv feeding the shortcut."""
     return float(np.mean(np.abs(np.asarray(gamma, dtype=np.float64))))
 
@@ -290,8 +302,8 @@ def layer_map(graph: Graph, blocks: Iterable[ResidualBlock]) -> dict[int, int]:
     return dict(sorted(new.items()))
 
 
-def remove_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock]
-                  ) -> tuple[Graph, Any]:
+def remove_blocks(graph: Graph, variables: Variables, blocks: Iterable[ResidualBlock]
+                  ) -> tuple[Graph, Variables]:
     """``(graph, variables)`` without the layers of ``blocks``, every layer index each
     survivor holds renumbered by its kind's ``renumber`` rule; the blocks must come
     from ``analyze_blocks(graph)``. A survivor that would still name a removed layer
@@ -303,7 +315,7 @@ def remove_blocks(graph: Graph, variables, blocks: Iterable[ResidualBlock]
     mapping = layer_map(graph, blocks)
     removed = {j for b in blocks for j in b.layers}
 
-    layers = []
+    layers: list[Layer] = []
     for i, layer in enumerate(graph.layers):
         if i in removed:
             continue
@@ -383,7 +395,7 @@ class RemoveBlocks:
         return tuple(sorted(rank_blocks(graph, variables, chosen, self.score),
                             key=lambda sb: sb.block.shortcut))
 
-    def run(self, graph: Graph, variables: Variables):
+    def run(self, graph: Graph, variables: Variables) -> PassResult:
         """Select once, remove, and report the blocks removed with their scores."""
         analysis = analyze_blocks(graph)
         chosen = self.select(graph, variables, analysis)
@@ -400,6 +412,6 @@ class RemoveBlocks:
             score=getattr(self.score, "__name__", repr(self.score)))
         return PassResult(out_graph, out_vars, report)
 
-    def __call__(self, graph: Graph, variables: Variables):
+    def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Variables]:
         result = self.run(graph, variables)
         return result.graph, result.variables

@@ -40,7 +40,8 @@ def gamma_histogram(gammas: np.ndarray) -> list[int]:
     return [int(c) for c in counts]
 
 
-def sparsity_metrics(graph: ir.Graph, variables: Variables, mode: Mode = "regular") -> dict:
+def sparsity_metrics(graph: ir.Graph, variables: Variables, mode: Mode = "regular"
+                     ) -> dict[str, Any]:
     """The sparsity diagnostics of ``variables`` (host arrays) as a flat JSON-able dict:
     ``gamma_q10`` .. ``gamma_q90``, ``gamma_below_1e-2``, ``gamma_below_1e-3``,
     ``safe_prune_ratio``, ``params_at_safe``, ``bflops_at_safe`` (and ``params``,

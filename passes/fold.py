@@ -12,13 +12,16 @@ part of the window reads padding, not the constant).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from ir import Graph, layer_inputs
+from ir import Graph, Layer, layer_inputs
 from ir.shapes import verify
-from ir.variables import Variables
+from ir.variables import Leaf, Variables
 from passes import tree
 from passes.analysis import channel_segments
 from passes.arrays import namespace
@@ -37,12 +40,13 @@ def tensor_keeps(graph: Graph, masks: ChannelMasks) -> tuple[np.ndarray, ...]:
     return tuple(keeps)
 
 
-def _dropped_constants(graph: Graph, variables: Variables, masks: ChannelMasks, keeps, xp):
+def _dropped_constants(graph: Graph, variables: Variables, masks: ChannelMasks,
+                       keeps: tuple[np.ndarray, ...], xp: Any) -> list[Any]:
     """Per tensor, the constant each dropped channel emits once its γ is zero (each
     kind's ``dropped`` rule), 0 where the channel is kept."""
     shapes = verify(graph)
     by_space = masks.as_dict()
-    consts: list = []
+    consts: list[Any] = []
     image = xp.zeros(graph.channels, xp.float32)
     no_drop = np.zeros(graph.channels, dtype=bool)
     for i, layer in enumerate(graph.layers):
@@ -57,12 +61,12 @@ def _dropped_constants(graph: Graph, variables: Variables, masks: ChannelMasks, 
     return consts
 
 
-def _input_of(graph: Graph, index: int, per_tensor, image):
+def _input_of(graph: Graph, index: int, per_tensor: Sequence[Any], image: Any) -> Any:
     j = layer_inputs(graph, index)[0]
     return per_tensor[j] if j >= 0 else image
 
 
-def _leaves_namespace(variables: Variables):
+def _leaves_namespace(variables: Variables) -> ModuleType:
     return namespace(*(leaf for layer in variables["params"].values()
                        for part in layer.values() for leaf in part.values()))
 
@@ -77,9 +81,9 @@ class ZeroPrunedGamma:
     masks: ChannelMasks
     name: str = "zero-pruned-gamma"
 
-    def __call__(self, graph: Graph, variables: Variables):
+    def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Variables]:
         check_masks(graph, self.masks, self.name)
-        updates = {}
+        updates: dict[tuple[int, Leaf], Any] = {}
         for i, mask in self.masks.as_dict().items():
             if not mask.all():
                 gamma = tree.get(variables, i, tree.GAMMA)
@@ -104,7 +108,7 @@ class FoldPrunedBias:
     zero_dropped_inputs: bool = True
     name: str = "fold-pruned-bias"
 
-    def __call__(self, graph: Graph, variables: Variables):
+    def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Variables]:
         check_masks(graph, self.masks, self.name)
         if self.masks.is_noop:
             return graph, variables
@@ -112,7 +116,7 @@ class FoldPrunedBias:
         keeps = tensor_keeps(graph, self.masks)
         consts = _dropped_constants(graph, variables, self.masks, keeps, xp)
         by_space = self.masks.as_dict()
-        updates = {}
+        updates: dict[tuple[int, Leaf], Any] = {}
         for i, layer in enumerate(graph.layers):
             leaves = tree.leaves_of(variables, i)
             if not leaves:
@@ -136,13 +140,14 @@ class SliceChannels:
     masks: ChannelMasks
     name: str = "slice-channels"
 
-    def __call__(self, graph: Graph, variables: Variables):
+    def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Variables]:
         check_masks(graph, self.masks, self.name)
         if self.masks.is_noop:
             return graph, variables
         keeps = tensor_keeps(graph, self.masks)
         image = np.ones(graph.channels, dtype=bool)
-        layers, updates = {}, {}
+        layers: dict[int, Layer] = {}
+        updates: dict[tuple[int, Leaf], Any] = {}
         for i, layer in enumerate(graph.layers):
             leaves = tree.leaves_of(variables, i)
             if not leaves:

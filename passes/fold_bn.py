@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ir import Connected, Conv, Graph, Variables
+from ir import Connected, Conv, Graph, Variables, layer_key
 from passes import tree
 from passes.arrays import namespace
 
@@ -31,7 +31,7 @@ class FoldBatchNorm:
     eps: float = 1e-5
     name: str = "fold-batch-norm"
 
-    def __call__(self, graph: Graph, variables: Variables):
+    def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Variables]:
         folded = [i for i, layer in enumerate(graph.layers)
                   if getattr(layer, "batch_normalize", False)]  # [convolutional], [connected]
         if not folded:
@@ -45,7 +45,7 @@ class FoldBatchNorm:
             layers[i] = dataclasses.replace(layer, batch_normalize=False)
             if getattr(graph.layers[i], "share", None) is not None:
                 continue  # runs with its owner's variables, folded there (share_index)
-            key = tree.layer_key(i)
+            key = layer_key(i)
             part = "conv" if "conv" in params[key] else "dense"  # the kernel's owner
             kernel = params[key][part]["kernel"]
             xp = namespace(kernel)

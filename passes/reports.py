@@ -11,12 +11,13 @@ these types, never string keys.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
-from ir import Connected, Conv, Graph, count_flops, count_params
+from ir import Connected, Conv, Graph, Layer, count_flops, count_params
 from passes.errors import PruneError
 from passes.masks import ChannelMasks, GraphFingerprint, Threshold
 
@@ -27,9 +28,9 @@ def channel_layers(graph: Graph) -> tuple[int, ...]:
                  if isinstance(layer, (Conv, Connected)))
 
 
-def width(layer) -> int:
+def width(layer: Layer) -> int:
     """Output channels of a conv (``filters``) or a ``[connected]`` (``output``)."""
-    return layer.filters if isinstance(layer, Conv) else layer.output
+    return layer.filters if isinstance(layer, Conv) else cast(Connected, layer).output
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,7 @@ REPORT_TYPES: dict[str, type[PassReport]] = {
 # ------------------------------------------------------------------------- to JSON
 
 
-def _masks_json(masks: ChannelMasks) -> dict:
+def _masks_json(masks: ChannelMasks) -> dict[str, Any]:
     # One hex string per conv: yolov3's 10k mask bits stay a few kB of report.
     return {"fingerprint": list(masks.fingerprint.layers),
             "items": [{"layer": i, "size": len(m),
@@ -159,12 +160,12 @@ def _json(value: Any) -> Any:
     return value
 
 
-def report_to_json(report: PassReport) -> dict:
+def report_to_json(report: PassReport) -> dict[str, Any]:
     """A JSON-able dict of ``report``, with its ``kind``."""
     return {"kind": report.kind, **_json(report)}
 
 
-def dump_reports(pipeline_text: str, reports: tuple[PassReport, ...]) -> dict:
+def dump_reports(pipeline_text: str, reports: tuple[PassReport, ...]) -> dict[str, Any]:
     """The JSON document of a run (``report.json``): the pipeline's text and one
     entry per pass."""
     return {"pipeline": pipeline_text, "passes": [report_to_json(r) for r in reports]}
@@ -173,7 +174,7 @@ def dump_reports(pipeline_text: str, reports: tuple[PassReport, ...]) -> dict:
 # ----------------------------------------------------------------------- from JSON
 
 
-def _masks_from(data: dict) -> ChannelMasks:
+def _masks_from(data: Mapping[str, Any]) -> ChannelMasks:
     items = []
     for item in data["items"]:
         bits = np.unpackbits(np.frombuffer(bytes.fromhex(item["keep"]), np.uint8))
@@ -181,21 +182,21 @@ def _masks_from(data: dict) -> ChannelMasks:
     return ChannelMasks(tuple(items), GraphFingerprint(tuple(data["fingerprint"])))
 
 
-def _ints(values) -> tuple[int, ...]:
+def _ints(values: Iterable[Any]) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _pair(values) -> tuple[int, int]:
+def _pair(values: Iterable[Any]) -> tuple[int, int]:
     a, b = values
     return int(a), int(b)
 
 
-def _triple(values) -> tuple[int, int, int]:
+def _triple(values: Iterable[Any]) -> tuple[int, int, int]:
     a, b, c = values
     return int(a), int(b), int(c)
 
 
-def report_from_json(data: dict) -> PassReport:
+def report_from_json(data: Mapping[str, Any]) -> PassReport:
     """The report `report_to_json` wrote (a `PruneError` for an unknown kind)."""
     kind = data.get("kind")
     if kind not in REPORT_TYPES:
@@ -222,6 +223,6 @@ def report_from_json(data: dict) -> PassReport:
         index_map=tuple(_pair(pair) for pair in data["index_map"]))
 
 
-def load_reports(data: dict) -> tuple[str, tuple[PassReport, ...]]:
+def load_reports(data: Mapping[str, Any]) -> tuple[str, tuple[PassReport, ...]]:
     """The pipeline text and the reports of a `dump_reports` document."""
     return data["pipeline"], tuple(report_from_json(r) for r in data["passes"])

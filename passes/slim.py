@@ -102,6 +102,6 @@ class SlimChannels:
             threshold=threshold, units=analysis.units, channels=channels, masks=masks)
         return PassResult(out_graph, out_vars, report)
 
-    def __call__(self, graph: Graph, variables: Variables):
+    def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Variables]:
         result = self.run(graph, variables)
         return result.graph, result.variables

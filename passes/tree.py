@@ -21,7 +21,7 @@ from ir.variables import Variables as Variables
 from ir.variables import layer_index, layer_key
 
 
-def get(variables: Variables, index: int, leaf: Leaf):
+def get(variables: Variables, index: int, leaf: Leaf) -> Any:
     collection, part, name = leaf
     return variables[collection][layer_key(index)][part][name]
 
@@ -35,7 +35,8 @@ def leaves_of(variables: Variables, index: int) -> dict[Leaf, Any]:
             for part, leaves in layers[key].items() for name, leaf in leaves.items()}
 
 
-def with_updates(variables: Variables, updates: Mapping[tuple[int, Leaf], Any]) -> dict:
+def with_updates(variables: Variables, updates: Mapping[tuple[int, Leaf], Any]
+                 ) -> dict[str, Any]:
     """A new variables dict with ``updates[(index, leaf)]`` set; untouched subtrees are
     shared, nothing is mutated. Returns ``variables`` itself when there are no updates."""
     if not updates:
@@ -49,11 +50,11 @@ def with_updates(variables: Variables, updates: Mapping[tuple[int, Leaf], Any]) 
     return new
 
 
-def drop_layers(variables: Variables, keep: Mapping[int, int]) -> dict:
+def drop_layers(variables: Variables, keep: Mapping[int, int]) -> dict[str, Any]:
     """Variables renumbered by ``keep`` (old index -> new index); other layers vanish."""
-    new: dict = {}
+    new: dict[str, Any] = {}
     for collection, layers in variables.items():
-        renumbered = {}
+        renumbered: dict[str, Any] = {}
         for k, v in layers.items():
             old = layer_index(k)
             if old is not None and old in keep:

@@ -7,13 +7,16 @@ the boxes its kind's ``decode`` makes, registered with ``b.add_detections``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 import ir
+from export.builder import OnnxBuilder
 from export.rules import ops
 
 
-def yolo(layer: ir.Yolo, b, index: int, inputs) -> str:
+def yolo(layer: ir.Yolo, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """The layer's own output (its kind's ``forward``) and, with ``b.decode``, its
     boxes as its ``decode`` makes them, registered with ``b.add_detections``; the map
     is viewed per anchor (`ops.per_anchor`)."""
@@ -22,7 +25,7 @@ def yolo(layer: ir.Yolo, b, index: int, inputs) -> str:
     p, f, h, w = ops.per_anchor(b, inputs[0], a)
     s = float(layer.scale_x_y)
 
-    def xy_of(t):
+    def xy_of(t: str) -> str:
         return t if s == 1.0 else ops.add(b, ops.mul(b, t, s), -(s - 1) / 2)
 
     raw_wh = ops.fields(b, p, 2, 4)
@@ -43,7 +46,7 @@ def yolo(layer: ir.Yolo, b, index: int, inputs) -> str:
     return out
 
 
-def gaussian_yolo(layer: ir.GaussianYolo, b, index: int, inputs) -> str:
+def gaussian_yolo(layer: ir.GaussianYolo, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """The kind's per-anchor entries (the layer's own output) and, with ``b.decode``,
     its ``decode``'s boxes registered with ``b.add_detections``."""
     a = len(layer.mask)
@@ -52,7 +55,7 @@ def gaussian_yolo(layer: ir.GaussianYolo, b, index: int, inputs) -> str:
     sig = ops.sigmoid(b, p)
     s = float(layer.scale_x_y)
 
-    def mu(k):
+    def mu(k: int) -> str:
         t = ops.fields(b, sig, k, k + 1)
         return t if s == 1.0 else ops.add(b, ops.mul(b, t, s), -(s - 1) / 2)
 
@@ -81,7 +84,7 @@ def gaussian_yolo(layer: ir.GaussianYolo, b, index: int, inputs) -> str:
     return out
 
 
-def region(layer: ir.Region, b, index: int, inputs) -> str:
+def region(layer: ir.Region, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """The kind's per-anchor entries (softmax over the class fields) and, with
     ``b.decode``, its ``decode``'s boxes (anchors in grid cells, scaled to pixels)."""
     c, _, _ = b.shape(inputs[0])
@@ -104,7 +107,7 @@ def region(layer: ir.Region, b, index: int, inputs) -> str:
     return out
 
 
-def detection(layer: ir.Detection, b, index: int, inputs) -> str:
+def detection(layer: ir.Detection, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """The kind's ``forward`` and ``decode`` in ONNX: slices of the NCHW-flattened
     input."""
     c, h, w = b.shape(inputs[0])

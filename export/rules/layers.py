@@ -7,16 +7,19 @@ table that maps kinds to these rules is `export.rules.ONNX_RULES`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 import ir
+from export.builder import OnnxBuilder
 from export.rules import ops
+from ir.kinds.base import Shape
 from ir.kinds.local_avgpool import windows
 from ir.kinds.reorg import reorg_index
-from ir.shapes import Shape
 
 
-def conv(layer: ir.Conv, b, index: int, inputs) -> str:
+def conv(layer: ir.Conv, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """Conv (OIHW kernel, symmetric zero padding ``pad · dilation``, groups,
     dilations), BatchNormalization when the layer still has BN (the exporter folds it
     by default), then the activation."""
@@ -38,7 +41,7 @@ def conv(layer: ir.Conv, b, index: int, inputs) -> str:
     return ops.emit_activation(b, layer.activation, y)
 
 
-def connected(layer: ir.Connected, b, index: int, inputs) -> str:
+def connected(layer: ir.Connected, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """Flatten (NCHW order, as the kernel's rows), Gemm with the ``(C·H·W, output)``
     kernel; BatchNorm folded into it when the exporter folds BN (``b.fold_bn``), else a
     BatchNormalization node; the activation; a ``(N, output, 1, 1)`` map."""
@@ -62,7 +65,7 @@ def connected(layer: ir.Connected, b, index: int, inputs) -> str:
     return b.node("Reshape", [y, b.ints([0, layer.output, 1, 1], "shape")])
 
 
-def shortcut(layer: ir.Shortcut, b, index: int, inputs) -> str:
+def shortcut(layer: ir.Shortcut, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """Darknet's sum over the common channels, keeping the first input's count: a
     wider addend is sliced, a narrower one zero-padded on the channel axis."""
     out = inputs[0]
@@ -77,11 +80,11 @@ def shortcut(layer: ir.Shortcut, b, index: int, inputs) -> str:
     return ops.emit_activation(b, layer.activation, out)
 
 
-def route(layer: ir.Route, b, index: int, inputs) -> str:
+def route(layer: ir.Route, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """Concat on channels; with ``groups``, slice ``group_id`` of each input first
     (CSP / yolov4-tiny). A single whole input is an Identity, so the layer still has
     its named node."""
-    parts = []
+    parts: list[str] = []
     for x in inputs:
         if layer.groups > 1:
             size = b.shape(x)[0] // layer.groups
@@ -92,12 +95,13 @@ def route(layer: ir.Route, b, index: int, inputs) -> str:
     return parts[0] if parts[0] != inputs[0] else b.node("Identity", parts)
 
 
-def product(layer, b, index: int, inputs) -> str:
+def product(layer: ir.Sam | ir.ScaleChannels, b: OnnxBuilder, index: int,
+            inputs: Sequence[str]) -> str:
     """``inputs[0] · inputs[1]`` (broadcast) then the activation."""
     return ops.emit_activation(b, layer.activation, b.node("Mul", [inputs[1], inputs[0]]))
 
 
-def maxpool(layer: ir.MaxPool, b, index: int, inputs) -> str:
+def maxpool(layer: ir.MaxPool, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """Spatially: Darknet's pool, ``pad_total`` split ``pad // 2`` before (top/left),
     the rest after, padded cells never winning -- ONNX MaxPool's ``pads`` mean that;
     onnxruntime refuses pads as large as the kernel, so those are padded with -inf
@@ -125,7 +129,7 @@ def maxpool(layer: ir.MaxPool, b, index: int, inputs) -> str:
                   pads=[lo, lo, hi, hi])
 
 
-def local_avgpool(layer: ir.LocalAvgPool, b, index: int, inputs) -> str:
+def local_avgpool(layer: ir.LocalAvgPool, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """Zero Pad, AveragePool (the window sum / size²), times size² / the number of
     in-image taps of each window (a constant map, the same
     `ir.kinds.local_avgpool.windows` on ones)."""
@@ -143,7 +147,7 @@ def local_avgpool(layer: ir.LocalAvgPool, b, index: int, inputs) -> str:
     return b.node("Mul", [mean, b.const(factor[None, None], name="taps")])
 
 
-def upsample(layer: ir.Upsample, b, index: int, inputs) -> str:
+def upsample(layer: ir.Upsample, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """Nearest-neighbour repeat by ``stride``: Resize with ``asymmetric`` coordinates
     and ``floor`` rounding maps output pixel i to input pixel i // stride, exactly
     Darknet's repeat; then times ``scale``."""
@@ -154,7 +158,7 @@ def upsample(layer: ir.Upsample, b, index: int, inputs) -> str:
     return y if layer.scale == 1.0 else b.node("Mul", [y, b.const(layer.scale, name="scale")])
 
 
-def crop(layer: ir.Crop, b, index: int, inputs) -> str:
+def crop(layer: ir.Crop, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """The centre window as one Slice on H and W, then ``2x - 1``."""
     _, h, w = b.shape(inputs[0])
     dh, dw = (h - layer.crop_height) // 2, (w - layer.crop_width) // 2
@@ -164,7 +168,7 @@ def crop(layer: ir.Crop, b, index: int, inputs) -> str:
     return y if layer.noadjust else ops.add(b, ops.mul(b, y, 2.0), -1.0)
 
 
-def reorg(layer, b, index: int, inputs) -> str:
+def reorg(layer: ir.Reorg | ir.Reorg3d, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """The same gather: Flatten (NCHW order), Gather with `reorg_index`, Reshape."""
     c, h, w = b.shape(inputs[0])
     out = ir.spec_of(layer).shape(layer, (Shape(c, h, w),))
@@ -177,7 +181,7 @@ def reorg(layer, b, index: int, inputs) -> str:
     return b.node("Reshape", [gathered, b.ints([0, out.c, out.h, out.w], "shape")])
 
 
-def softmax(layer: ir.Softmax, b, index: int, inputs) -> str:
+def softmax(layer: ir.Softmax, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """Softmax over ``groups`` chunks of the flat NCHW buffer, after ÷ temperature."""
     c, h, w = b.shape(inputs[0])
     flat = b.node("Reshape", [inputs[0], b.ints([0, layer.groups, -1], "shape")])
@@ -187,10 +191,10 @@ def softmax(layer: ir.Softmax, b, index: int, inputs) -> str:
     return b.node("Reshape", [y, b.ints([0, c, h, w], "shape")])
 
 
-def global_avgpool(layer: ir.AvgPool, b, index: int, inputs) -> str:
+def global_avgpool(layer: ir.AvgPool, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     return b.node("GlobalAveragePool", inputs[:1])
 
 
-def identity(layer, b, index: int, inputs) -> str:
+def identity(layer: ir.Dropout | ir.Cost, b: OnnxBuilder, index: int, inputs: Sequence[str]) -> str:
     """``[dropout]`` and ``[cost]``: the identity at inference."""
     return b.node("Identity", inputs[:1])

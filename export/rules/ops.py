@@ -13,33 +13,33 @@ writes the grid decode every detection head shares (`ir.kinds.yolo.grid_boxes`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from export.builder import OnnxBuilder
 from ir.activations import Activation
 
 # ------------------------------------------------------------------- small helpers
 
-def mul(b, x: str, k: float) -> str:
+def mul(b: OnnxBuilder, x: str, k: float) -> str:
     return b.node("Mul", [x, b.const(k, name="k")])
 
 
-def add(b, x: str, k: float) -> str:
+def add(b: OnnxBuilder, x: str, k: float) -> str:
     return b.node("Add", [x, b.const(k, name="k")])
 
 
-def where(b, cond: str, a: str, other: str) -> str:
+def where(b: OnnxBuilder, cond: str, a: str, other: str) -> str:
     return b.node("Where", [cond, a, other])
 
 
-def compare(b, op: str, x: str, k: float) -> str:
+def compare(b: OnnxBuilder, op: str, x: str, k: float) -> str:
     """``x <op> k`` for ``op`` in Greater, Less, GreaterOrEqual."""
     return b.node(op, [x, b.const(k, name="k")])
 
 
-def reduce(b, op: str, x: str, axes, keepdims: int = 1) -> str:
+def reduce(b: OnnxBuilder, op: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
     """``ReduceSum``/``ReduceMax`` over ``axes``: axes are an input from opset 13
     (ReduceSum) or 18 (the others), an attribute before."""
     since = 13 if op == "ReduceSum" else 18
@@ -48,56 +48,59 @@ def reduce(b, op: str, x: str, axes, keepdims: int = 1) -> str:
     return b.node(op, [x], axes=list(axes), keepdims=keepdims)
 
 
-def sigmoid(b, x: str) -> str:
+def sigmoid(b: OnnxBuilder, x: str) -> str:
     return b.node("Sigmoid", [x])
 
 
 # --------------------------------------------------------------------- activations
 
-def _mish(b, x):
+Emit = Callable[[OnnxBuilder, str], str]  # an activation's rule: (b, x) -> output name
+
+
+def _mish(b: OnnxBuilder, x: str) -> str:
     # Mish is an operator from opset 18 on; x · tanh(softplus(x)) is the same function
     # (the runtime's thresholded softplus differs from log(1 + e^x) below float32's ulp).
     return b.node("Mul", [x, b.node("Tanh", [b.node("Softplus", [x])])])
 
 
-def _hard_mish(b, x):
+def _hard_mish(b: OnnxBuilder, x: str) -> str:
     quad = b.node("Add", [mul(b, b.node("Mul", [x, x]), 0.5), x])
     inner = where(b, compare(b, "Greater", x, -2.0), quad, b.const(0.0, name="zero"))
     return where(b, compare(b, "Greater", x, 0.0), x, inner)
 
 
-def _normalize_channels(b, x):
+def _normalize_channels(b: OnnxBuilder, x: str) -> str:
     pos = b.node("Relu", [x])
     return b.node("Div", [pos, add(b, reduce(b, "ReduceSum", pos, [1]), 1e-4)])
 
 
-def _normalize_channels_softmax(b, x, use_max: bool = False):
+def _normalize_channels_softmax(b: OnnxBuilder, x: str, use_max: bool = False) -> str:
     if use_max:
         x = b.node("Sub", [x, reduce(b, "ReduceMax", x, [1])])
     e = b.node("Exp", [x])
     return b.node("Div", [e, add(b, reduce(b, "ReduceSum", e, [1]), 1e-11)])
 
 
-def _gelu(b, x):
+def _gelu(b: OnnxBuilder, x: str) -> str:
     cube = b.node("Mul", [b.node("Mul", [x, x]), x])
     inner = b.node("Add", [mul(b, x, 0.797885), mul(b, cube, 0.035677)])
     return b.node("Mul", [mul(b, x, 0.5), add(b, b.node("Tanh", [inner]), 1.0)])
 
 
-def _plse(b, x):
+def _plse(b: OnnxBuilder, x: str) -> str:
     high = add(b, mul(b, add(b, x, -4.0), 0.01), 1.0)
     mid = add(b, mul(b, x, 0.125), 0.5)
     inner = where(b, compare(b, "Greater", x, 4.0), high, mid)
     return where(b, compare(b, "Less", x, -4.0), mul(b, add(b, x, 4.0), 0.01), inner)
 
 
-def _lhtan(b, x):
+def _lhtan(b: OnnxBuilder, x: str) -> str:
     high = add(b, mul(b, add(b, x, -1.0), 0.001), 1.0)
     inner = where(b, compare(b, "Greater", x, 1.0), high, x)
     return where(b, compare(b, "Less", x, 0.0), mul(b, x, 0.001), inner)
 
 
-def _stair(b, x):
+def _stair(b: OnnxBuilder, x: str) -> str:
     n = b.node("Floor", [x])
     half = b.node("Floor", [mul(b, x, 0.5)])
     # Only "n is odd" matters, so fmod's sign (that of n) is as good as numpy's mod.
@@ -106,11 +109,11 @@ def _stair(b, x):
     return where(b, odd, b.node("Add", [b.node("Sub", [x, n]), half]), half)
 
 
-def _clip(lo: float, hi: float):
+def _clip(lo: float, hi: float) -> Emit:
     return lambda b, x: b.node("Clip", [x, b.const(lo, name="min"), b.const(hi, name="max")])
 
 
-ACTIVATIONS: dict[Activation, Callable[[Any, str], str]] = {
+ACTIVATIONS: dict[Activation, Emit] = {
     Activation.LOGISTIC: sigmoid,
     Activation.SWISH: lambda b, x: b.node("Mul", [x, sigmoid(b, x)]),
     Activation.MISH: _mish,
@@ -142,14 +145,14 @@ if set(ACTIVATIONS) != set(Activation):  # fail closed at import, like the regis
                     f"{sorted(a.value for a in set(Activation) - set(ACTIVATIONS))}")
 
 
-def emit_activation(b, activation: Activation, x: str) -> str:
+def emit_activation(b: OnnxBuilder, activation: Activation, x: str) -> str:
     """Darknet ``activation=`` applied to the NCHW tensor ``x``."""
     return ACTIVATIONS[Activation(activation)](b, x)
 
 
 # ------------------------------------------------------------------ detection heads
 
-def per_anchor(b, x: str, anchors: int) -> tuple[str, int, int, int]:
+def per_anchor(b: OnnxBuilder, x: str, anchors: int) -> tuple[str, int, int, int]:
     """``x`` (N, C, H, W) viewed as ``(N, anchors, C / anchors, H, W)``: channel
     ``a · F + k`` is field k of anchor a, as in Darknet. Returns (view, F, H, W)."""
     c, h, w = b.shape(x)
@@ -157,17 +160,17 @@ def per_anchor(b, x: str, anchors: int) -> tuple[str, int, int, int]:
     return b.node("Reshape", [x, b.ints([0, anchors, fields, h, w], "shape")]), fields, h, w
 
 
-def fields(b, p: str, start: int, stop: int) -> str:
+def fields(b: OnnxBuilder, p: str, start: int, stop: int) -> str:
     """Fields ``start:stop`` of a per-anchor view."""
     return b.slice(p, start, stop, axis=2)
 
 
-def flat_map(b, p: str, c: int, h: int, w: int) -> str:
+def flat_map(b: OnnxBuilder, p: str, c: int, h: int, w: int) -> str:
     """A per-anchor view back to the (N, C, H, W) map."""
     return b.node("Reshape", [p, b.ints([0, c, h, w], "shape")])
 
 
-def head_boxes(b, xy: str, wh: str, rest: str, anchors: int, h: int, w: int) -> None:
+def head_boxes(b: OnnxBuilder, xy: str, wh: str, rest: str, anchors: int, h: int, w: int) -> None:
     """Register ``(N, anchors·H·W, 4 + k)`` boxes with the builder, as
     `ir.kinds.yolo.grid_boxes` makes them: ``cx = (xy_x + col) / W · input_w`` (same
     for y), then ``wh`` (pixels) and ``rest`` (``k`` fields), ordered anchor, y, x.
@@ -186,7 +189,7 @@ def head_boxes(b, xy: str, wh: str, rest: str, anchors: int, h: int, w: int) -> 
     b.add_detections(b.node("Reshape", [boxes, b.ints([0, anchors * h * w, -1], "shape")]))
 
 
-def anchor_const(b, values, anchors: int) -> str:
+def anchor_const(b: OnnxBuilder, values: Sequence[tuple[float, float]], anchors: int) -> str:
     """Per-anchor (w, h) pairs as a ``(1, anchors, 2, 1, 1)`` constant."""
     return b.const(np.asarray(values, np.float32).reshape(1, anchors, 2, 1, 1),
                    name="anchors")

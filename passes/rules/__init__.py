@@ -17,6 +17,8 @@ channel's output vary over the image, so the feature space is kept whole.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ir
 from ir.activations import activate_xp
 from ir.kinds.crop import adjust
@@ -46,7 +48,7 @@ def _shortcut_channels(layer: ir.Shortcut, ctx: FlowContext) -> Flow:
     return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
 
 
-def _shortcut_dropped(layer: ir.Shortcut, ctx: DropContext):
+def _shortcut_dropped(layer: ir.Shortcut, ctx: DropContext) -> Any:
     if not any(bool(d.any()) for d in ctx.dropped):
         return ctx.zeros()
     # Coupled inputs drop the same channels, each emitting its constant there.
@@ -54,7 +56,7 @@ def _shortcut_dropped(layer: ir.Shortcut, ctx: DropContext):
 
 
 def _route_channels(layer: ir.Route, ctx: FlowContext) -> Flow:
-    parts = []
+    parts: list[Segment] = []
     for segs, shape in zip(ctx.in_segments, ctx.in_shapes):
         step = shape.c // layer.groups
         parts += slice_segments(segs, layer.group_id * step, (layer.group_id + 1) * step)
@@ -63,7 +65,7 @@ def _route_channels(layer: ir.Route, ctx: FlowContext) -> Flow:
     return Flow(tuple(parts), balanced=balanced)
 
 
-def _route_dropped(layer: ir.Route, ctx: DropContext):
+def _route_dropped(layer: ir.Route, ctx: DropContext) -> Any:
     return ctx.xp.concatenate([take_group(ctx.xp, c, layer) for c in ctx.consts])
 
 
@@ -74,11 +76,11 @@ def _maxpool_channels(layer: ir.MaxPool, ctx: FlowContext) -> Flow:
     return Flow(ctx.in_segments[0])
 
 
-def _maxpool_dropped(layer: ir.MaxPool, ctx: DropContext):
+def _maxpool_dropped(layer: ir.MaxPool, ctx: DropContext) -> Any:
     return ctx.zeros() if layer.depth else ctx.consts[0]
 
 
-def _head_channels(layer, ctx: FlowContext) -> Flow:
+def _head_channels(layer: ir.Layer, ctx: FlowContext) -> Flow:
     return Flow(ctx.in_segments[0], block=((ctx.in_segments[0],
                                             f"feeds [{layer.kind}] {ctx.where}"),),
                 code="head")
@@ -88,7 +90,7 @@ def _product_channels(layer: ir.Sam, ctx: FlowContext) -> Flow:
     return Flow(ctx.in_segments[0], couple=(tuple(ctx.in_segments),))
 
 
-def _product_dropped(layer, ctx: DropContext):
+def _product_dropped(layer: ir.Sam | ir.ScaleChannels, ctx: DropContext) -> Any:
     if not any(bool(d.any()) for d in ctx.dropped):
         return ctx.zeros()
     return activate_xp(ctx.xp, layer.activation, ctx.consts[0] * ctx.consts[1])
@@ -132,7 +134,7 @@ PASS_RULES: ir.RuleTable[PassRule] = ir.check_table("passes", {
 })
 
 
-def pass_rule(layer) -> PassRule:
+def pass_rule(layer: ir.Layer) -> PassRule:
     """The passes' rule for ``layer``'s kind; a refused kind blocks what it reads."""
     entry = PASS_RULES.of(layer)
     return blocking(entry.reason, "unsupported") if isinstance(entry, ir.Refusal) else entry

@@ -15,7 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ir.shapes import Shape
+from ir.kinds.base import Shape
+from ir.layers import Layer
+from ir.variables import Leaf
 
 
 class Segment(NamedTuple):
@@ -71,7 +73,7 @@ class Flow:
     """
 
     segments: Segments
-    couple: tuple[Segments, ...] = ()
+    couple: tuple[tuple[Segments, ...], ...] = ()
     block: tuple[tuple[Segments, str], ...] = ()
     balanced: tuple[tuple[Segments, int], ...] = ()
     own: str | None = None
@@ -116,32 +118,34 @@ class DropContext:
     dropped: tuple[Any, ...]   # boolean arrays, True where the channel was dropped
     out_shape: Shape
     own_keep: Any | None       # this layer's own output mask, if it was pruned
-    params: Mapping[str, Any]  # this layer's variables, flat: {"bn/bias": ..., ...}
+    params: Mapping[Leaf, Any]  # this layer's variables, flat: {("params", "bn", "bias"): ...}
 
-    def zeros(self):
+    def zeros(self) -> Any:
         return self.xp.zeros(self.out_shape.c, self.xp.float32)
 
 
-def pass_through(layer, ctx: FlowContext) -> Flow:
+def pass_through(layer: Layer, ctx: FlowContext) -> Flow:
     """Channel c of the output is channel c of the (first) input."""
     return Flow(ctx.in_segments[0])
 
 
-def no_drops(layer, ctx: DropContext):
+def no_drops(layer: Layer, ctx: DropContext) -> Any:
     """For kinds whose inputs the channel rule blocks: nothing dropped reaches them."""
     return ctx.zeros()
 
 
-def first_input_const(layer, ctx: DropContext):
+def first_input_const(layer: Layer, ctx: DropContext) -> Any:
     """For channel-wise pass-through kinds: the constant passes unchanged."""
     return ctx.consts[0]
 
 
-def no_fold(layer, xp, leaves, const_in, in_keep, own_keep, zero_inputs) -> dict:
+def no_fold(layer: Layer, xp: Any, leaves: Mapping[Leaf, Any], const_in: Any, in_keep: Any,
+            own_keep: Any, zero_inputs: bool) -> dict[Leaf, Any]:
     return {}
 
 
-def no_slice(layer, xp, leaves, in_keep, out_keep):
+def no_slice(layer: Layer, xp: Any, leaves: Mapping[Leaf, Any], in_keep: Any, out_keep: Any
+             ) -> tuple[Layer, dict[Leaf, Any]]:
     return layer, {}
 
 
@@ -161,15 +165,15 @@ class PassRule:
 
     channels: Callable[[Any, FlowContext], Flow]
     dropped: Callable[[Any, DropContext], Any]
-    fold: Callable[..., dict] = no_fold
-    slice: Callable[..., tuple[Any, dict]] = no_slice
+    fold: Callable[..., dict[Leaf, Any]] = no_fold
+    slice: Callable[..., tuple[Any, dict[Leaf, Any]]] = no_slice
 
 
 def blocking(reason: str, code: str = "read_by") -> PassRule:
     """The rule of a kind that keeps every channel it reads (``read by [kind] layer i
     (cfg line n): reason``), so nothing dropped reaches it and it has nothing to fold
     or slice: a kind the passes refuse, or one that mixes channels."""
-    def blocked(layer, ctx: FlowContext) -> Flow:
+    def blocked(layer: Layer, ctx: FlowContext) -> Flow:
         return ctx.blocked(layer.kind, reason, code)
     return PassRule(channels=blocked, dropped=no_drops)
 

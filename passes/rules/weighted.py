@@ -16,6 +16,8 @@ BatchNorm its own outputs are ranked by |γ| like a conv's.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -24,11 +26,15 @@ from ir.activations import activate_xp
 from ir.kinds.connected import BIAS as DENSE_BIAS
 from ir.kinds.connected import KERNEL as DENSE_KERNEL
 from ir.kinds.conv import BETA, BIAS, GAMMA, KERNEL, MEAN, VAR
+from ir.variables import Leaf
 from passes.rules.flow import DropContext, Flow, FlowContext, PassRule, Segment
+
+Leaves = Mapping[Leaf, Any]  # one layer's variables: {(collection, part, name): array}
 
 
 def _conv_channels(layer: ir.Conv, ctx: FlowContext) -> Flow:
     own = ctx.own(layer.filters)
+    why: str | None
     if layer.share is not None:
         # One kernel serves both convs: neither may lose input or output channels.
         why = f"shares its weights with layer {layer.share} ({ctx.where}: share_index)"
@@ -51,13 +57,13 @@ def _conv_channels(layer: ir.Conv, ctx: FlowContext) -> Flow:
     return Flow(own, block=((source, why),), own=why, code="grouped_conv")
 
 
-def _conv_dropped(layer: ir.Conv, ctx: DropContext):
+def _conv_dropped(layer: ir.Conv, ctx: DropContext) -> Any:
     if ctx.own_keep is None or not layer.batch_normalize:
         return ctx.zeros()
     return activate_xp(ctx.xp, layer.activation, ctx.params[BETA])
 
 
-def _grouped_offset(xp, kernel, const, groups: int):
+def _grouped_offset(xp: Any, kernel: Any, const: Any, groups: int) -> Any:
     """``Σ_{kh,kw,c} W[kh, kw, c, o] · const[c]`` for a (grouped) HWIO kernel."""
     per_group_in, out = kernel.shape[2], kernel.shape[3]
     oihw = kernel.transpose(3, 2, 0, 1)
@@ -71,7 +77,8 @@ def _grouped_offset(xp, kernel, const, groups: int):
     return xp.einsum("jgo,gj->go", summed, const).reshape(out)
 
 
-def _fold_consumer(xp, leaves, offset, batch_normalize: bool) -> dict:
+def _fold_consumer(xp: Any, leaves: Leaves, offset: Any, batch_normalize: bool
+                   ) -> dict[Leaf, Any]:
     """A consumer absorbs ``offset`` (what dropped inputs added to each output): into
     its BN running mean (subtracted) or its bias (added)."""
     if batch_normalize:
@@ -80,14 +87,15 @@ def _fold_consumer(xp, leaves, offset, batch_normalize: bool) -> dict:
     return {bias: leaves[bias] + offset}
 
 
-def _zero_dropped_outputs(xp, leaves, own_keep) -> dict:
+def _zero_dropped_outputs(xp: Any, leaves: Leaves, own_keep: Any) -> dict[Leaf, Any]:
     """γ and β of dropped output channels set to 0 (their BN then emits exactly 0)."""
     keep = xp.asarray(own_keep)
     return {leaf: xp.where(keep, leaves[leaf], 0.0) for leaf in (GAMMA, BETA)}
 
 
-def _conv_fold(layer: ir.Conv, xp, leaves, const_in, in_keep, own_keep, zero_inputs: bool) -> dict:
-    updates = {}
+def _conv_fold(layer: ir.Conv, xp: Any, leaves: Leaves, const_in: Any, in_keep: Any,
+               own_keep: Any, zero_inputs: bool) -> dict[Leaf, Any]:
+    updates: dict[Leaf, Any] = {}
     if own_keep is not None and not own_keep.all():
         updates.update(_zero_dropped_outputs(xp, leaves, own_keep))
     if in_keep is None or in_keep.all():
@@ -100,7 +108,7 @@ def _conv_fold(layer: ir.Conv, xp, leaves, const_in, in_keep, own_keep, zero_inp
     return updates
 
 
-def _gather_kernel(kernel, in_idx: np.ndarray, out_idx: np.ndarray, xp):
+def _gather_kernel(kernel: Any, in_idx: np.ndarray, out_idx: np.ndarray, xp: Any) -> Any:
     """``kernel[:, :, in_idx][..., out_idx]`` for an HWIO kernel, in memory order.
 
     Kernels read from Darknet or torch files are HWIO views of OIHW buffers; gathering
@@ -113,16 +121,18 @@ def _gather_kernel(kernel, in_idx: np.ndarray, out_idx: np.ndarray, xp):
     return kernel[:, :, xp.asarray(in_idx)[:, None], xp.asarray(out_idx)[None, :]]
 
 
-def _slice_outputs(xp, leaves, out_idx, leaves_to_slice) -> dict:
+def _slice_outputs(xp: Any, leaves: Leaves, out_idx: np.ndarray,
+                   leaves_to_slice: tuple[Leaf, ...]) -> dict[Leaf, Any]:
     return {leaf: xp.take(leaves[leaf], xp.asarray(out_idx)) for leaf in leaves_to_slice
             if leaf in leaves}
 
 
-def _conv_slice(layer: ir.Conv, xp, leaves, in_keep, out_keep):
+def _conv_slice(layer: ir.Conv, xp: Any, leaves: Leaves, in_keep: Any, out_keep: Any
+                ) -> tuple[ir.Conv, dict[Leaf, Any]]:
     kernel = leaves[KERNEL]
     out_idx = np.flatnonzero(out_keep)
     in_idx = np.flatnonzero(in_keep)
-    updates = {}
+    updates: dict[Leaf, Any] = {}
     if layer.groups > 1:  # depthwise (coupled): each group keeps one input
         new = dataclasses.replace(layer, filters=len(out_idx), groups=len(out_idx))
         if len(out_idx) < layer.filters:
@@ -142,20 +152,20 @@ def _connected_channels(layer: ir.Connected, ctx: FlowContext) -> Flow:
     return Flow(ctx.own(layer.output), own=why, code="no_bn")
 
 
-def _connected_dropped(layer: ir.Connected, ctx: DropContext):
+def _connected_dropped(layer: ir.Connected, ctx: DropContext) -> Any:
     if ctx.own_keep is None or not layer.batch_normalize:
         return ctx.zeros()
     return activate_xp(ctx.xp, layer.activation, ctx.params[BETA])
 
 
-def _rows(kernel, channels: int):
+def _rows(kernel: Any, channels: int) -> Any:
     """The kernel as ``(channels, H·W, output)``: rows are NCHW-flattened inputs."""
     return kernel.reshape(channels, kernel.shape[0] // channels, kernel.shape[1])
 
 
-def _connected_fold(layer: ir.Connected, xp, leaves, const_in, in_keep, own_keep,
-                    zero_inputs: bool):
-    updates = {}
+def _connected_fold(layer: ir.Connected, xp: Any, leaves: Leaves, const_in: Any, in_keep: Any,
+                    own_keep: Any, zero_inputs: bool) -> dict[Leaf, Any]:
+    updates: dict[Leaf, Any] = {}
     if own_keep is not None and not own_keep.all():
         updates.update(_zero_dropped_outputs(xp, leaves, own_keep))
     if in_keep is None or in_keep.all():
@@ -169,10 +179,11 @@ def _connected_fold(layer: ir.Connected, xp, leaves, const_in, in_keep, own_keep
     return updates
 
 
-def _connected_slice(layer: ir.Connected, xp, leaves, in_keep, out_keep):
+def _connected_slice(layer: ir.Connected, xp: Any, leaves: Leaves, in_keep: Any, out_keep: Any
+                     ) -> tuple[ir.Connected, dict[Leaf, Any]]:
     kernel = leaves[DENSE_KERNEL]
     in_idx, out_idx = np.flatnonzero(in_keep), np.flatnonzero(out_keep)
-    updates = {}
+    updates: dict[Leaf, Any] = {}
     if len(in_idx) < len(in_keep) or len(out_idx) < layer.output:
         rows = _rows(kernel, len(in_keep))[xp.asarray(in_idx)][..., xp.asarray(out_idx)]
         updates[DENSE_KERNEL] = rows.reshape(-1, len(out_idx))
