@@ -188,7 +188,8 @@ def int8_export(graph: ir.Graph, model, *, calibration: np.ndarray, valid,
     if latency_repeats > 0:
         on_stage("latency")
         dim = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
-        f, q = measure_onnx_latency([model, quantized], [tuple(ir.input_shape(graph))] * 2,
+        channels, height, width = ir.input_shape(graph)
+        f, q = measure_onnx_latency([model, quantized], [(channels, height, width)] * 2,
                                     repeats=latency_repeats, warmup=3, batch=dim)
         latency = {"engine": engine, "batch": dim, "repeats": latency_repeats,
                    "float_ms": f.median_ms, "int8_ms": q.median_ms,

@@ -34,6 +34,7 @@ import numpy as np
 import frontends
 import ir
 import passes
+from passes.analysis import Mode
 
 STATE = "sweep.jsonl"
 ENGINES = ("darkslim", "onnxruntime", "openvino")
@@ -130,7 +131,7 @@ class SweepSpec:
     data: str
     percents: tuple[float, ...]
     layers: tuple[int, ...] = (0,)
-    mode: str = "regular"
+    mode: Mode = "regular"
     round_to: int = 1
     min_keep: float = 0.01
     finetune_epochs: int = 0
@@ -351,7 +352,7 @@ def measure_latencies(programs: Sequence[tuple[ir.Graph, Any]], engine: str, *,
         from darkslim.onnx_deploy import export_checked
 
         models = [export_checked(g, v) for g, v in programs]
-        shapes = [tuple(ir.input_shape(g)) for g, _ in programs]
+        shapes = [(c, h, w) for c, h, w in (ir.input_shape(g) for g, _ in programs)]
         return tuple(t.times_ms for t in measure_onnx_latency(
             models, shapes, repeats=repeats, warmup=warmup, threads=threads))
     return _openvino_latencies(programs, repeats=repeats, warmup=warmup, threads=threads)
@@ -369,7 +370,7 @@ def _openvino_latencies(programs, *, repeats: int, warmup: int, threads: int | N
     runs = []
     for graph, variables in programs:
         data = export_checked(graph, variables).SerializeToString()
-        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         compiled = core.compile_model(core.read_model(data), "CPU", config)
@@ -452,7 +453,7 @@ def run_sweep(spec: SweepSpec, out: str | os.PathLike, *, engine: str = "darksli
 
     points = spec.points()
     on_start(len(points), sum(p.key in done for p in points))
-    computed = []
+    computed: list[str] = []
     for point in points:
         if point.key in done:
             continue

@@ -111,7 +111,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _read_header(buf: bytes, source: str) -> DarknetHeader:
+def _read_header(buf: bytes | bytearray, source: str) -> DarknetHeader:
     if len(buf) < 12:
         raise WeightsError(f"{source}: {len(buf)} bytes, too short for a .weights header "
                            "(expected at least 16: int32 major, minor, revision, then "
@@ -126,7 +126,7 @@ def _read_header(buf: bytes, source: str) -> DarknetHeader:
     return DarknetHeader(major, minor, revision, seen)
 
 
-def read_darknet(graph: ir.Graph, path: str | os.PathLike, *, seed: int = 0,
+def read_darknet(graph: ir.Graph, path: str | os.PathLike[str], *, seed: int = 0,
                  upto: int | None = None) -> LoadedWeights:
     """Read a Darknet ``.weights`` file for ``graph``.
 
@@ -271,7 +271,7 @@ def darknet_chunks(graph: ir.Graph, variables: Variables, header: DarknetHeader,
             yield _to_file(variables[collection][key][part][name], layout)
 
 
-def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike, *,
+def write_darknet(graph: ir.Graph, variables: Variables, path: str | os.PathLike[str], *,
                   header: DarknetHeader | None = None, upto: int | None = None) -> None:
     """Write ``variables`` as a Darknet ``.weights`` file, atomically.
 
@@ -301,7 +301,7 @@ PARTIAL_HEADER = DarknetHeader(0, 2, 5, 0)
 iteration before ``save_weights_upto``), whatever the input file said."""
 
 
-def write_partial(graph: ir.Graph, variables: Variables, path: str | os.PathLike,
+def write_partial(graph: ir.Graph, variables: Variables, path: str | os.PathLike[str],
                   upto: int) -> None:
     """Write the first ``upto`` layers' weights of ``variables`` as Darknet's
     ``darknet partial cfg weights out upto`` does, byte for byte: `PARTIAL_HEADER`,

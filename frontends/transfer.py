@@ -34,6 +34,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,13 +114,20 @@ def head_feeds(graph: ir.Graph) -> dict[int, int]:
     return feeds
 
 
+def _yolo(graph: ir.Graph, index: int) -> ir.Yolo:
+    """Layer ``index`` of ``graph``, one of `ir.Graph.yolo_indices`."""
+    layer = graph.layers[index]
+    assert isinstance(layer, ir.Yolo)
+    return layer
+
+
 def retarget_heads(graph: ir.Graph, classes: int) -> ir.Graph:
     """``graph`` with every ``[yolo]`` predicting ``classes`` classes and the conv
     feeding it ``len(mask) * (classes + 5)`` filters: the same network trained on
     another dataset (COCO's 80 classes, say)."""
     updates: dict[int, ir.Layer] = {}
     for index in graph.yolo_indices():
-        head = graph.layers[index]
+        head = _yolo(graph, index)
         updates[index] = dataclasses.replace(head, classes=classes)
         for j in ir.layer_inputs(graph, index):
             feed = graph.layers[j] if j >= 0 else None
@@ -134,7 +142,7 @@ def _body_floats(graph: ir.Graph) -> int:
                for shape in leaves.values())
 
 
-def infer_darknet_source(graph: ir.Graph, path: str | os.PathLike) -> ir.Graph | None:
+def infer_darknet_source(graph: ir.Graph, path: str | os.PathLike[str]) -> ir.Graph | None:
     """The cfg a Darknet ``.weights`` file was written for, if it is ``graph`` with its
     ``[yolo]`` heads retargeted to another class count (`retarget_heads`): the body's
     size is linear in the class count, so at most one count fits exactly. None when
@@ -142,7 +150,7 @@ def infer_darknet_source(graph: ir.Graph, path: str | os.PathLike) -> ir.Graph |
     ``graph`` has no ``[yolo]`` head.
     """
     heads = graph.yolo_indices()
-    if not heads or len({graph.layers[i].classes for i in heads}) > 1:
+    if not heads or len({_yolo(graph, i).classes for i in heads}) > 1:
         return None
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -151,7 +159,7 @@ def infer_darknet_source(graph: ir.Graph, path: str | os.PathLike) -> ir.Graph |
     if body % 4:
         return None
     body //= 4
-    classes = graph.layers[heads[0]].classes
+    classes = _yolo(graph, heads[0]).classes
     here = _body_floats(graph)
     if body == here:
         return None
@@ -180,7 +188,7 @@ def _describe_shapes(shapes: dict[tuple[str, ...], tuple[int, ...]]) -> str:
     return ", ".join(f"{'.'.join(p[1:])} {s}" for p, s in shapes.items()) or "nothing"
 
 
-def _take(variables: Variables, key: str, into: dict) -> None:
+def _take(variables: Variables, key: str, into: dict[str, dict[str, Any]]) -> None:
     for collection in ("params", "batch_stats"):
         if key in variables.get(collection, {}):
             into[collection][key] = variables[collection][key]
@@ -188,7 +196,7 @@ def _take(variables: Variables, key: str, into: dict) -> None:
             into[collection].pop(key, None)
 
 
-def transfer_variables(graph: ir.Graph, path: str | os.PathLike, init: Variables, *,
+def transfer_variables(graph: ir.Graph, path: str | os.PathLike[str], init: Variables, *,
                        reinit_heads: bool = False, source: ir.Graph | None = None,
                        bn_eps: float | None = None, layout: str | None = None
                        ) -> Transfer:
@@ -225,7 +233,7 @@ def transfer_variables(graph: ir.Graph, path: str | os.PathLike, init: Variables
         # a *.conv.N backbone is a prefix of the target, whatever its size
         source = infer_darknet_source(graph, path)
         if source is not None:
-            classes = source.layers[source.yolo_indices()[0]].classes
+            classes = _yolo(source, source.yolo_indices()[0]).classes
             described = (f"{Path(str(graph.path)).name} with classes={classes} in its "
                          "[yolo] heads (from the file size)")
     elif source is not None:

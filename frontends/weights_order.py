@@ -40,7 +40,7 @@ def _connected(layer: ir.Connected) -> Order:
     return ((DENSE_BIAS, "vector"), (DENSE_KERNEL, "dense"))
 
 
-def _none(layer) -> Order:
+def _none(layer: ir.Layer) -> Order:
     return ()
 
 
@@ -55,7 +55,7 @@ WEIGHTS_ORDER: ir.RuleTable[Callable[..., Order]] = ir.check_table(".weights ord
 })
 
 
-def file_order(layer) -> Order:
+def file_order(layer: ir.Layer) -> Order:
     """``layer``'s variables in ``.weights`` order (empty: none in the file). A refused
     kind holds none here (see the module docstring)."""
     rule = WEIGHTS_ORDER.of(layer)

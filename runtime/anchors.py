@@ -122,18 +122,26 @@ def kmeans_anchors(wh: np.ndarray, k: int, *, seed: int = 0, restarts: int = 10,
         score = mean_best_iou(wh, rounded)
         if best is None or score > best[0]:
             best = (score, rounded, rounds)
+    assert best is not None  # restarts >= 1 (checked above)
     score, anchors, rounds = best
     return AnchorResult(anchors=tuple((int(w), int(h)) for w, h in anchors),
                         mean_iou=score, boxes=len(wh), iterations=rounds, seed=seed,
                         restarts=restarts)
 
 
+def _yolo(graph: ir.Graph, index: int) -> ir.Yolo:
+    """Layer ``index`` of ``graph``, one of `ir.Graph.yolo_indices`."""
+    layer = graph.layers[index]
+    assert isinstance(layer, ir.Yolo)
+    return layer
+
+
 def cfg_anchors(graph: ir.Graph) -> tuple[tuple[float, float], ...]:
     """The anchors the ``[yolo]`` heads of ``graph`` use, each once, in cfg order."""
     seen: dict[tuple[float, float], None] = {}
     for index in graph.yolo_indices():
-        for anchor in graph.layers[index].head_anchors:
-            seen.setdefault(tuple(anchor), None)
+        for w, h in _yolo(graph, index).head_anchors:
+            seen.setdefault((w, h), None)
     return tuple(seen)
 
 
@@ -157,23 +165,23 @@ def with_anchors(graph: ir.Graph, anchors: tuple[tuple[int, int], ...], *,
     shapes = ir.verify(graph)
     # finest grid first: it takes the smallest anchors
     order = sorted(heads, key=lambda i: (-shapes[i].h * shapes[i].w, i))
-    counts = [len(graph.layers[i].mask) for i in order]
+    counts = [len(_yolo(graph, i).mask) for i in order]
     if sum(counts) != len(anchors):
         if len(anchors) % len(heads):
             raise ValueError(f"{graph.path}: {len(anchors)} anchors for {len(heads)} [yolo] "
                              f"heads: expected a multiple of {len(heads)} (or "
                              f"{sum(counts)}, as the cfg's masks have)")
         counts = [len(anchors) // len(heads)] * len(heads)
-    anchors = tuple(sorted(((float(w), float(h)) for w, h in anchors),
+    by_area = tuple(sorted(((float(w), float(h)) for w, h in anchors),
                            key=lambda a: a[0] * a[1]))
     updates: dict[int, ir.Layer] = {}
     start = 0
     for index, count in zip(order, counts):
-        head = graph.layers[index]
+        head = _yolo(graph, index)
         mask = tuple(range(start, start + count))
         start += count
-        updates[index] = dataclasses.replace(head, mask=mask, anchors=anchors,
-                                             num=len(anchors))
+        updates[index] = dataclasses.replace(head, mask=mask, anchors=by_area,
+                                             num=len(by_area))
         feed = graph.layers[index - 1]
         if isinstance(feed, ir.Conv):
             updates[index - 1] = dataclasses.replace(

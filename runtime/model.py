@@ -71,8 +71,11 @@ def decode_heads(graph: ir.Graph, heads, input_hw: tuple[int, int], xp):
     detection layer, in cfg order), each decoded by its layer kind's rule and
     zero-padded to the widest; any array library ``xp`` (numpy for heads computed
     elsewhere, e.g. by onnxruntime)."""
-    decoded = [ir.spec_of(graph.layers[i]).decode(graph.layers[i], xp, head, input_hw)
-               for i, head in zip(graph.head_indices(), heads, strict=True)]
+    decoded = []
+    for i, head in zip(graph.head_indices(), heads, strict=True):
+        decode = ir.spec_of(graph.layers[i]).decode
+        assert decode is not None  # every detection layer's kind has one (ir.kinds checks)
+        decoded.append(decode(graph.layers[i], xp, head, input_hw))
     width = max(d.shape[-1] for d in decoded)
     if any(d.shape[-1] != width for d in decoded):  # heads with different classes
         decoded = [xp.concatenate([d, xp.zeros((*d.shape[:2], width - d.shape[-1]),

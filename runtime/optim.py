@@ -30,7 +30,8 @@ def freeze_mask(params: dict, upto: int) -> dict:
 
 
 class FreezeState(NamedTuple):
-    count: jax.Array
+    # shadows tuple.count, as optax's own states do; renaming would change the state tree
+    count: jax.Array  # type: ignore[assignment]
 
 
 def freeze(params: dict, upto: int, steps: int | None = None

@@ -187,4 +187,5 @@ def sum_terms(terms: tuple[LossTerm, ...], outputs: StepOutputs, targets: jax.Ar
                                 f"{sorted(reported)}; expected its names {list(term.names)}")
         metrics.update({name: reported[name] for name in term.names})
         total = value if total is None else total + value
+    assert total is not None  # check_terms refuses an empty tuple of terms
     return total, metrics

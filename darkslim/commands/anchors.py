@@ -54,7 +54,8 @@ def run(args) -> int:
     k = args.num
     if k is None:
         heads = graph.yolo_indices() if graph is not None else ()
-        k = len(graph.layers[heads[0]].anchors) if heads else 9
+        first = graph.layers[heads[0]] if graph is not None and heads else None
+        k = len(first.anchors) if isinstance(first, ir.Yolo) else 9
     dataset = load_dataset(args.data, "train")
     wh = box_shapes((s.labels for s in dataset.samples), width, height)
     result = kmeans_anchors(wh, k, seed=args.seed, restarts=args.restarts)
@@ -79,10 +80,13 @@ def run(args) -> int:
         summary["cfg_anchors"] = [list(a) for a in own]
         summary["cfg_mean_iou"] = own_iou
     if args.write:
+        assert graph is not None  # --write needs --cfg (checked above)
         written = with_anchors(graph, result.anchors, width=width, height=height)
         write_atomic(Path(args.write), ir.write_cfg(written).encode())
-        masks = "; ".join(f"layer {i}: mask={','.join(map(str, written.layers[i].mask))}"
-                          for i in written.yolo_indices())
+        yolos = [(i, layer) for i, layer in enumerate(written.layers)
+                 if isinstance(layer, ir.Yolo)]
+        masks = "; ".join(f"layer {i}: mask={','.join(map(str, head.mask))}"
+                          for i, head in yolos)
         out.print(f"wrote {args.write} ({masks})", highlight=False)
         summary["written"] = str(args.write)
     if args.json:

@@ -128,7 +128,8 @@ def _epoch_line(info, epochs: int) -> str:
 
 def _ranges(indices) -> str:
     """``0-2, 4, 6-8``: layer indices, runs collapsed."""
-    parts, run = [], []
+    parts: list[str] = []
+    run: list[int] = []
     for i in indices:
         if run and i != run[-1] + 1:
             parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
@@ -210,7 +211,7 @@ def run(args) -> int:
         raise ValueError(f"--freeze-epochs {args.freeze_epochs:g}: needs --freeze N")
     if (args.reinit_heads or args.weights_cfg) and not args.weights:
         raise ValueError("--reinit-heads/--weights-cfg: need --weights W to start from")
-    variables = init_head_biases(graph, init_variables(graph, args.seed))
+    variables: ir.Variables = init_head_biases(graph, init_variables(graph, args.seed))
     if args.weights:
         source = ir.parse_cfg(Path(args.weights_cfg)) if args.weights_cfg else None
         transfer = transfer_variables(graph, args.weights, variables,

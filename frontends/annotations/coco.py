@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def default_image_dirs(json_path: Path) -> tuple[Path, ...]:
             json_path.parent.parent / "images" / split)
 
 
-def read_coco(json_path: str | os.PathLike, *, images: str | os.PathLike | None = None,
+def read_coco(json_path: str | os.PathLike[str], *, images: str | os.PathLike[str] | None = None,
               keep_crowd: bool = False, skip_bad: bool = False,
               clip: bool = False) -> Annotations:
     """A COCO detection json as an annotation set.
@@ -185,7 +186,7 @@ def read_coco(json_path: str | os.PathLike, *, images: str | os.PathLike | None 
 
 def to_coco(samples: Iterable[tuple[str, int, int, np.ndarray]], names: Sequence[str], *,
             image_ids: Sequence[int] | None = None,
-            category_ids: Sequence[int] | None = None) -> dict:
+            category_ids: Sequence[int] | None = None) -> dict[str, Any]:
     """A COCO detection dict of Darknet labels (the exporter).
 
     Args:
@@ -203,8 +204,8 @@ def to_coco(samples: Iterable[tuple[str, int, int, np.ndarray]], names: Sequence
     """
     cat_ids = list(category_ids) if category_ids is not None else \
         list(range(1, len(names) + 1))
-    images: list[dict] = []
-    annotations: list[dict] = []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for n, (name, width, height, labels) in enumerate(samples):
         image_id = int(image_ids[n]) if image_ids is not None else n + 1
         images.append({"id": image_id, "file_name": name, "width": int(width),
@@ -220,7 +221,7 @@ def to_coco(samples: Iterable[tuple[str, int, int, np.ndarray]], names: Sequence
             "categories": [{"id": i, "name": n} for i, n in zip(cat_ids, names)]}
 
 
-def _list(data: dict, key: str, path: Path) -> list:
+def _list(data: dict[str, Any], key: str, path: Path) -> list[Any]:
     value = data.get(key)
     if not isinstance(value, list):
         raise AnnotationError(f"{key} is {type(value).__name__}: expected a list",
@@ -228,7 +229,7 @@ def _list(data: dict, key: str, path: Path) -> list:
     return value
 
 
-def _categories(entries: list, path: Path) -> tuple[tuple[str, ...], dict[int, int]]:
+def _categories(entries: list[Any], path: Path) -> tuple[tuple[str, ...], dict[int, int]]:
     """The names in id order and each id's label index."""
     found: dict[int, str] = {}
     for i, entry in enumerate(entries):
@@ -252,16 +253,16 @@ def _categories(entries: list, path: Path) -> tuple[tuple[str, ...], dict[int, i
     return tuple(found[i] for i in order), {cat_id: k for k, cat_id in enumerate(order)}
 
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
 
 
-def _int(entry: dict, key: str, path: Path, where: str, positive: bool = False) -> int:
+def _int(entry: dict[str, Any], key: str, path: Path, where: str, positive: bool = False) -> int:
     value = entry.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or (positive and value < 1):
         expected = "a positive integer" if positive else "an integer"

@@ -22,9 +22,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from frontends.annotations.errors import AnnotationError
-from frontends.annotations.model import Annotations, LabeledImage
+from frontends.annotations.model import Annotations, Box, LabeledImage
 from frontends.annotations.split import Split
 from frontends.annotations.stats import SplitStats, split_stats
 
@@ -48,7 +49,7 @@ class WrittenDataset:
     linked: str
 
 
-def check_out(out: str | os.PathLike, *, force: bool = False) -> Path:
+def check_out(out: str | os.PathLike[str], *, force: bool = False) -> Path:
     """``out`` as an absolute path, if it may be written.
 
     Raises:
@@ -61,7 +62,7 @@ def check_out(out: str | os.PathLike, *, force: bool = False) -> Path:
     return out
 
 
-def label_line(image: LabeledImage, cls: int, box) -> str:
+def label_line(image: LabeledImage, cls: int, box: Box) -> str:
     """``class cx cy w h`` of ``box``, normalised by the image size."""
     w, h = image.width, image.height
     values = ((box.x0 + box.x1) / 2 / w, (box.y0 + box.y1) / 2 / h,
@@ -69,10 +70,10 @@ def label_line(image: LabeledImage, cls: int, box) -> str:
     return f"{cls} " + " ".join(f"{v:.8g}" for v in values)
 
 
-def write_darknet_dataset(out: str | os.PathLike, split: Split, annotations: Annotations,
+def write_darknet_dataset(out: str | os.PathLike[str], split: Split, annotations: Annotations,
                           *, label_path: Callable[[Path], Path], name: str = "data",
                           link: str = "hard", force: bool = False,
-                          report: dict | None = None) -> WrittenDataset:
+                          report: dict[str, Any] | None = None) -> WrittenDataset:
     """Write ``split`` of ``annotations`` to ``out`` (see the module doc).
 
     Args:

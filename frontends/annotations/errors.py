@@ -18,7 +18,7 @@ class AnnotationError(ValueError):
     ``path``, ``where`` and ``reason`` keep the three parts for tests and reports.
     """
 
-    def __init__(self, reason: str, *, path: str | os.PathLike, where: str = "") -> None:
+    def __init__(self, reason: str, *, path: str | os.PathLike[str], where: str = "") -> None:
         self.path = str(path)
         self.where = where
         self.reason = reason

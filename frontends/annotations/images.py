@@ -17,7 +17,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 _TRANSPOSED = (5, 6, 7, 8)
 
 
-def image_size(path: str | os.PathLike, *, source: str | os.PathLike, where: str = ""
+def image_size(path: str | os.PathLike[str], *, source: str | os.PathLike[str], where: str = ""
                ) -> tuple[int, int]:
     """``(width, height)`` of an image file, from its header (Pillow, no decoding),
     turned as its EXIF orientation says (as OpenCV reads it).

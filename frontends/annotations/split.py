@@ -83,8 +83,8 @@ def split_by_source(images: tuple[LabeledImage, ...]) -> Split:
                  unlisted=tuple(im for im in images if im.split not in ("train", "valid")))
 
 
-def split_by_lists(images: tuple[LabeledImage, ...], train_list: str | os.PathLike,
-                   valid_list: str | os.PathLike, *, lenient: bool = False) -> Split:
+def split_by_lists(images: tuple[LabeledImage, ...], train_list: str | os.PathLike[str],
+                   valid_list: str | os.PathLike[str], *, lenient: bool = False) -> Split:
     """The split two lists give: text files of one image per line (a path, a file name,
     or a VOC ImageSets id without extension) or CSV files with a ``filename`` column
     (one row per box, as the raccoon set ships). An entry matches the image whose name,

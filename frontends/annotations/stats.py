@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class SplitStats:
     medium: int
     large: int
 
-    def as_dict(self, names: tuple[str, ...]) -> dict:
+    def as_dict(self, names: tuple[str, ...]) -> dict[str, Any]:
         return {"images": self.images, "empty_images": self.empty_images,
                 "boxes": dict(zip(names, self.boxes)),
                 "relative_size_quantiles": dict(zip((f"p{round(q * 100)}"

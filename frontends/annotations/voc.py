@@ -31,7 +31,7 @@ from frontends.annotations.images import IMAGE_EXTENSIONS, image_size
 from frontends.annotations.model import Annotations, Box, LabeledImage, check_box
 
 
-def read_voc(src: str | os.PathLike, *, images: str | os.PathLike | None = None,
+def read_voc(src: str | os.PathLike[str], *, images: str | os.PathLike[str] | None = None,
              keep_difficult: bool = False, skip_bad: bool = False,
              clip: bool = False) -> Annotations:
     """Every ``*.xml`` under ``src`` (recursively) as an annotation set.
@@ -94,7 +94,8 @@ def read_voc(src: str | os.PathLike, *, images: str | os.PathLike | None = None,
         if from_image else ())
 
 
-def _read_one(xml: Path, *, images: Path | None, keep_difficult: bool, clip: bool):
+def _read_one(xml: Path, *, images: Path | None, keep_difficult: bool, clip: bool
+              ) -> tuple[LabeledImage, int, bool, list[Problem]]:
     try:
         root = ET.parse(xml).getroot()
     except ET.ParseError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from frontends.annotations.errors import AnnotationError, Problem
 from frontends.annotations.images import IMAGE_EXTENSIONS, image_size
@@ -28,7 +29,7 @@ from frontends.annotations.model import Annotations, Box, LabeledImage, check_bo
 _SPLITS = (("train", "train"), ("val", "valid"))
 
 
-def read_yolo(src: str | os.PathLike, *, skip_bad: bool = False,
+def read_yolo(src: str | os.PathLike[str], *, skip_bad: bool = False,
               clip: bool = False) -> Annotations:
     """An ultralytics dataset (its ``data.yaml``, or the folder holding it).
 
@@ -48,7 +49,7 @@ def read_yolo(src: str | os.PathLike, *, skip_bad: bool = False,
             polygon), a class not in the names, a box outside its image or of zero
             area, a missing or unreadable image, two images with the same name.
     """
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the lint pins
 
     src = Path(src)
     path = src / "data.yaml" if src.is_dir() else src
@@ -95,7 +96,7 @@ def read_yolo(src: str | os.PathLike, *, skip_bad: bool = False,
                        notes=notes)
 
 
-def _names(config: dict, path: Path) -> tuple[str, ...]:
+def _names(config: dict[str, Any], path: Path) -> tuple[str, ...]:
     raw = config.get("names")
     if isinstance(raw, dict) and all(isinstance(k, int) for k in raw) and raw:
         if sorted(raw) != list(range(len(raw))):
@@ -118,7 +119,7 @@ def _names(config: dict, path: Path) -> tuple[str, ...]:
     return names
 
 
-def _root(config: dict, path: Path) -> Path:
+def _root(config: dict[str, Any], path: Path) -> Path:
     base = config.get("path")
     if base is None:
         return path.parent
@@ -131,7 +132,7 @@ def _root(config: dict, path: Path) -> Path:
     return root if root.is_dir() else path.parent
 
 
-def _split_images(config: dict, key: str, root: Path, path: Path) -> list[Path]:
+def _split_images(config: dict[str, Any], key: str, root: Path, path: Path) -> list[Path]:
     value = config.get(key)
     if value is None:
         if key == "train":
@@ -194,7 +195,7 @@ def _name(image: Path, root: Path) -> str:
 
 
 def _read_label(label: Path, names: tuple[str, ...], width: int, height: int,
-                clip: bool):
+                clip: bool) -> tuple[list[Box] | None, int, list[Problem]]:
     """The boxes of one label file (None when there is none), polygons read, clips."""
     if not label.is_file():
         return None, 0, []
