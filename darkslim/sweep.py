@@ -1,5 +1,8 @@
 """The prune-ratio sweep behind ``darkslim sweep``: prune at each ratio, measure, compare.
 
+(Over 400 lines: the grid, the resumable state, the measurement and the Pareto front
+share one spec and one point type, kept in one module.)
+
 Instead of choosing ``--percent`` blind, prune the network at a grid of ratios (and,
 optionally, residual-block counts), and for each point measure mAP@0.5 on the valid
 split right after the prune (and after a short fine-tune), params, BFLOPs and batch-1

@@ -1,5 +1,7 @@
 """Torch checkpoints of the cfg-based YOLO projects, in and out.
 
+(Over 400 lines: both key layouts, read and write, share the per-layer key tables.)
+
 Two key layouts exist in the wild; both build one ``nn.Sequential`` per cfg section in
 ``module_list``, so ``{i}`` below is the absolute layer index:
 

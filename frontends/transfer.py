@@ -41,6 +41,7 @@ import numpy as np
 import ir
 from frontends.darknet import _read_header, weighted_layers
 from frontends.errors import CheckpointError, WeightsError
+from frontends.files import format_of, is_backbone_name, load_variables
 from frontends.variables import LoadedWeights, Variables, layer_key, where
 from ir.variables import iter_leaves, layer_shapes
 
@@ -223,8 +224,6 @@ def transfer_variables(graph: ir.Graph, path: str | os.PathLike[str], init: Vari
             be read for ``source`` (naming ``--weights-cfg`` when ``source`` was not
             given). CheckpointError: a torch file that cannot be read.
     """
-    # the package's __init__ imports this module
-    from frontends import format_of, is_backbone_name, load_variables
 
     src_path = str(path)
     fmt = format_of(path)

@@ -1,5 +1,8 @@
 """Layer pruning: find residual blocks, rank them by γ, remove whole blocks.
 
+(Over 400 lines: finding, ranking and removing blocks share the block type and the
+renumbering; the pass and its report sit beside them.)
+
 Channel pruning makes a network thinner but not shallower. A *residual block* is the
 chain of convs whose output a ``[shortcut]`` adds back onto that chain's input::
 

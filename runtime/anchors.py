@@ -146,13 +146,16 @@ def cfg_anchors(graph: ir.Graph) -> tuple[tuple[float, float], ...]:
 
 
 def with_anchors(graph: ir.Graph, anchors: tuple[tuple[int, int], ...], *,
-                 width: int | None = None, height: int | None = None) -> ir.Graph:
+                 width: int | None = None, height: int | None = None,
+                 classes: int | None = None) -> ir.Graph:
     """``graph`` with ``anchors`` (sorted by area) in every ``[yolo]`` section and a
     ``mask=`` per head by size: the largest anchors to the coarsest head (the smallest
     grid), as yolov3's 6,7,8 / 3,4,5 / 0,1,2. Each head keeps its number of anchors
     when they add up to ``len(anchors)``, else the anchors are shared evenly; the conv
     feeding a head gets ``len(mask) * (classes + 5)`` filters. With ``width`` and
-    ``height`` the ``[net]`` size is set too (anchors are pixels of that size).
+    ``height`` the ``[net]`` size is set too (anchors are pixels of that size); with
+    ``classes`` every ``[yolo]`` gets that class count (the dataset's), and the filters
+    follow it.
 
     Raises:
         ValueError: no ``[yolo]`` head, or anchors that do not share evenly.
@@ -180,6 +183,8 @@ def with_anchors(graph: ir.Graph, anchors: tuple[tuple[int, int], ...], *,
         head = _yolo(graph, index)
         mask = tuple(range(start, start + count))
         start += count
+        if classes is not None:
+            head = dataclasses.replace(head, classes=classes)
         updates[index] = dataclasses.replace(head, mask=mask, anchors=by_area,
                                              num=len(by_area))
         feed = graph.layers[index - 1]

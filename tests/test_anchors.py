@@ -151,11 +151,17 @@ def _run_anchors(data: Path, tmp_path: Path, seed: int = 0) -> dict:
     return json.loads(report.read_text())
 
 
-def _check_written(path: Path, anchors) -> None:
+def _check_written(path: Path, anchors, data: Path) -> None:
     from runtime import forward, init_variables
+    from runtime.data import read_data_config
 
     graph = ir.parse_cfg(path)
     assert sorted(cfg_anchors(graph)) == sorted((float(w), float(h)) for w, h in anchors)
+    classes = read_data_config(data).classes  # the cfg is made to train on this data
+    for index in graph.yolo_indices():
+        head = graph.layers[index]
+        assert isinstance(head, ir.Yolo) and head.classes == classes
+        assert graph.layers[index - 1].filters == len(head.mask) * (classes + 5)
     small = ir.with_input_size(graph, 64)
     out = forward(small, init_variables(small, 0), np.zeros((1, 64, 64, 3), np.float32))
     assert out.detections.shape[0] == 1 and np.isfinite(np.asarray(out.detections)).all()
@@ -169,7 +175,7 @@ def test_anchors_command_on_the_synthetic_set(synth, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "anchors = " + ", ".join(f"{w},{h}" for w, h in report["anchors"]) in text
     assert "mask=3,4,5" in text
-    _check_written(tmp_path / "new0.cfg", report["anchors"])
+    _check_written(tmp_path / "new0.cfg", report["anchors"], synth.data)
 
 
 def test_anchors_command_on_the_raccoon_set(tmp_path):
@@ -178,7 +184,7 @@ def test_anchors_command_on_the_raccoon_set(tmp_path):
     assert report["boxes"] >= 200
     assert report["mean_iou"] >= report["cfg_mean_iou"]
     assert _run_anchors(data, tmp_path)["anchors"] == report["anchors"]
-    _check_written(tmp_path / "new0.cfg", report["anchors"])
+    _check_written(tmp_path / "new0.cfg", report["anchors"], data)
 
 
 def test_write_needs_a_cfg(synth, tmp_path, capsys):

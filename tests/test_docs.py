@@ -5,6 +5,7 @@ Docstring examples run as doctests (``--doctest-modules`` in pyproject.toml)."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 import shutil
@@ -102,6 +103,14 @@ def test_commands_in_the_docs_exist(doc):
     assert lines or doc != "README.md"
     for command, rest in lines:
         assert command in commands, command
-        known = {s for a in subparser(command)._actions for s in a.option_strings}
+        parser = subparser(command)
+        # A command with subcommands of its own (`darkslim data import ...`): the flags
+        # belong to the subcommand the line names (`voc|coco|yolo`-style choices are not).
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            word = rest.split()[0]
+            assert word in nested[0].choices, f"{doc}: darkslim {command} {word}"
+            parser = nested[0].choices[word]
+        known = {s for a in parser._actions for s in a.option_strings}
         for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
             assert flag in known, f"{doc}: darkslim {command} {flag}"

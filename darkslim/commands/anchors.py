@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
         "by area and their mean best IoU with the boxes; with --cfg also the cfg's own "
         "anchors' mean IoU, and with --write a copy of the cfg with the new anchors in "
         "its [yolo] sections (a mask= per head by size, the largest anchors to the "
-        "coarsest head; head filters follow).")
+        "coarsest head; classes= set to DATA.data's, head filters follow): the cfg to "
+        "train on your data.")
     p.add_argument("data", metavar="DATA.data")
     p.add_argument("--num", type=int, default=None, metavar="K",
                    help="number of anchors (default: the --cfg's num=, else 9)")
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cfg", metavar="MODEL.cfg", help="compare with (and --write into) "
                    "this cfg")
     p.add_argument("--write", metavar="OUT.cfg", help="write MODEL.cfg with the new "
-                   "anchors (atomically); needs --cfg")
+                   "anchors and DATA.data's class count (atomically); needs --cfg")
     p.add_argument("--json", metavar="OUT", help="write the anchors and mean IoUs as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restarts", type=int, default=10,
@@ -37,7 +38,7 @@ def run(args) -> int:
     from darkslim.ui import make_console
     from frontends import write_atomic
     from runtime.anchors import box_shapes, cfg_anchors, kmeans_anchors, mean_best_iou, with_anchors
-    from runtime.data import load_dataset
+    from runtime.data import load_dataset, read_data_config
 
     if args.write and not args.cfg:
         raise ValueError(f"--write {args.write}: needs --cfg MODEL.cfg to write into")
@@ -81,13 +82,16 @@ def run(args) -> int:
         summary["cfg_mean_iou"] = own_iou
     if args.write:
         assert graph is not None  # --write needs --cfg (checked above)
-        written = with_anchors(graph, result.anchors, width=width, height=height)
+        classes = read_data_config(args.data).classes
+        written = with_anchors(graph, result.anchors, width=width, height=height,
+                               classes=classes)
         write_atomic(Path(args.write), ir.write_cfg(written).encode())
         yolos = [(i, layer) for i, layer in enumerate(written.layers)
                  if isinstance(layer, ir.Yolo)]
         masks = "; ".join(f"layer {i}: mask={','.join(map(str, head.mask))}"
                           for i, head in yolos)
-        out.print(f"wrote {args.write} ({masks})", highlight=False)
+        out.print(f"wrote {args.write} ({masks}; classes={classes} as in {args.data})",
+                  highlight=False)
         summary["written"] = str(args.write)
     if args.json:
         write_atomic(Path(args.json), json.dumps(summary, indent=1).encode())

@@ -1,5 +1,8 @@
 """`darkslim prune MODEL.cfg WEIGHTS (--pipeline TEXT | --percent P ...) --out DIR`.
 
+(Over 400 lines: the flags, the pipeline they spell, and the files and checks the
+command writes are one user contract, kept in one module.)
+
 Runs a pipeline of passes, e.g. ``--pipeline "remove-blocks{n=8},slim-channels{percent=0.5}"``;
 the flags --layers/--layer-threshold (remove-blocks) and --percent/--threshold with
 --mode, --ignore, --min-keep, --round-to (slim-channels) are shorthand for it, blocks

@@ -1,5 +1,8 @@
 """The block recipes `darkslim.testing.graphs` draws, and the builder they append to.
 
+(Over 400 lines: one recipe function per block kind, sharing the builder, kept
+side by side so the kinds a graph can hold read as one list.)
+
 A recipe is a block kind and six choice bytes; each block function interprets the
 bytes against the network built so far and appends its layers, or nothing when it
 does not fit (never an invalid graph). New layer kinds are shaped through their spec
