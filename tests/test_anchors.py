@@ -24,8 +24,6 @@ from runtime.anchors import (
 )
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "data" / "raccoon"
-if not RACCOON.exists():
-    RACCOON = Path("/work/shared/data/raccoon")
 
 
 def _cli(*argv: str) -> int:

@@ -25,8 +25,6 @@ from frontends.transfer import retarget_heads, transfer_variables
 from runtime.train import init_head_biases
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolov3-tiny-coco"
-if not COCO.exists():  # the worktree sits beside ../shared, a clone may not
-    COCO = Path("/work/shared/models/yolov3-tiny-coco")
 HEADS = (15, 22)  # yolov3-tiny's two convs that feed a [yolo]
 
 
