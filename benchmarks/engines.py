@@ -12,6 +12,8 @@ of idle the darkslim yolov3 b1 forward that followed took 186 ms instead of 159.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -142,3 +144,21 @@ class EngineProcess:
         if self.threads is not None:
             self._conn.send(False)
         self._process.join()
+
+
+def machine() -> str:
+    """The machine a benchmark table was measured on, in one line."""
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    return (f"{os.cpu_count()} cores ({model}), {mem / 2**20:.0f} GiB RAM, "
+            f"Python {platform.python_version()}")
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, printed beside each table."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())

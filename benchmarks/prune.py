@@ -32,8 +32,6 @@ import argparse
 import datetime
 import gc
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 import frontends  # noqa: E402
 import ir  # noqa: E402
 import passes  # noqa: E402
+from benchmarks.engines import loadavg, machine  # noqa: E402
 from darkslim import report as reports  # noqa: E402
 from darkslim.testing import random_variables  # noqa: E402
 
@@ -64,22 +63,6 @@ DARKSLIM = ([str(ROOT / ".venv" / "bin" / "darkslim")]
 REFERENCE = ROOT / "benchmarks" / "reference" / "seed_prune_torch.py"
 TIME = "/usr/bin/time"
 MB = 1e6
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    mem = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
-    return (f"{os.cpu_count()} cores ({model}), {mem / 2**20:.0f} GiB RAM, "
-            f"Python {platform.python_version()}")
-
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def run_child(argv: list[str]) -> tuple[float, float, float]:

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import re
 import shutil
 import subprocess
@@ -44,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import frontends  # noqa: E402  (after the sys.path line: run as a script from anywhere)
 import ir  # noqa: E402
+from benchmarks.engines import loadavg, machine  # noqa: E402
 from ir.variables import layer_shapes  # noqa: E402
 
 DARKSLIM = [sys.executable, "-c", "import sys; from darkslim.cli import main; sys.exit(main())"]
@@ -88,22 +87,6 @@ class Row:
         return (self.check.status == 0
                 and self.check.wall <= TIME_BAR * self.no_check.wall + TIME_SLACK_S
                 and self.check.rss_mb <= RSS_BAR * self.no_check.rss_mb)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    mem = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
-    return (f"{os.cpu_count()} cores ({model}), {mem / 2**20:.0f} GiB RAM, "
-            f"Python {platform.python_version()}")
-
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def run_child(argv: list[str], timeout: float) -> Run:
