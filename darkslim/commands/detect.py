@@ -17,10 +17,9 @@ from pathlib import Path
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-import frontends
 import ir
 import runtime
-from darkslim.ui import make_console, warn
+from darkslim.ui import load_for_running, make_console
 
 
 def add_parser(sub) -> None:
@@ -102,12 +101,7 @@ def run(args) -> int:
     names = (read_names(names_path, classes) if names_path is not None
              else tuple(f"class {k}" for k in range(classes)))
 
-    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
-    for warning in loaded.warnings:
-        warn(console, warning)
-    eps = args.bn_eps
-    if eps is None or loaded.format == "torch":
-        eps = frontends.RUNTIME_BN_EPS
+    loaded, eps = load_for_running(console, graph, args.weights, args.bn_eps)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = Path(args.json) if args.json else out_dir / "detections.json"

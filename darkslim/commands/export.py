@@ -19,7 +19,7 @@ from pathlib import Path
 
 import frontends
 import ir
-from darkslim.ui import make_console, warn
+from darkslim.ui import load_for_running, make_console
 
 
 def add_parser(sub) -> None:
@@ -113,12 +113,7 @@ def run(args) -> int:
     graph = ir.parse_cfg(args.cfg)
     if args.size:
         graph = ir.with_input_size(graph, *args.size[:2])
-    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps)
-    for warning in loaded.warnings:
-        warn(console, warning)
-    eps = args.bn_eps
-    if eps is None or loaded.format == "torch":
-        eps = frontends.RUNTIME_BN_EPS
+    loaded, eps = load_for_running(console, graph, args.weights, args.bn_eps)
     options = ExportOptions(opset=args.opset, decode=args.decode or args.nms, nms=args.nms,
                             dynamic_batch=args.dynamic_batch, fold_bn=args.fold_bn,
                             bn_eps=eps, iou_threshold=args.iou,

@@ -21,6 +21,7 @@ from rich.table import Table
 import frontends
 import ir
 import runtime
+from darkslim.ui import load_for_running
 
 
 class InputError(ValueError):
@@ -78,15 +79,8 @@ def run(args) -> int:
     graph = ir.parse_cfg(args.cfg)
     runtime.check_supported(graph)
     x = read_input(args.input, graph)
-    loaded = frontends.load_variables(graph, args.weights, bn_eps=args.bn_eps,
-                                      allow_partial=args.allow_partial)
-    for warning in loaded.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    # The torch frontend folds the checkpoint's eps into the running variances, so
-    # those variables run with the runtime's eps; other formats run with --bn-eps.
-    eps = args.bn_eps
-    if eps is None or loaded.format == "torch":
-        eps = frontends.RUNTIME_BN_EPS
+    loaded, eps = load_for_running(console, graph, args.weights, args.bn_eps,
+                                   allow_partial=args.allow_partial)
     out = runtime.forward(graph, loaded.variables, x, bn_eps=eps)
     arrays = {f"head_{k}": np.asarray(h).transpose(0, 3, 1, 2)
               for k, h in enumerate(out.heads)}
