@@ -28,14 +28,14 @@ part's gradient with respect to the student's heads is zero (the BCE's gradient 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 
 import ir
 from runtime.loss import _bce, _bce_prob
-from runtime.model import DarknetModule
+from runtime.model import DarknetModule, ForwardOut
 from runtime.terms import LossTerm, StepOutputs
 
 
@@ -121,7 +121,8 @@ class Distill(LossTerm):
 
     def __call__(self, outputs: StepOutputs, targets: jax.Array, extra: Any
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        taught = DarknetModule(self.teacher).apply(extra, outputs.images, train=False)
+        taught = cast(ForwardOut, DarknetModule(self.teacher).apply(
+            extra, outputs.images, train=False))
         heads = tuple(jax.lax.stop_gradient(h) for h in taught.heads)
         value = distill_heads(outputs.graph, outputs.heads, heads, self.confidence)
         value = self.weight * targets.shape[0] * value

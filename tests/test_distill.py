@@ -137,7 +137,8 @@ def _other_anchors(graph) -> str:
 def test_mismatched_heads_are_refused_naming_both_cfgs(tiny, tmp_path):
     other = tmp_path / "other.cfg"
     other.write_text(_other_anchors(tiny.teacher))
-    with pytest.raises(DistillError, match=r"student .*student\.cfg:\d+ \(layer \d+\) has anchors .*"
+    with pytest.raises(DistillError,
+                       match=r"student .*student\.cfg:\d+ \(layer \d+\) has anchors .*"
                        r"teacher .*other\.cfg:\d+ \(layer \d+\) has anchors"):
         check_head_layout(tiny.student, ir.parse_cfg(other))
     check_head_layout(tiny.student, tiny.teacher)  # same heads: fine

@@ -246,7 +246,7 @@ def run(args) -> int:
     if gamma_init is not None and not resuming:
         variables = init_gammas(variables, gamma_init)
 
-    extra_terms = ()
+    extra_terms: tuple = ()
     if args.teacher:
         extra_terms = (_teacher_term(graph, args.teacher, args.distill_weight),)
         console.print(f"distilling from {args.teacher[0]} ({args.teacher[1]}), weight "
