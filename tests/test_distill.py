@@ -156,7 +156,8 @@ def test_train_command_with_teacher(tiny, tmp_path, capsys):
                  "--no-eval", "--precise-bn", "0", "--out", str(out), "--quiet"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and rows[-1]["distill"] > 0
-    assert "distill" in capsys.readouterr().err
+    assert re.search(r"epoch +1/1 .*\(box [\d.]+ obj [\d.]+ cls [\d.]+ distill [\d.]+\)",
+                     capsys.readouterr().err)
 
     bad = tmp_path / "bad.cfg"
     bad.write_text(_other_anchors(tiny.teacher))
