@@ -24,6 +24,7 @@ from runtime.detect import (
                             select_detections,
                             to_image_boxes,
 )
+from runtime.distill import Distill, DistillError, check_head_layout
 from runtime.image import ImageError, letterbox, load_image
 from runtime.loss import LossConfig, LossParts, YoloLoss, yolo_loss, yolo_terms
 from runtime.metrics import (
@@ -68,6 +69,9 @@ __all__ = [
     "DarknetModule",
     "data_mesh",
     "DataConfig",
+    "Distill",
+    "DistillError",
+    "check_head_layout",
     "DataError",
     "Dataset",
     "decode_heads",

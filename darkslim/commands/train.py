@@ -47,6 +47,13 @@ def add_parser(sub) -> None:
     p.add_argument("--freeze-epochs", type=float, default=None, metavar="E",
                    help="with --freeze: lift the freeze after E epochs (default: the "
                    "whole run)")
+    p.add_argument("--teacher", nargs=2, metavar=("CFG", "WEIGHTS"),
+                   help="distil from this frozen teacher (e.g. the unpruned network): "
+                   "per [yolo] head, BCE to its objectness and class probabilities and "
+                   "squared error to its box outputs where it is confident; its head "
+                   "layout must match MODEL.cfg's")
+    p.add_argument("--distill-weight", type=float, default=1.0, metavar="W",
+                   help="with --teacher: the weight of the distillation term (1.0)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch", type=int, default=16)
@@ -158,6 +165,20 @@ def print_transfer(console, graph, report) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
+def _teacher_term(graph, teacher, weight: float):
+    """The `runtime.distill.Distill` term for ``--teacher CFG WEIGHTS``."""
+    import ir
+    from frontends import load_variables
+    from runtime.distill import Distill, check_head_layout
+
+    cfg, weights = teacher
+    teacher_graph = ir.parse_cfg(Path(cfg))
+    ir.verify(teacher_graph)
+    check_head_layout(graph, teacher_graph)
+    loaded = load_variables(teacher_graph, weights, allow_partial=False)
+    return Distill(teacher=teacher_graph, extra=loaded.variables, weight=weight)
+
+
 def run(args) -> int:
     import jax
 
@@ -225,6 +246,15 @@ def run(args) -> int:
     if gamma_init is not None and not resuming:
         variables = init_gammas(variables, gamma_init)
 
+    extra_terms: tuple = ()
+    if args.teacher:
+        extra_terms = (_teacher_term(graph, args.teacher, args.distill_weight),)
+        console.print(f"distilling from {args.teacher[0]} ({args.teacher[1]}), weight "
+                      f"{args.distill_weight:g}", highlight=False)
+    elif args.distill_weight != 1.0:
+        raise ValueError(f"--distill-weight {args.distill_weight:g}: needs --teacher CFG "
+                         "WEIGHTS")
+
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer,
         momentum=args.momentum, weight_decay=args.weight_decay,
@@ -285,7 +315,8 @@ def run(args) -> int:
 
     with progress:
         result = fit(graph, variables, train_set, config, valid_set=valid_set, out_dir=out,
-                     resume=args.resume, mesh=mesh, on_step=on_step, on_epoch=on_epoch)
+                     resume=args.resume, mesh=mesh, on_step=on_step, on_epoch=on_epoch,
+                     extra_terms=extra_terms)
     if primary:
         summary = {"history": list(result.history), "best_map50": result.best_map,
                    "out": str(out), "processes": cluster.process_count, "devices": devices}
