@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import frontends.annotations as fa
 from tests.annotation_sets import coco_dict, voc_xml, write_coco, write_image, write_yolo
+from tests.test_fuzz import mutated_bytes  # byte flips, inserts, cuts, truncation
 
 EXAMPLES = int(os.environ.get("DARKSLIM_FUZZ_EXAMPLES", "200"))
 
@@ -38,26 +39,8 @@ def only_typed_errors(fn, *args, **kwargs):
         return None
 
 
-@st.composite
-def edited(draw, base: bytes) -> bytes:
-    """``base`` truncated, or with a few bytes flipped, inserted or deleted."""
-    data = bytearray(base)
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.integers(0, 3))
-        i = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == 0 and data:
-            data[i] = draw(st.integers(0, 255))
-        elif op == 1:
-            data[i:i] = draw(st.binary(min_size=1, max_size=8))
-        elif op == 2:
-            del data[i:i + draw(st.integers(1, 16))]
-        else:
-            del data[i:]
-    return bytes(data)
-
-
 def inputs(base: bytes):
-    return st.one_of(st.binary(max_size=200), edited(base))
+    return st.one_of(st.binary(max_size=200), mutated_bytes(base))
 
 
 @pytest.fixture(scope="module")
