@@ -147,7 +147,7 @@ def cfg_anchors(graph: ir.Graph) -> tuple[tuple[float, float], ...]:
 
 def with_anchors(graph: ir.Graph, anchors: tuple[tuple[int, int], ...], *,
                  width: int | None = None, height: int | None = None,
-                 classes: int | None = None) -> ir.Graph:
+                 classes: int | None = None, iou_thresh: float | None = None) -> ir.Graph:
     """``graph`` with ``anchors`` (sorted by area) in every ``[yolo]`` section and a
     ``mask=`` per head by size: the largest anchors to the coarsest head (the smallest
     grid), as yolov3's 6,7,8 / 3,4,5 / 0,1,2. Each head keeps its number of anchors
@@ -155,7 +155,9 @@ def with_anchors(graph: ir.Graph, anchors: tuple[tuple[int, int], ...], *,
     feeding a head gets ``len(mask) * (classes + 5)`` filters. With ``width`` and
     ``height`` the ``[net]`` size is set too (anchors are pixels of that size); with
     ``classes`` every ``[yolo]`` gets that class count (the dataset's), and the filters
-    follow it.
+    follow it. With ``iou_thresh`` every ``[yolo]`` gets that ``iou_thresh=`` key: each
+    anchor whose shape IoU with a box exceeds it is a positive for that box (YOLOv4's
+    cfgs use 0.213; Darknet's default 1 keeps the best anchor only).
 
     Raises:
         ValueError: no ``[yolo]`` head, or anchors that do not share evenly.
@@ -185,6 +187,9 @@ def with_anchors(graph: ir.Graph, anchors: tuple[tuple[int, int], ...], *,
         start += count
         if classes is not None:
             head = dataclasses.replace(head, classes=classes)
+        if iou_thresh is not None:
+            extra = tuple((k, v) for k, v in head.extra if k != "iou_thresh")
+            head = dataclasses.replace(head, extra=(*extra, ("iou_thresh", f"{iou_thresh:g}")))
         updates[index] = dataclasses.replace(head, mask=mask, anchors=by_area,
                                              num=len(by_area))
         feed = graph.layers[index - 1]

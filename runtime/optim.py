@@ -14,7 +14,7 @@ import optax
 
 import ir
 from ir.variables import layer_index
-from runtime.sparsity import auto_sparsity, sparsity
+from runtime.sparsity import auto_sparsity, gamma_mask, sparsity
 
 if TYPE_CHECKING:  # pragma: no cover
     from runtime.train import TrainConfig
@@ -110,7 +110,8 @@ def build_optimizer(graph: ir.Graph, params: dict, config: TrainConfig,
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The transform `fit` trains with: sparsity (if any; ``auto`` is the controller
     `runtime.sparsity.auto_sparsity` steering s toward ``config.target_prune``) chained
-    before the optimiser, and `freeze` (``config.freeze`` > 0) after it."""
+    before the optimiser, and `freeze` (``config.freeze`` > 0) after it; with sparsity,
+    ``config.gamma_lr`` scales the penalised γ's updates (their own learning rate)."""
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     schedule = lr_schedule(config.lr, total_steps, warmup_steps=min(warmup, total_steps // 2),
                            kind=config.lr_schedule)
@@ -122,6 +123,11 @@ def build_optimizer(graph: ir.Graph, params: dict, config: TrainConfig,
         base = optax.chain(base, freeze(params, config.freeze, steps))
     if config.sparsity <= 0:
         return base, schedule
+    if config.gamma_lr != 1.0:
+        # after the optimiser: Adam's step is ~lr whatever the L1 subgradient, so on a
+        # short run γ cannot travel from a pretrained ~1.7 to 0 at the shared lr
+        base = optax.chain(base, optax.masked(optax.scale(config.gamma_lr),
+                                              gamma_mask(graph, params, config.mode)))
     if config.sparsity_schedule == "auto":
         sparse = auto_sparsity(graph, params, config.sparsity, config.target_prune,
                                mode=config.mode, period=steps_per_epoch,

@@ -130,6 +130,19 @@ def test_masks_give_the_largest_anchors_to_the_coarsest_head(anchors):
     assert ir.parse_cfg(ir.write_cfg(out)) == out
 
 
+def test_iou_thresh_is_written_once_and_survives_the_cfg_round_trip():
+    graph = ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))
+    once = with_anchors(graph, ((10, 14),) * 6, iou_thresh=0.5)
+    twice = with_anchors(once, ((10, 14),) * 6, iou_thresh=0.213)
+    for index in twice.yolo_indices():
+        keys = [k for k, _ in twice.layers[index].extra]
+        assert keys.count("iou_thresh") == 1
+        head = ir.parse_cfg(ir.write_cfg(twice)).layers[index]
+        assert float(head.option("iou_thresh", "1")) == pytest.approx(0.213)
+    assert with_anchors(graph, ((10, 14),) * 6).layers[graph.yolo_indices()[0]].option(
+        "iou_thresh", "none") == "none"
+
+
 def test_other_anchor_counts_are_shared_evenly_or_refused():
     graph = ir.parse_cfg(cfg_path("yolov3-tiny.cfg"))
     four = with_anchors(graph, ((1, 1), (2, 2), (3, 3), (4, 4)))
@@ -159,6 +172,7 @@ def _check_written(path: Path, anchors, data: Path) -> None:
     for index in graph.yolo_indices():
         head = graph.layers[index]
         assert isinstance(head, ir.Yolo) and head.classes == classes
+        assert head.option("iou_thresh", "1") == "0.213"  # multi-anchor positives
         assert graph.layers[index - 1].filters == len(head.mask) * (classes + 5)
     small = ir.with_input_size(graph, 64)
     out = forward(small, init_variables(small, 0), np.zeros((1, 64, 64, 3), np.float32))

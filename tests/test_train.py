@@ -489,3 +489,22 @@ def test_train_command_reports_a_class_mismatch(tiny, tmp_path, capsys):
     other.write_text(f"classes=2\ntrain={tiny.root / 'train.txt'}\n")
     assert main(["train", str(other), str(tiny.cfg), "--out", str(tmp_path / "x")]) == 2
     assert "classes=3" in capsys.readouterr().err
+
+
+def test_gamma_lr_scales_only_the_penalised_gammas_updates(tiny):
+    """--gamma-lr K: the penalised γ move K times as far in one step; every other
+    parameter moves exactly as with K = 1."""
+    from runtime.sparsity import gamma_mask
+
+    variables = init_variables(tiny.graph, 0)
+    params = variables["params"]
+    mask = gamma_mask(tiny.graph, params)
+    assert any(jax.tree.leaves(mask))
+    moved = {}
+    for k in (1.0, 4.0):
+        tx, _ = build_optimizer(tiny.graph, params, _config(sparsity=1e-2, gamma_lr=k), 8, 4)
+        updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+        moved[k] = updates
+    for path_mask, one, four in zip(jax.tree.leaves(mask), jax.tree.leaves(moved[1.0]),
+                                    jax.tree.leaves(moved[4.0])):
+        np.testing.assert_allclose(four, one * 4.0 if path_mask else one, rtol=1e-6)

@@ -26,6 +26,11 @@ def add_parser(sub) -> None:
                    "this cfg")
     p.add_argument("--write", metavar="OUT.cfg", help="write MODEL.cfg with the new "
                    "anchors and DATA.data's class count (atomically); needs --cfg")
+    p.add_argument("--iou-thresh", type=float, default=0.213, metavar="T",
+                   help="with --write: the [yolo] iou_thresh to write (0.213, YOLOv4's: every "
+                        "anchor overlapping a box by more than T is a positive, so refit "
+                        "anchors, often near-duplicates, do not split one object's "
+                        "objectness among look-alike slots; 1: the best anchor only)")
     p.add_argument("--json", metavar="OUT", help="write the anchors and mean IoUs as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restarts", type=int, default=10,
@@ -84,13 +89,14 @@ def run(args) -> int:
         assert graph is not None  # --write needs --cfg (checked above)
         classes = read_data_config(args.data).classes
         written = with_anchors(graph, result.anchors, width=width, height=height,
-                               classes=classes)
+                               classes=classes, iou_thresh=args.iou_thresh)
         write_atomic(Path(args.write), ir.write_cfg(written).encode())
         yolos = [(i, layer) for i, layer in enumerate(written.layers)
                  if isinstance(layer, ir.Yolo)]
         masks = "; ".join(f"layer {i}: mask={','.join(map(str, head.mask))}"
                           for i, head in yolos)
-        out.print(f"wrote {args.write} ({masks}; classes={classes} as in {args.data})",
+        out.print(f"wrote {args.write} ({masks}; classes={classes} as in {args.data}; "
+                  f"iou_thresh={args.iou_thresh:g})",
                   highlight=False)
         summary["written"] = str(args.write)
     if args.json:

@@ -77,6 +77,14 @@ def add_parser(sub) -> None:
     p.add_argument("--switch", type=float, default=0.5, metavar="F",
                    help="fraction of the run after which global/local decay starts; with "
                    "--sparsity auto, by which the target should be reached (0.5)")
+    p.add_argument("--gamma-lr", type=float, default=1.0, metavar="K",
+                   help="with --sparsity: the penalised γ learn K times faster (Adam moves a "
+                        "parameter ~lr a step, so on a short run from pretrained weights "
+                        "γ ~1.7 cannot reach 0 at the shared lr; 1: off)")
+    p.add_argument("--iou-thresh", type=float, default=None, metavar="T",
+                   help="every anchor whose shape IoU with a box exceeds T is a positive "
+                        "(overrides the [yolo] iou_thresh key; default: the cfg's, or 1: "
+                        "the best anchor only)")
     p.add_argument("--mode", choices=("regular", "shortcut"), default="regular",
                    help="which γ are penalised: those `darkslim prune --mode` would prune")
     p.add_argument("--gamma-init", type=float, default=None, metavar="G",
@@ -196,6 +204,7 @@ def run(args) -> int:
     from passes.diagnostics import prunable_abs_gammas
     from runtime import init_variables
     from runtime.data import NO_AUGMENT, Augment, load_dataset, read_data_config
+    from runtime.loss import LossConfig
     from runtime.parallel import data_mesh
     from runtime.sparsity import init_gammas
     from runtime.train import (
@@ -262,7 +271,8 @@ def run(args) -> int:
         sparsity=s, sparsity_schedule=schedule, target_prune=args.target_prune,
         sparsity_fraction=args.switch, mode=args.mode, seed=args.seed,
         augment=NO_AUGMENT if args.no_augment else Augment(), precise_bn=args.precise_bn,
-        freeze=args.freeze, freeze_epochs=args.freeze_epochs)
+        freeze=args.freeze, freeze_epochs=args.freeze_epochs, gamma_lr=args.gamma_lr,
+        loss=LossConfig(iou_thresh=args.iou_thresh))
     devices = jax.device_count()
     mesh = data_mesh() if devices > 1 else None
     steps_per_epoch = max(1, len(train_set) // args.batch)
