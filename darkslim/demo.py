@@ -228,7 +228,7 @@ def run_demo(config: DemoConfig, out: str | Path, *,
     onnx_before, onnx_after = onnx_ms[:2]
     lap("latency")
 
-    stages = (
+    stages: tuple[Stage, ...] = (
         Stage("before pruning", maps[0], ir.count_params(graph),
               ir.count_flops(graph) / 1e9, before.median_ms, onnx_before),
         Stage("after pruning", maps[1], ir.count_params(compact_graph),
