@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
         "demo", help="the whole loop on the embedded synthetic dataset",
         description="Generate the synthetic dataset, sparse-train the shipped "
         "yolov3-tiny-style detector, prune it, fine-tune, and print mAP@0.5, params, "
-        "BFLOPs and CPU latency before pruning, after pruning and after fine-tuning.")
+        "BFLOPs and CPU latency before pruning, after pruning and after fine-tuning, and "
+        "of the fine-tuned network quantized to INT8 (onnxruntime).")
     p.add_argument("--out", default="demo-out", metavar="DIR")
     p.add_argument("--quick", action="store_true",
                    help="a small version for CI (a narrower net, fewer images and epochs)")
@@ -27,7 +28,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from darkslim.demo import QUICK, DemoConfig, markdown_table, run_demo
+    from rich.markup import escape
+
+    from darkslim.demo import QUICK, DemoConfig, int8_summary, markdown_table, run_demo
 
     console = make_console()
     config = QUICK if args.quick else DemoConfig()
@@ -60,9 +63,11 @@ def run(args) -> int:
         table.add_column(column, justify="left" if not column else "right")
     for s in demo.stages:
         table.add_row(s.name, f"{s.map50:.4f}", f"{s.params:,}", f"{s.bflops:.3f}",
-                      f"{s.latency_ms:.2f} ms", "-" if s.onnx_latency_ms is None
-                      else f"{s.onnx_latency_ms:.2f} ms")
+                      *("-" if ms is None else f"{ms:.2f} ms"
+                        for ms in (s.latency_ms, s.onnx_latency_ms)))
     console.print(table)
+    if demo.int8 is not None:
+        console.print(escape(int8_summary(demo.int8)), highlight=False)
     r = demo.prune
     console.print(f"channels kept per conv ({r.text}, threshold {r.threshold.value:.4g}; "
                   "chart: channels.png):", highlight=False)
