@@ -29,6 +29,19 @@ from passes.blocks import (
 from passes.errors import PruneError
 from passes.fold import FoldPrunedBias, SliceChannels, ZeroPrunedGamma, tensor_keeps
 from passes.fold_bn import FoldBatchNorm
+from passes.latency import (
+    LATENCY_RULES,
+    ConvGrid,
+    ConvSignature,
+    LatencyTable,
+    LayerEntry,
+    Prediction,
+    TableKey,
+    latency_refusal,
+    monotone_grid,
+    table_from_json,
+    table_to_json,
+)
 from passes.masks import (
     ChannelMasks,
     GraphFingerprint,
@@ -54,19 +67,6 @@ from passes.reports import (
     report_to_json,
 )
 from passes.rules import Segment
-from passes.latency import (
-    LATENCY_RULES,
-    ConvGrid,
-    ConvSignature,
-    LatencyTable,
-    LayerEntry,
-    Prediction,
-    TableKey,
-    latency_refusal,
-    monotone_grid,
-    table_from_json,
-    table_to_json,
-)
 from passes.slim import SlimChannels
 from passes.slim_latency import LatencyReport, SlimToLatency, choose_counts
 from passes.text import pass_text
