@@ -11,7 +11,8 @@ multiples of ``multiple`` -- and the grid's models are timed interleaved
 (`darkslim.latency.time_interleaved`, batch 1; the fastest of the repeats, the least
 disturbed on a shared machine). The other layers' times come from onnxruntime's own
 profile of the whole network at full size (its node names carry the layer index), and
-the whole network is timed beside it for the table's calibration.
+the whole network is timed, interleaved with a copy of itself with every unit at half
+its channels, for the table's calibration (`passes.LatencyTable.calibrate`).
 
 `load_or_measure` keeps the table in a JSON file keyed by engine, engine version, CPU,
 input size and graph digest; a file with another key is re-measured (and the caller is
@@ -20,6 +21,7 @@ told why).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -90,6 +92,17 @@ def cpu_name() -> str:
     return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} threads)"
 
 
+def engine_multiple(engine: str = "onnxruntime") -> int:
+    """The channel block the engine computes in on this CPU: onnxruntime's NCHWc
+    block is 16 with AVX-512, else 8 (measured here: a conv's time is a staircase in
+    steps of 16 channels, on both its inputs and its outputs)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8
+    return 16 if re.search(r"\bavx512f\b", flags) else 8
+
+
 def table_key(graph: ir.Graph, engine: str, threads: int = 1) -> TableKey:
     """The key a table of ``graph`` on ``engine`` on this machine has."""
     return TableKey(engine=engine, engine_version=engine_version(engine), cpu=cpu_name(),
@@ -97,7 +110,7 @@ def table_key(graph: ir.Graph, engine: str, threads: int = 1) -> TableKey:
                     cfg=passes.GraphFingerprint.of(graph).digest, threads=threads)
 
 
-def grid_counts(full: int, multiple: int = 8) -> tuple[int, ...]:
+def grid_counts(full: int, multiple: int = 16) -> tuple[int, ...]:
     """The measured channel counts of one axis: `GRID` × ``full`` rounded to
     multiples of ``multiple`` (at least one multiple, at most ``full``)."""
     counts = {min(full, max(multiple, round(f * full / multiple) * multiple))
@@ -135,11 +148,9 @@ def _session_run(model, threads: int) -> Callable[[], Any]:
 _LAYER = re.compile(r"^layer_(\d+)_")
 
 
-def profile_layers(model, repeats: int = 3, threads: int = 1
-                   ) -> tuple[dict[int, float], float]:
+def profile_layers(model, repeats: int = 3, threads: int = 1) -> dict[int, float]:
     """Per layer index, onnxruntime's own median kernel time (ms) over ``repeats``
-    profiled runs of the whole network, and the median of the same network's plain
-    runs (interleaved with nothing else; profiling off)."""
+    profiled runs of the whole network."""
     import onnxruntime as ort
 
     from export.runtimes import ort_session
@@ -178,10 +189,24 @@ def profile_layers(model, repeats: int = 3, threads: int = 1
         per_run[key] = per_run.get(key, 0.0) + event["dur"] / 1e3
     for (layer, _), ms in per_run.items():
         runs.setdefault(layer, []).append(ms)
-    session = ort_session(data, threads or None)
-    run = lambda: session.run(None, feed)  # noqa: E731
-    (times,) = time_interleaved([run], repeats, 1)
-    return {i: statistics.median(t) for i, t in runs.items()}, statistics.median(times)
+    return {i: statistics.median(t) for i, t in runs.items()}
+
+
+def half_network(graph: ir.Graph, variables: ir.Variables, multiple: int
+                 ) -> tuple[ir.Graph, ir.Variables]:
+    """Every prunable unit (shortcut mode) at half its channels (rounded up to
+    ``multiple``; the top |γ|): the table's second calibration point."""
+    analysis = passes.analyze_prunability(graph, "shortcut")
+    masks = {}
+    for unit in analysis.units:
+        score = passes.slim_latency.unit_importance(graph, variables, unit)
+        count = min(len(score), max(1, -(-len(score) // 2 // multiple) * multiple))
+        keep = np.zeros(len(score), bool)
+        keep[np.argsort(-score, kind="stable")[:count]] = True
+        for i in unit:
+            masks[i] = keep
+    cm = passes.ChannelMasks.from_arrays(masks, graph)
+    return passes.SliceChannels(cm)(*passes.FoldPrunedBias(cm)(graph, variables))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +236,8 @@ def plan_table(graph: ir.Graph) -> Plan:
 
 def measure_latency_table(graph: ir.Graph, variables: ir.Variables | None = None,
                           engine: str = "onnxruntime", *, repeats: int = 3,
-                          warmup: int = 1, multiple: int = 8, threads: int = 1,
+                          warmup: int = 1, multiple: int | None = None,
+                          threads: int = 1,
                           progress: Progress | None = None, seed: int = 0
                           ) -> LatencyTable:
     """Measure ``graph``'s table on ``engine`` (see the module docstring).
@@ -219,7 +245,8 @@ def measure_latency_table(graph: ir.Graph, variables: ir.Variables | None = None
     Args:
         variables: the network's (for the whole-network profile); fresh ones when None.
         repeats, warmup: timed and untimed runs of each model.
-        multiple: grid counts are multiples of this.
+        multiple: the engine's channel block (default `engine_multiple`); grid
+            counts are multiples of it and predictions round channels up to it.
         threads: the engine's intra-op threads (0: its default). One by default: on a
             machine shared with other work, a multi-threaded run waits for whichever
             thread was descheduled, and single runs vary 10x (measured here).
@@ -229,6 +256,7 @@ def measure_latency_table(graph: ir.Graph, variables: ir.Variables | None = None
         EngineError: an unknown, uninstalled or unimplemented engine.
     """
     key = table_key(graph, engine, threads)
+    multiple = multiple or engine_multiple(engine)
     plan = plan_table(graph)
     grids_of = [(grid_counts(s.c_in, multiple), grid_counts(s.c_out, multiple))
                 if s.groups == 1 else ((s.c_in,), (s.c_out,)) for s in plan.signatures]
@@ -249,8 +277,11 @@ def measure_latency_table(graph: ir.Graph, variables: ir.Variables | None = None
 
     if variables is None:
         variables = ir.init_variables(graph, "sparse", seed=seed)
-    profiled, network_ms = profile_layers(export_checked(graph, variables), repeats,
-                                          threads)
+    model = export_checked(graph, variables)
+    profiled = profile_layers(model, repeats, threads)
+    half = half_network(graph, variables, multiple)
+    runs = [_session_run(model, threads), _session_run(export_checked(*half), threads)]
+    full_times, half_times = time_interleaved(runs, repeats, warmup)
     if progress is not None:
         progress(total, total, "whole network profile")
     shapes = ir.verify(graph)
@@ -263,8 +294,11 @@ def measure_latency_table(graph: ir.Graph, variables: ir.Variables | None = None
         layers.append(LayerEntry(kind=layer.kind, c_in=c_in, c_out=shapes[i].c,
                                  grid=grid_of.get(i),
                                  ms=0.0 if i in grid_of else profiled.get(i, 0.0)))
-    return LatencyTable(key=key, convs=tuple(grids), layers=tuple(layers),
-                        network_ms=network_ms)
+    table = LatencyTable(key=key, convs=tuple(grids), layers=tuple(layers),
+                         network_ms=statistics.median(full_times), multiple=multiple)
+    half_sum = sum(table.predict(half[0]).layers_ms) / table.calibration
+    return dataclasses.replace(table, half_ms=statistics.median(half_times),
+                               half_sum_ms=half_sum)
 
 
 def default_table_path(graph: ir.Graph, engine: str, threads: int = 1) -> Path:
@@ -306,7 +340,7 @@ class Loaded:
 
 def load_or_measure(graph: ir.Graph, variables: ir.Variables | None, engine: str,
                     path: str | os.PathLike | None = None, *, repeats: int = 3,
-                    multiple: int = 8, threads: int = 1, progress: Progress | None = None,
+                    multiple: int | None = None, threads: int = 1, progress: Progress | None = None,
                     measure: Callable[..., LatencyTable] | None = None) -> Loaded:
     """The cached table at ``path`` (default `default_table_path`) when its key is
     this graph's on this engine and machine; else a fresh measurement, written there.
@@ -337,6 +371,6 @@ def load_or_measure(graph: ir.Graph, variables: ir.Variables | None, engine: str
 
 
 __all__ = ["ENGINE_NAMES", "EngineError", "GRID", "Loaded", "Plan", "cpu_name",
-           "default_table_path", "engine_version", "grid_counts", "load_or_measure",
+           "default_table_path", "engine_multiple", "engine_version", "grid_counts", "load_or_measure",
            "load_table", "measure_latency_table", "plan_table", "profile_layers",
            "save_table", "table_key"]

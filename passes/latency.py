@@ -15,10 +15,13 @@ counts against a latency budget.
   by its output channel ratio (measured on yolov3: the element-wise and copy layers
   -- shortcut, route, upsample, maxpool, yolo -- move memory proportional to their
   channels).
-- The sum of the per-layer times at full size differs from the measured whole network
-  (a single-layer model pays its own layout reorders and dispatch; the whole network
-  fuses across layers); ``calibration`` = whole / sum scales every prediction, so the
-  prediction of the unpruned network is its measured time.
+- The sum of the per-layer times differs from the measured whole network (a single-
+  layer model pays its own layout reorders and dispatch; the whole network fuses
+  across layers and has fixed costs). The whole network is also measured at a second
+  point, every unit pruned to half (``half_ms``, ``half_sum_ms``), and the prediction
+  maps the per-layer sum to whole-network time piecewise-linearly through (0, 0),
+  (half sum, half measured), (full sum, full measured), extrapolated beyond the full
+  point through the origin: exact for the unpruned network, monotone in the sum.
 
 How each layer kind is predicted is this consumer's rule table, `LATENCY_RULES`,
 checked against `ir.KINDS` at import (`ir.check_table`): a new kind without an entry
@@ -162,17 +165,29 @@ class Prediction:
 Rule = Callable[["LatencyTable", LayerEntry, float, float], float]
 
 
+def padded(c: float, multiple: int, full: int) -> float:
+    """``c`` rounded up to the engine's channel block, at most ``full``: the engine
+    pads a tensor's channels to its block (onnxruntime's NCHWc, 16 with AVX-512), so
+    time is a staircase in steps of ``multiple`` (measured: benchmarks/README.md)."""
+    if multiple <= 1:
+        return c
+    return min(float(full), -(-c // multiple) * multiple)
+
+
 def _conv_rule(table: "LatencyTable", entry: LayerEntry, c_in: float, c_out: float
                ) -> float:
     assert entry.grid is not None  # every conv entry has a grid (`LatencyTable` checks)
     grid = table.convs[entry.grid]
-    if grid.signature.groups > 1:  # depthwise-like: measured once, scaled with channels
-        return grid.ms[-1][-1] * c_out / grid.signature.c_out
-    return grid.at(c_in, c_out)
+    sig, m = grid.signature, table.multiple
+    if sig.groups > 1:  # depthwise-like: measured once, scaled with channels
+        return grid.ms[-1][-1] * padded(c_out, m, sig.c_out) / sig.c_out
+    return grid.at(padded(c_in, m, sig.c_in), padded(c_out, m, sig.c_out))
 
 
 def _scaled(table: "LatencyTable", entry: LayerEntry, c_in: float, c_out: float) -> float:
-    return entry.ms * c_out / entry.c_out if entry.c_out else entry.ms
+    if not entry.c_out:
+        return entry.ms
+    return entry.ms * padded(c_out, table.multiple, entry.c_out) / entry.c_out
 
 
 def _constant(table: "LatencyTable", entry: LayerEntry, c_in: float, c_out: float
@@ -214,12 +229,21 @@ class LatencyTable:
         convs: the grids of the distinct conv signatures.
         layers: one `LayerEntry` per layer of the measured graph.
         network_ms: the whole network at full size, measured in the same run.
+        half_ms, half_sum_ms: the whole network with every prunable unit (shortcut
+            mode) at half its channels, measured interleaved with the full one, and the
+            per-layer sum for it (0, 0: not measured; the calibration is then the
+            ratio at full size).
+        multiple: the engine's channel block: channel counts are rounded up to it
+            before the lookup (`padded`), and the grids are measured at its multiples.
     """
 
     key: TableKey
     convs: tuple[ConvGrid, ...]
     layers: tuple[LayerEntry, ...]
     network_ms: float
+    multiple: int = 1
+    half_ms: float = 0.0
+    half_sum_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for i, e in enumerate(self.layers):
@@ -252,12 +276,31 @@ class LatencyTable:
         total = self.full_sum_ms
         return self.network_ms / total if total > 0 else 1.0
 
+    def calibrate(self, sum_ms: float) -> float:
+        """Whole-network ms for a per-layer sum (see the module docstring)."""
+        full_sum, full = self.full_sum_ms, self.network_ms
+        if full_sum <= 0:
+            return sum_ms
+        points = [(0.0, 0.0)]
+        if 0 < self.half_sum_ms < full_sum and 0 < self.half_ms <= full:
+            points.append((self.half_sum_ms, self.half_ms))
+        points.append((full_sum, full))
+        if sum_ms >= full_sum:
+            return sum_ms * full / full_sum
+        for (s0, m0), (s1, m1) in zip(points, points[1:]):
+            if sum_ms <= s1:
+                return m0 + (m1 - m0) * (sum_ms - s0) / (s1 - s0)
+        raise AssertionError("unreachable: sum_ms < full_sum is inside the points")
+
     def predict_channels(self, c_in: Sequence[float], c_out: Sequence[float]) -> Prediction:
-        """The calibrated prediction from every layer's (first input, output) channels."""
-        scale = self.calibration
-        per = tuple(self.layer_ms(i, a, b) * scale
+        """The calibrated prediction from every layer's (first input, output) channels;
+        the per-layer terms are scaled alike."""
+        raw = tuple(self.layer_ms(i, a, b)
                     for i, (a, b) in enumerate(zip(c_in, c_out, strict=True)))
-        return Prediction(sum(per), per)
+        total = sum(raw)
+        whole = self.calibrate(total)
+        scale = whole / total if total > 0 else 1.0
+        return Prediction(whole, tuple(ms * scale for ms in raw))
 
     def predict(self, graph: Graph) -> Prediction:
         """The predicted whole-network time of ``graph``: the measured graph, or one
@@ -304,6 +347,9 @@ def table_to_json(table: LatencyTable) -> dict[str, Any]:
         "key": {"engine": k.engine, "engine_version": k.engine_version, "cpu": k.cpu,
                 "size": list(k.size), "cfg": k.cfg, "threads": k.threads},
         "network_ms": table.network_ms,
+        "multiple": table.multiple,
+        "half_ms": table.half_ms,
+        "half_sum_ms": table.half_sum_ms,
         "convs": [{"signature": {f: getattr(g.signature, f)
                                  for f in ConvSignature.__dataclass_fields__},
                    "c_in": list(g.c_in), "c_out": list(g.c_out),
@@ -336,7 +382,10 @@ def table_from_json(data: Mapping[str, Any]) -> LatencyTable:
                                   grid=None if e["grid"] is None else int(e["grid"]),
                                   ms=float(e["ms"])) for e in data["layers"])
         return LatencyTable(key=key_from_json(data), convs=convs, layers=layers,
-                            network_ms=float(data["network_ms"]))
+                            network_ms=float(data["network_ms"]),
+                            multiple=int(data.get("multiple", 1)),
+                            half_ms=float(data.get("half_ms", 0.0)),
+                            half_sum_ms=float(data.get("half_sum_ms", 0.0)))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, PruneError):
             raise

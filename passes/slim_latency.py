@@ -52,8 +52,9 @@ class SlimToLatency:
         engine: the engine the table is measured on (the CLI measures it).
         mode, ignore, min_keep: as `SlimChannels`.
         round_to: channels move in steps of this (and counts stay multiples of it
-            unless at a floor or the full width); 8 on onnxruntime here (measured:
-            benchmarks/README.md).
+            unless at a floor or the full width); default (None) the table's
+            ``multiple``, the engine's channel block (16 on onnxruntime with AVX-512:
+            fewer channels than a multiple of 16 run no faster, measured).
         table: the `LatencyTable` of the graph this pass runs on; no text form
             (``darkslim prune`` measures or loads it and fills it in).
 
@@ -69,7 +70,7 @@ class SlimToLatency:
     mode: Mode = "regular"
     ignore: Ignore = ()
     min_keep: float = 0.01
-    round_to: int = 8
+    round_to: int | None = None
     table: LatencyTable | None = field(default=None, metadata={"text": False})
 
     def __post_init__(self) -> None:
@@ -99,7 +100,8 @@ class SlimToLatency:
             raise bad("mode", "'regular' or 'shortcut'")
         if not (isinstance(self.min_keep, (int, float)) and 0 <= self.min_keep <= 1):
             raise bad("min_keep", "a fraction in [0, 1]")
-        if not (isinstance(self.round_to, int) and self.round_to >= 1):
+        if self.round_to is not None and not (isinstance(self.round_to, int)
+                                              and self.round_to >= 1):
             raise bad("round_to", "a positive integer")
         if self.table is not None and not isinstance(self.table, LatencyTable):
             raise bad("table", "a passes.LatencyTable")
@@ -125,7 +127,7 @@ class SlimToLatency:
         choice = choose_counts(graph, variables, table, analysis.units,
                                target_speedup=self.target_speedup,
                                target_ms=self.target_ms, min_keep=self.min_keep,
-                               round_to=self.round_to)
+                               round_to=self.round_to or max(table.multiple, 1))
         balanced = dict(analysis.balanced)
         masks: dict[int, np.ndarray] = {}
         dropped_max = 0.0
@@ -155,7 +157,7 @@ class SlimToLatency:
         report = LatencyReport(
             name=self.name, text=pass_text(self), before=Counts.of(graph),
             after=Counts.of(out_graph), mode=self.mode, min_keep=float(self.min_keep),
-            round_to=self.round_to, ignore=None if callable(self.ignore) else self.ignore,
+            round_to=self.round_to or max(table.multiple, 1), ignore=None if callable(self.ignore) else self.ignore,
             threshold=threshold, units=analysis.units, channels=channels,
             masks=channel_masks, table=table.key, target_ms=choice.target_ms,
             predicted_before_ms=before.total_ms, predicted_after_ms=after.total_ms,
@@ -252,13 +254,12 @@ def choose_counts(graph: Graph, variables: Variables, table: LatencyTable,
     """
     model = _Model(graph, table, units)
     n_layers = len(graph.layers)
-    cal = table.calibration
     counts = list(model.full)
     layer_ms = [model.layer_ms(i, counts) for i in range(n_layers)]
-    before = sum(layer_ms) * cal
+    before = table.calibrate(sum(layer_ms))
     budget = before / target_speedup if target_speedup is not None else float(target_ms)
     floors = [max(1, math.ceil(min_keep * n)) for n in model.full]
-    floor_ms = sum(model.layer_ms(i, floors) for i in range(n_layers)) * cal
+    floor_ms = table.calibrate(sum(model.layer_ms(i, floors) for i in range(n_layers)))
     if floor_ms > budget * (1 + 1e-9):
         asked = (f"target_speedup={target_speedup:g} ({budget:.2f} ms)"
                  if target_speedup is not None else f"target_ms={target_ms:g}")
@@ -292,7 +293,7 @@ def choose_counts(graph: Graph, variables: Variables, table: LatencyTable,
     for u in range(len(units)):
         evaluate(u)
     total = sum(layer_ms)
-    while total * cal > budget and candidates:
+    while table.calibrate(total) > budget and candidates:
         u = min(candidates, key=lambda v: candidates[v][0])
         _, lower, new = candidates[u]
         counts[u] = lower
@@ -301,4 +302,4 @@ def choose_counts(graph: Graph, variables: Variables, table: LatencyTable,
             layer_ms[i] = ms
         for v in neighbours[u]:
             evaluate(v)
-    return CountChoice(tuple(counts), budget, total * cal, importance)
+    return CountChoice(tuple(counts), budget, table.calibrate(total), importance)
