@@ -153,8 +153,6 @@ def profile_layers(model, repeats: int = 3, threads: int = 1) -> dict[int, float
     profiled runs of the whole network."""
     import onnxruntime as ort
 
-    from export.runtimes import ort_session
-
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     feed = {"images": np.random.default_rng(0).random(shape, dtype=np.float32)}
     data = model.SerializeToString()
@@ -371,6 +369,7 @@ def load_or_measure(graph: ir.Graph, variables: ir.Variables | None, engine: str
 
 
 __all__ = ["ENGINE_NAMES", "EngineError", "GRID", "Loaded", "Plan", "cpu_name",
-           "default_table_path", "engine_multiple", "engine_version", "grid_counts", "load_or_measure",
+           "default_table_path", "engine_multiple", "engine_version", "grid_counts",
+           "half_network", "load_or_measure",
            "load_table", "measure_latency_table", "plan_table", "profile_layers",
            "save_table", "table_key"]

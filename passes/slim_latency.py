@@ -157,7 +157,8 @@ class SlimToLatency:
         report = LatencyReport(
             name=self.name, text=pass_text(self), before=Counts.of(graph),
             after=Counts.of(out_graph), mode=self.mode, min_keep=float(self.min_keep),
-            round_to=self.round_to or max(table.multiple, 1), ignore=None if callable(self.ignore) else self.ignore,
+            round_to=self.round_to or max(table.multiple, 1),
+            ignore=None if callable(self.ignore) else self.ignore,
             threshold=threshold, units=analysis.units, channels=channels,
             masks=channel_masks, table=table.key, target_ms=choice.target_ms,
             predicted_before_ms=before.total_ms, predicted_after_ms=after.total_ms,

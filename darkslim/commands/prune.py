@@ -1,4 +1,4 @@
-"""`darkslim prune MODEL.cfg WEIGHTS (--pipeline TEXT | --percent P | --target-speedup X ...) --out DIR`.
+"""`darkslim prune MODEL.cfg WEIGHTS (--pipeline T | --percent P | --target-speedup X) --out DIR`.
 
 (Over 400 lines: the flags, the pipeline they spell, and the files and checks the
 command writes are one user contract, kept in one module.)
@@ -11,8 +11,9 @@ slim-to-latency, which prunes to a latency budget predicted by a per-layer table
 measured on the engine (kept in --latency-table FILE, default under
 ~/.cache/darkslim/latency/; re-measured when its engine, version, CPU, input size,
 graph or thread count differ), then measures the pruned network on the engine for real
-(checks.json "latency_model": predicted vs measured). Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input's own
-torch layout when the input is one), DIR/report.json (what every pass decided),
+(checks.json "latency_model": predicted vs measured).
+Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input's own torch
+layout when the input is one), DIR/report.json (what every pass decided),
 DIR/checks.json (what the prune costs: keep-size and γ-zeroed vs compact on a random
 input, mAP with --data, CPU latency when blocks were removed) and DIR/channels.png.
 Nothing is written when the prune fails (exit status 2). The pruned cfg and weights
@@ -321,9 +322,10 @@ def fill_latency_tables(args, console, pipe: passes.Pipeline, graph: ir.Graph, v
                       console=console, transient=True) as bar:
             task = bar.add_task(f"latency table on {p.engine}", total=None)
 
-            def progress(done: int, total: int, what: str, bar=bar, task=task) -> None:
+            def progress(done: int, total: int, what: str, bar=bar, task=task,
+                         engine=p.engine) -> None:
                 bar.update(task, completed=done, total=total,
-                           description=f"latency table on {p.engine}: {what}")
+                           description=f"latency table on {engine}: {what}")
 
             loaded = load_or_measure(*program, p.engine, args.latency_table,
                                      threads=args.threads, progress=progress,
