@@ -117,7 +117,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=150)
     graph = ir.with_input_size(ir.parse_cfg(args.cfg), args.size)
     variables = ir.init_variables(graph, "sparse", seed=0)
     out: dict = {"cfg": Path(args.cfg).name, "size": args.size, "threads": args.threads,

@@ -115,6 +115,8 @@ class LatencyReport(SlimReport):
         predicted_before_ms, predicted_after_ms: the table's prediction for the input
             and the output graph.
         layers_ms: ``(layer, predicted ms before, after)`` for every layer.
+        method: ``greedy`` (importance lost per ms saved) or ``global-threshold``
+            (the lowest global |γ| threshold that fits, when it keeps more Σ|γ|).
     """
 
     kind: ClassVar[str] = "slim-to-latency"
@@ -123,6 +125,7 @@ class LatencyReport(SlimReport):
     predicted_before_ms: float
     predicted_after_ms: float
     layers_ms: tuple[tuple[int, float, float], ...]
+    method: str = "greedy"
 
     @property
     def predicted_speedup(self) -> float:
@@ -248,7 +251,8 @@ def report_from_json(data: Mapping[str, Any]) -> PassReport:
             **slim, table=key_from_json({"key": key}), target_ms=data["target_ms"],
             predicted_before_ms=data["predicted_before_ms"],
             predicted_after_ms=data["predicted_after_ms"],
-            layers_ms=tuple((int(i), float(a), float(b)) for i, a, b in data["layers_ms"]))
+            layers_ms=tuple((int(i), float(a), float(b)) for i, a, b in data["layers_ms"]),
+            method=data.get("method", "greedy"))
     return BlocksReport(
         **common, found=data["found"], score=data["score"],
         removed=tuple(RemovedBlock(shortcut=b["shortcut"], source=b["source"],

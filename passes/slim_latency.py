@@ -129,13 +129,24 @@ class SlimToLatency:
                                target_ms=self.target_ms, min_keep=self.min_keep,
                                round_to=self.round_to or max(table.multiple, 1))
         balanced = dict(analysis.balanced)
-        masks: dict[int, np.ndarray] = {}
-        dropped_max = 0.0
+        greedy: dict[tuple[int, ...], np.ndarray] = {}
         for unit, count in zip(analysis.units, choice.counts):
             score = choice.importance[unit]
             keep = np.zeros(len(score), bool)
             keep[np.argsort(-score, kind="stable")[:count]] = True
-            keep = balance_mask(keep, balanced.get(unit, 1), score)
+            greedy[unit] = balance_mask(keep, balanced.get(unit, 1), score)
+        # A global threshold's masks are candidates too: the pass never keeps less Σ|γ|
+        # than the best threshold whose prediction fits the budget (greedy steps of
+        # round_to can, on a few graphs).
+        best = best_global(graph, variables, table, analysis, choice.target_ms,
+                           self.min_keep)
+        method = "greedy"
+        if best is not None and _kept(best, choice.importance) > _kept(greedy,
+                                                                      choice.importance):
+            greedy, method = best, "global-threshold"
+        masks: dict[int, np.ndarray] = {}
+        dropped_max = 0.0
+        for unit, keep in greedy.items():
             if not keep.all():
                 dropped_max = max(dropped_max, float(_unit_gamma(graph, variables, unit)
                                                      [~keep].max()))
@@ -162,6 +173,7 @@ class SlimToLatency:
             threshold=threshold, units=analysis.units, channels=channels,
             masks=channel_masks, table=table.key, target_ms=choice.target_ms,
             predicted_before_ms=before.total_ms, predicted_after_ms=after.total_ms,
+            method=method,
             layers_ms=tuple((i, a, b) for i, (a, b) in
                             enumerate(zip(before.layers_ms, after.layers_ms))))
         return PassResult(out_graph, out_vars, report)
@@ -169,6 +181,62 @@ class SlimToLatency:
     def __call__(self, graph: Graph, variables: Variables) -> tuple[Graph, Variables]:
         result = self.run(graph, variables)
         return result.graph, result.variables
+
+
+def _kept(masks: dict[tuple[int, ...], np.ndarray],
+          importance: dict[tuple[int, ...], np.ndarray]) -> float:
+    return float(sum(importance[unit][keep].sum() for unit, keep in masks.items()))
+
+
+def predict_masks(graph: Graph, table: LatencyTable,
+                  masks: dict[tuple[int, ...], np.ndarray]) -> float:
+    """The table's prediction for ``graph`` sliced by ``masks`` (per unit), from the
+    channel segments, without slicing: what ``table.predict`` of the compact graph
+    gives."""
+    segments = channel_segments(graph)
+    by_space = {i: keep for unit, keep in masks.items() for i in unit}
+
+    def channels(tensor: int) -> int:
+        return sum(int(by_space[s.space][s.start:s.stop].sum()) if s.space in by_space
+                   else s.size for s in segments[tensor])
+
+    image = ir.input_shape(graph).c
+    c_in, c_out = [], []
+    for i in range(len(graph.layers)):
+        inputs = ir.layer_inputs(graph, i)
+        c_in.append(image if not inputs or inputs[0] < 0 else channels(inputs[0]))
+        c_out.append(channels(i))
+    return table.predict_channels(c_in, c_out).total_ms
+
+
+def best_global(graph: Graph, variables: Variables, table: LatencyTable, analysis,
+                budget: float, min_keep: float
+                ) -> dict[tuple[int, ...], np.ndarray] | None:
+    """The masks of the lowest global |γ| threshold (`SlimChannels`'s rule: unit score
+    = max |γ| over members, the ``min_keep`` floor, group-balanced) whose predicted
+    latency fits ``budget``; None when none does. The prediction falls as the
+    threshold rises (the masks only lose channels), so a bisection over the distinct
+    unit scores finds it."""
+    from passes.masks import compute_masks, unit_scores
+
+    values = np.unique(np.concatenate([s for s in unit_scores(graph, variables,
+                                                              analysis).values()]))
+
+    def at(k: int) -> dict[tuple[int, ...], np.ndarray]:
+        masks = compute_masks(graph, variables, analysis, float(values[k]),
+                              max(min_keep, 1e-12))
+        return {unit: masks.get(unit[0]) for unit in analysis.units}
+
+    lo, hi = 0, len(values) - 1
+    if predict_masks(graph, table, at(hi)) > budget:
+        return None
+    while lo < hi:  # the smallest k that fits
+        mid = (lo + hi) // 2
+        if predict_masks(graph, table, at(mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return at(lo)
 
 
 def _unit_gamma(graph: Graph, variables: Variables, unit: tuple[int, ...]) -> np.ndarray:
