@@ -133,12 +133,18 @@ def main() -> int:
     # (a) random prunes, predicted vs measured
     rng = np.random.default_rng(args.seed)
     prunes = [random_prune(graph, variables, rng, k) for k in range(args.prunes)]
-    programs = [(graph, variables)] + [p[1] for p in prunes]
-    measured = time_onnx(programs, args.repeats, args.threads)
-    predicted = [table.predict(g).total_ms for g, _ in programs]
-    ref_meas, ref_pred = measured[0], predicted[0]
+    # The reference three times among the prunes (first, middle, last of each round):
+    # its median of the three is steadier against load that shifts within a round.
+    half = len(prunes) // 2
+    programs = ([(graph, variables)] + [p[1] for p in prunes[:half]] + [(graph, variables)]
+                + [p[1] for p in prunes[half:]] + [(graph, variables)])
+    timed = time_onnx(programs, args.repeats, args.threads)
+    refs = [timed[0], timed[half + 1], timed[-1]]
+    measured = timed[1:half + 1] + timed[half + 2:-1]
+    ref_meas, ref_pred = statistics.median(refs), table.predict(graph).total_ms
+    predicted = [table.predict(p[1][0]).total_ms for p in prunes]
     rows = []
-    for (label, (g, _), _, _), m, p in zip(prunes, measured[1:], predicted[1:]):
+    for (label, (g, _), _, _), m, p in zip(prunes, measured, predicted):
         rows.append({"prune": label, "bflops": ir.count_flops(g) / 1e9, "measured_ms": m,
                      "predicted_ms": p, "abs_error": (p - m) / m,
                      "error": (p / ref_pred) / (m / ref_meas) - 1})
@@ -149,7 +155,7 @@ def main() -> int:
     for c in ("prune", "BFLOPs", "measured ms", "predicted ms", "measured ratio",
               "predicted ratio", "error", "abs. error"):
         t.add_column(c, justify="left" if c == "prune" else "right")
-    t.add_row("reference (unpruned)", f"{ir.count_flops(graph) / 1e9:.2f}",
+    t.add_row("reference (unpruned, median of 3 places)", f"{ir.count_flops(graph) / 1e9:.2f}",
               f"{ref_meas:.1f}", f"{ref_pred:.1f}", "1", "1", "",
               f"{(ref_pred - ref_meas) / ref_meas:+.1%}")
     for r in sorted(rows, key=lambda r: r["measured_ms"]):
@@ -163,7 +169,7 @@ def main() -> int:
                  f"(the reference measured in this run, interleaved); abs. error: "
                  f"predicted ms vs measured ms, across runs (median {med_abs:.1%})")
     console.print(t)
-    out["a"] = {"reference_measured_ms": ref_meas, "reference_predicted_ms": ref_pred,
+    out["a"] = {"reference_measured_ms": ref_meas, "reference_runs_ms": refs, "reference_predicted_ms": ref_pred,
                 "rows": rows, "spearman": rho, "median_abs_error": med,
                 "median_abs_error_absolute": med_abs}
 
@@ -193,6 +199,18 @@ def main() -> int:
         else:
             hi = mid
     best = min(steps, key=lambda s: abs(s["ratio_global"] - s["ratio_slt"]))
+    # Σ|γ| of a global prune at exactly slim-to-latency's measured latency: linear
+    # between the two bisection steps that bracket it (each step's ratios are from
+    # one interleaved measurement of reference, slim-to-latency and that global prune).
+    slower = [s for s in steps if s["ratio_global"] >= s["ratio_slt"]]
+    faster = [s for s in steps if s["ratio_global"] < s["ratio_slt"]]
+    at_same = None
+    if slower and faster:
+        a = min(slower, key=lambda s: s["ratio_global"] - s["ratio_slt"])
+        b = min(faster, key=lambda s: s["ratio_slt"] - s["ratio_global"])
+        da, db = a["ratio_global"] - a["ratio_slt"], b["ratio_slt"] - b["ratio_global"]
+        at_same = {"percent": (a["percent"] * db + b["percent"] * da) / (da + db),
+                   "kept_gamma": (a["kept_gamma"] * db + b["kept_gamma"] * da) / (da + db)}
     t = Table(title=f"(b) slim-to-latency{{target_speedup={args.speedup:g}}} vs a global "
               "threshold at the same measured latency")
     for c in ("prune", "measured ms / ref", "speed-up", "predicted speed-up", "Σ|γ| kept"):
@@ -204,13 +222,19 @@ def main() -> int:
     t.add_row(f"global percent {best['percent']:.3f}", f"{best['ratio_global']:.3f}",
               f"{1 / best['ratio_global']:.2f}x", "",
               f"{best['kept_gamma']:.1f} ({best['kept_gamma'] / full_gamma:.1%})")
-    t.caption = (f"reference {ref_ms:.1f} ms measured in the same run; the global row is "
-                 f"the bisection step nearest slim-to-latency's measured ratio "
-                 f"({best['ratio_slt']:.3f} in that step)")
+    if at_same is not None:
+        t.add_row(f"global percent {at_same['percent']:.3f} (interpolated)",
+                  f"{slt_ms / ref_ms:.3f}", f"{ref_ms / slt_ms:.2f}x", "",
+                  f"{at_same['kept_gamma']:.1f} ({at_same['kept_gamma'] / full_gamma:.1%})")
+    t.caption = (f"reference {ref_ms:.1f} ms measured in the same run; the first global "
+                 f"row is the bisection step nearest slim-to-latency's measured ratio "
+                 f"({best['ratio_slt']:.3f} in that step), the second is interpolated "
+                 f"between the two steps that bracket it")
     console.print(t)
     out["b"] = {"reference_ms": ref_ms, "slt_ms": slt_ms, "speedup": ref_ms / slt_ms,
                 "predicted_speedup": rep.predicted_speedup, "slt_kept_gamma": slt_gamma,
                 "full_gamma": full_gamma, "bisection": steps, "global_best": best,
+                "global_at_same_latency": at_same,
                 "channels": rep.channels}
     out["loadavg_end"] = os.getloadavg()
     console.print(f"load average {out['loadavg_start'][0]:.1f} at start, "

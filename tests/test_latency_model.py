@@ -416,3 +416,18 @@ def test_prune_target_and_percent_are_exclusive(tiny, capsys):
               "--target-speedup", "2", "--percent", "0.5", "--out", str(root / "x")])
     assert info.value.code == 2
     assert "not allowed with argument --target-speedup" in capsys.readouterr().err
+
+
+def test_prune_pipeline_text_fills_in_the_table(tiny):
+    root, _, _ = tiny
+    out = {}
+    for name, how in (("flags", ["--target-speedup", "2"]),
+                      ("text", ["--pipeline", "slim-to-latency{target_speedup=2}"])):
+        out[name] = root / f"pipe-{name}"
+        assert main(["prune", str(root / "tiny.cfg"), str(root / "tiny.weights"), *how,
+                     "--latency-table", str(root / "table.json"), "--latency-repeats", "0",
+                     "--no-check", "--out", str(out[name])]) == 0
+    assert ((out["flags"] / "pruned.cfg").read_text()
+            == (out["text"] / "pruned.cfg").read_text())
+    check = json.loads((out["text"] / "checks.json").read_text())["slim_channels"][0]
+    assert "latency_model" not in check  # --latency-repeats 0: not measured
