@@ -169,7 +169,8 @@ def main() -> int:
                  f"(the reference measured in this run, interleaved); abs. error: "
                  f"predicted ms vs measured ms, across runs (median {med_abs:.1%})")
     console.print(t)
-    out["a"] = {"reference_measured_ms": ref_meas, "reference_runs_ms": refs, "reference_predicted_ms": ref_pred,
+    out["a"] = {"reference_measured_ms": ref_meas, "reference_runs_ms": refs,
+                "reference_predicted_ms": ref_pred,
                 "rows": rows, "spearman": rho, "median_abs_error": med,
                 "median_abs_error_absolute": med_abs}
 
