@@ -263,7 +263,7 @@ class LatencyTable:
         entry = self.layers[index]
         rule = LATENCY_RULES[_KIND_CLASS[entry.kind]]
         assert not isinstance(rule, ir.Refusal)  # refused kinds are never measured
-        return rule(self, entry, c_in, c_out)
+        return float(rule(self, entry, c_in, c_out))
 
     @property
     def full_sum_ms(self) -> float:

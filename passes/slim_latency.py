@@ -29,7 +29,7 @@ import numpy as np
 import ir
 from ir import Graph, Variables
 from passes import tree
-from passes.analysis import Mode, analyze_prunability, channel_segments
+from passes.analysis import Mode, Prunability, analyze_prunability, channel_segments
 from passes.errors import PruneError
 from passes.fold import FoldPrunedBias, SliceChannels
 from passes.latency import LatencyTable
@@ -209,8 +209,8 @@ def predict_masks(graph: Graph, table: LatencyTable,
     return table.predict_channels(c_in, c_out).total_ms
 
 
-def best_global(graph: Graph, variables: Variables, table: LatencyTable, analysis,
-                budget: float, min_keep: float
+def best_global(graph: Graph, variables: Variables, table: LatencyTable,
+                analysis: Prunability, budget: float, min_keep: float
                 ) -> dict[tuple[int, ...], np.ndarray] | None:
     """The masks of the lowest global |γ| threshold (`SlimChannels`'s rule: unit score
     = max |γ| over members, the ``min_keep`` floor, group-balanced) whose predicted
@@ -225,7 +225,8 @@ def best_global(graph: Graph, variables: Variables, table: LatencyTable, analysi
     def at(k: int) -> dict[tuple[int, ...], np.ndarray]:
         masks = compute_masks(graph, variables, analysis, float(values[k]),
                               max(min_keep, 1e-12))
-        return {unit: masks.get(unit[0]) for unit in analysis.units}
+        by_conv = masks.as_dict()
+        return {unit: by_conv[unit[0]] for unit in analysis.units}
 
     lo, hi = 0, len(values) - 1
     if predict_masks(graph, table, at(hi)) > budget:
@@ -240,8 +241,9 @@ def best_global(graph: Graph, variables: Variables, table: LatencyTable, analysi
 
 
 def _unit_gamma(graph: Graph, variables: Variables, unit: tuple[int, ...]) -> np.ndarray:
-    return np.max([np.abs(np.asarray(tree.get(variables, i, tree.GAMMA), np.float64))
-                   for i in unit], axis=0)
+    gammas = [np.abs(np.asarray(tree.get(variables, i, tree.GAMMA), np.float64))
+              for i in unit]
+    return np.asarray(np.max(gammas, axis=0))
 
 
 def unit_importance(graph: Graph, variables: Variables, unit: tuple[int, ...]
@@ -253,7 +255,7 @@ def unit_importance(graph: Graph, variables: Variables, unit: tuple[int, ...]
         if not np.all(np.isfinite(g)):
             raise PruneError(f"layer {i} (cfg line {graph.layers[i].line}): BN γ is not "
                              "finite: expected finite weights")
-    return np.sum(gammas, axis=0)
+    return np.asarray(np.sum(gammas, axis=0))
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,11 @@ def choose_counts(graph: Graph, variables: Variables, table: LatencyTable,
     counts = list(model.full)
     layer_ms = [model.layer_ms(i, counts) for i in range(n_layers)]
     before = table.calibrate(sum(layer_ms))
-    budget = before / target_speedup if target_speedup is not None else float(target_ms)
+    if target_speedup is not None:
+        budget = before / target_speedup
+    else:
+        assert target_ms is not None  # the pass checks exactly one is given
+        budget = float(target_ms)
     floors = [max(1, math.ceil(min_keep * n)) for n in model.full]
     floor_ms = table.calibrate(sum(model.layer_ms(i, floors) for i in range(n_layers)))
     if floor_ms > budget * (1 + 1e-9):
