@@ -42,7 +42,8 @@ from darkslim.latency import time_interleaved
 from passes import ConvGrid, ConvSignature, LatencyTable, LayerEntry, TableKey
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
-"""Channel fractions measured on each axis (5 × 5 points per conv signature)."""
+"""Channel fractions measured on each axis, beside the engine's block itself (up to
+6 × 6 points per conv signature)."""
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, what)``: models timed so far out of ``total``."""
@@ -111,11 +112,13 @@ def table_key(graph: ir.Graph, engine: str, threads: int = 1) -> TableKey:
 
 
 def grid_counts(full: int, multiple: int = 16) -> tuple[int, ...]:
-    """The measured channel counts of one axis: `GRID` × ``full`` rounded to
-    multiples of ``multiple`` (at least one multiple, at most ``full``)."""
+    """The measured channel counts of one axis: ``multiple`` itself (the fewest
+    channels the engine computes: below it the lookup clamps, which is exact when the
+    engine pads to its block) and `GRID` × ``full`` rounded to multiples of
+    ``multiple``, at most ``full``."""
     counts = {min(full, max(multiple, round(f * full / multiple) * multiple))
               for f in GRID}
-    counts.add(full)
+    counts |= {full, min(full, multiple)}
     return tuple(sorted(counts))
 
 
