@@ -333,7 +333,10 @@ def choose_counts(graph: Graph, variables: Variables, table: LatencyTable,
     else:
         assert target_ms is not None  # the pass checks exactly one is given
         budget = float(target_ms)
-    floors = [max(1, math.ceil(min_keep * n)) for n in model.full]
+    # Floors are rounded up to the step too: a count off the engine's block costs a
+    # layout change in the whole network that the table does not see.
+    floors = [min(n, -(-max(1, math.ceil(min_keep * n)) // round_to) * round_to)
+              for n in model.full]
     floor_ms = table.calibrate(sum(model.layer_ms(i, floors) for i in range(n_layers)))
     if floor_ms > budget * (1 + 1e-9):
         asked = (f"target_speedup={target_speedup:g} ({budget:.2f} ms)"
