@@ -481,7 +481,7 @@ def summary_lines(report: passes.SlimReport, check: dict) -> list[str]:
         lines = [f"latency model ({report.table.summary}): budget {report.target_ms:.2f} ms; "
                  f"predicted {report.predicted_before_ms:.2f} → "
                  f"{report.predicted_after_ms:.2f} ms ({report.predicted_speedup:.2f}×); "
-                 f"{t.percent:.1%} of prunable channels dropped"]
+                 f"{t.percent:.1%} of prunable channels dropped ({report.method})"]
         m = check.get("latency_model")
         if m:
             lines.append(f"measured on {m['engine']} ({m['threads']} thread(s), median of "
