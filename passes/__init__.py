@@ -29,6 +29,19 @@ from passes.blocks import (
 from passes.errors import PruneError
 from passes.fold import FoldPrunedBias, SliceChannels, ZeroPrunedGamma, tensor_keeps
 from passes.fold_bn import FoldBatchNorm
+from passes.latency import (
+    LATENCY_RULES,
+    ConvGrid,
+    ConvSignature,
+    LatencyTable,
+    LayerEntry,
+    Prediction,
+    TableKey,
+    latency_refusal,
+    monotone_grid,
+    table_from_json,
+    table_to_json,
+)
 from passes.masks import (
     ChannelMasks,
     GraphFingerprint,
@@ -55,6 +68,7 @@ from passes.reports import (
 )
 from passes.rules import Segment
 from passes.slim import SlimChannels
+from passes.slim_latency import LatencyReport, SlimToLatency, choose_counts
 from passes.text import pass_text
 
 __all__ = [
@@ -74,4 +88,8 @@ __all__ = [
     "BlockAnalysis", "RemoveBlocks", "ResidualBlock", "ScoredBlock", "analyze_blocks",
     "choose_blocks", "find_residual_blocks", "layer_map", "mean_abs_gamma", "rank_blocks",
     "remove_blocks",
+    # latency budget (passes/latency.py, passes/slim_latency.py)
+    "LATENCY_RULES", "ConvGrid", "ConvSignature", "LatencyReport", "LatencyTable",
+    "LayerEntry", "Prediction", "SlimToLatency", "TableKey", "choose_counts",
+    "latency_refusal", "monotone_grid", "table_from_json", "table_to_json",
 ]

@@ -11,13 +11,15 @@ from passes.fold import FoldPrunedBias, SliceChannels, ZeroPrunedGamma
 from passes.fold_bn import FoldBatchNorm
 from passes.pipeline import Pipeline
 from passes.slim import SlimChannels
+from passes.slim_latency import SlimToLatency
 from passes.text import parse_passes, pass_name
 
 _NEEDS_MASKS = ("takes ChannelMasks computed on the graph it runs on, which have no "
                 "text form; use slim-channels{...}, which computes them itself")
 
 PASSES = MappingProxyType({
-    **{pass_name(cls): cls for cls in (SlimChannels, RemoveBlocks, FoldBatchNorm)},
+    **{pass_name(cls): cls for cls in (SlimChannels, SlimToLatency, RemoveBlocks,
+                                      FoldBatchNorm)},
     **{pass_name(cls): _NEEDS_MASKS for cls in (FoldPrunedBias, SliceChannels,
                                                ZeroPrunedGamma)},
 })

@@ -19,6 +19,7 @@ import numpy as np
 
 from ir import Connected, Conv, Graph, Layer, count_flops, count_params
 from passes.errors import PruneError
+from passes.latency import TableKey, key_from_json
 from passes.masks import ChannelMasks, GraphFingerprint, Threshold
 
 
@@ -102,6 +103,35 @@ class SlimReport(PassReport):
         return sum(k for k, _ in rows), sum(t for _, t in rows)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencyReport(SlimReport):
+    """`SlimToLatency`: a `SlimReport` (masks, channels per conv; ``threshold.percent``
+    is the fraction of prunable channels dropped, ``threshold.value`` the largest |γ|
+    dropped) plus the latency model's side.
+
+    Attributes:
+        table: the key of the `LatencyTable` used (engine, version, CPU, size, graph).
+        target_ms: the budget (predicted ms).
+        predicted_before_ms, predicted_after_ms: the table's prediction for the input
+            and the output graph.
+        layers_ms: ``(layer, predicted ms before, after)`` for every layer.
+        method: ``greedy`` (importance lost per ms saved) or ``global-threshold``
+            (the lowest global |γ| threshold that fits, when it keeps more Σ|γ|).
+    """
+
+    kind: ClassVar[str] = "slim-to-latency"
+    table: TableKey
+    target_ms: float
+    predicted_before_ms: float
+    predicted_after_ms: float
+    layers_ms: tuple[tuple[int, float, float], ...]
+    method: str = "greedy"
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.predicted_before_ms / self.predicted_after_ms
+
+
 @dataclass(frozen=True, slots=True)
 class RemovedBlock:
     """One residual block `RemoveBlocks` removed (indices of its input graph)."""
@@ -134,9 +164,9 @@ class BlocksReport(PassReport):
     score: str
 
 
-Report = PassReport | SlimReport | BlocksReport
+Report = PassReport | SlimReport | LatencyReport | BlocksReport
 REPORT_TYPES: dict[str, type[PassReport]] = {
-    t.kind: t for t in (PassReport, SlimReport, BlocksReport)}
+    t.kind: t for t in (PassReport, SlimReport, LatencyReport, BlocksReport)}
 
 
 # ------------------------------------------------------------------------- to JSON
@@ -205,8 +235,8 @@ def report_from_json(data: Mapping[str, Any]) -> PassReport:
                   after=Counts(**data["after"]))
     if kind == "pass":
         return PassReport(**common)
-    if kind == "slim-channels":
-        return SlimReport(
+    if kind in ("slim-channels", "slim-to-latency"):
+        slim = dict(
             **common, mode=data["mode"], min_keep=data["min_keep"],
             round_to=data["round_to"],
             ignore=None if data["ignore"] is None else _ints(data["ignore"]),
@@ -214,6 +244,15 @@ def report_from_json(data: Mapping[str, Any]) -> PassReport:
             units=tuple(_ints(u) for u in data["units"]),
             channels=tuple(_triple(c) for c in data["channels"]),
             masks=_masks_from(data["masks"]))
+        if kind == "slim-channels":
+            return SlimReport(**slim)
+        key = dict(data["table"], size=list(data["table"]["size"]))
+        return LatencyReport(
+            **slim, table=key_from_json({"key": key}), target_ms=data["target_ms"],
+            predicted_before_ms=data["predicted_before_ms"],
+            predicted_after_ms=data["predicted_after_ms"],
+            layers_ms=tuple((int(i), float(a), float(b)) for i, a, b in data["layers_ms"]),
+            method=data.get("method", "greedy"))
     return BlocksReport(
         **common, found=data["found"], score=data["score"],
         removed=tuple(RemovedBlock(shortcut=b["shortcut"], source=b["source"],

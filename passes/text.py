@@ -7,7 +7,8 @@ and builds it from those options, so ``parse_pipeline(str(p)) == p``. Values are
 bare words, ``true``/``false``, ``none`` and lists of integers in brackets
 (``ignore=[84,96]``). This module only tokenises and parses; it imports no pass.
 Options that have no text form (masks, a score function) print in angle brackets and
-are refused by the parser with the reason.
+are refused by the parser with the reason; a field with ``metadata={"text": False}``
+(`SlimToLatency`'s measured table, filled in by the CLI) is left out of the text.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def pass_text(p: Any) -> str:
         return name
     options = []
     for f in dataclasses.fields(p):
-        if f.name == "name" or not f.init:
-            continue
+        if f.name == "name" or not f.init or f.metadata.get("text") is False:
+            continue  # metadata text=False: an option with no text form (a table)
         value = getattr(p, f.name)
         default = (f.default if f.default is not dataclasses.MISSING else
                    f.default_factory() if f.default_factory is not dataclasses.MISSING
@@ -134,7 +135,8 @@ def parse_pass(text: str, registry: Mapping[str, type | str]) -> Any:
     if rest:
         if not rest.rstrip().endswith("}"):
             raise PruneError(f"pipeline: {text!r}: expected a closing '}}'")
-        fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "name"}
+        fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "name"
+                  and f.metadata.get("text") is not False}
         for item in _split(rest.rstrip()[:-1]):
             if not item:
                 continue

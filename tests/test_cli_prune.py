@@ -76,7 +76,7 @@ def test_prune_writes_a_loadable_network_and_report(tiny, capsys):
     (["--pipeline", "slim-channels{percent=0.5}", "--layers", "2"],
      "--pipeline with --layers: give the pipeline or the shorthand flags, not both"),
     (["--pipeline", "slice-channels"], "slice-channels: takes ChannelMasks"),
-    (["--round-to", "8"], "give --percent or --threshold too"),
+    (["--round-to", "8"], "give --percent, --threshold, --target-speedup or --target-latency too"),
 ])
 def test_bad_requests_write_nothing(tiny, tmp_path, capsys, args, message):
     root, _, _ = tiny
@@ -221,7 +221,8 @@ def test_cli_report_json_is_the_serialised_reports(narrow_v3, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    ([], "give --pipeline, or --percent, --threshold, --layers or --layer-threshold"),
+    ([], "give --pipeline, or --percent, --threshold, --target-speedup, --target-latency, "
+         "--layers or --layer-threshold"),
     (["--layers", "24"], "--layers 24: expected 0 <= n <= 23"),
 ])
 def test_cli_layer_errors_write_nothing(narrow_v3, tmp_path, capsys, args, message):

@@ -15,6 +15,7 @@ import pytest
 import ir
 from export.rules import ONNX_RULES
 from frontends.weights_order import WEIGHTS_ORDER
+from passes.latency import LATENCY_RULES
 from passes.rules import PASS_RULES, PassRule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,7 @@ CONSUMERS = {
     "passes": (PASS_RULES, "passes/rules/__init__.py"),
     "onnx export": (ONNX_RULES, "export/rules/__init__.py"),
     ".weights order": (WEIGHTS_ORDER, "frontends/weights_order.py"),
+    "latency": (LATENCY_RULES, "passes/latency.py"),
 }
 
 

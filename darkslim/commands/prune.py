@@ -1,4 +1,4 @@
-"""`darkslim prune MODEL.cfg WEIGHTS (--pipeline TEXT | --percent P ...) --out DIR`.
+"""`darkslim prune MODEL.cfg WEIGHTS (--pipeline T | --percent P | --target-speedup X) --out DIR`.
 
 (Over 400 lines: the flags, the pipeline they spell, and the files and checks the
 command writes are one user contract, kept in one module.)
@@ -6,8 +6,14 @@ command writes are one user contract, kept in one module.)
 Runs a pipeline of passes, e.g. ``--pipeline "remove-blocks{n=8},slim-channels{percent=0.5}"``;
 the flags --layers/--layer-threshold (remove-blocks) and --percent/--threshold with
 --mode, --ignore, --min-keep, --round-to (slim-channels) are shorthand for it, blocks
-first. Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input's own
-torch layout when the input is one), DIR/report.json (what every pass decided),
+first; --target-speedup X or --target-latency MS with --engine E is shorthand for
+slim-to-latency, which prunes to a latency budget predicted by a per-layer table
+measured on the engine (kept in --latency-table FILE, default under
+~/.cache/darkslim/latency/; re-measured when its engine, version, CPU, input size,
+graph or thread count differ), then measures the pruned network on the engine for real
+(checks.json "latency_model": predicted vs measured).
+Writes DIR/pruned.cfg, DIR/pruned.weights (plus a checkpoint in the input's own torch
+layout when the input is one), DIR/report.json (what every pass decided),
 DIR/checks.json (what the prune costs: keep-size and γ-zeroed vs compact on a random
 input, mAP with --data, CPU latency when blocks were removed) and DIR/channels.png.
 Nothing is written when the prune fails (exit status 2). The pruned cfg and weights
@@ -39,7 +45,10 @@ FLAGS = {"--layers": ("remove-blocks", "n"),
          "--threshold": ("slim-channels", "threshold"),
          "--mode": ("slim-channels", "mode"), "--ignore": ("slim-channels", "ignore"),
          "--min-keep": ("slim-channels", "min_keep"),
-         "--round-to": ("slim-channels", "round_to")}
+         "--round-to": ("slim-channels", "round_to"),
+         "--target-speedup": ("slim-to-latency", "target_speedup"),
+         "--target-latency": ("slim-to-latency", "target_ms")}
+SHAPING = ("--mode", "--ignore", "--min-keep", "--round-to")  # either channel pass
 
 
 def _indices(text: str) -> tuple[int, ...]:
@@ -73,6 +82,20 @@ def add_parser(sub) -> None:
                      help="fraction of prunable channels to drop (the seed's global rule)")
     how.add_argument("--threshold", type=float, metavar="T",
                      help="drop channels with |γ| < T")
+    how.add_argument("--target-speedup", type=float, metavar="X",
+                     help="prune to a predicted speed-up of X on --engine (slim-to-latency: "
+                     "keeps the most Σ|γ| under the budget)")
+    how.add_argument("--target-latency", type=float, metavar="MS",
+                     help="prune to a predicted latency of MS milliseconds on --engine")
+    p.add_argument("--engine", default="onnxruntime", metavar="E",
+                   help="with --target-*: the engine the latency table is measured on "
+                   "(onnxruntime; openvino and darkslim are not implemented yet)")
+    p.add_argument("--latency-table", default=None, metavar="FILE",
+                   help="with --target-*: the latency table's JSON (measured and written "
+                   "when missing or measured for another key)")
+    p.add_argument("--threads", type=_positive, default=1, metavar="N",
+                   help="with --target-*: the engine's intra-op threads for the table and "
+                   "the measured check (default 1: steady timings on a shared machine)")
     depth = p.add_mutually_exclusive_group()
     depth.add_argument("--layers", type=int, metavar="N",
                        help="remove the N residual blocks whose last BN conv has the "
@@ -81,7 +104,8 @@ def add_parser(sub) -> None:
                        help="remove every residual block whose score is below T")
     p.add_argument("--latency-repeats", type=int, default=5, metavar="K",
                    help="when blocks are removed: CPU latency before/after, median of K "
-                   "runs at batch 1 (0: skip)")
+                   "runs at batch 1; with --target-*: the engine's latency of the input "
+                   "and the pruned network, and the table's repeats (0: skip)")
     p.add_argument("--mode", choices=("regular", "shortcut"), default=None,
                    help="regular (default): shortcut groups stay whole (the seed); "
                    "shortcut: each group is pruned with one shared mask")
@@ -125,7 +149,8 @@ def _flag_error(exc: passes.PruneError, args) -> passes.PruneError:
     pass_name = exc.pass_name or root.pass_name
     for flag, (name, argument) in FLAGS.items():
         value = _flag_value(args, flag)
-        if value is None or root.argument != argument or pass_name not in (name, None):
+        names = (name, "slim-to-latency", None) if flag in SHAPING else (name, None)
+        if value is None or root.argument != argument or pass_name not in names:
             continue
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
         head, _, rest = str(root).partition(": ")
@@ -147,26 +172,35 @@ def build_pipeline(args) -> passes.Pipeline:
     try:
         if args.layers is not None or args.layer_threshold is not None:
             steps.append(passes.RemoveBlocks(n=args.layers, threshold=args.layer_threshold))
+        options = {k: v for k, v in (("mode", args.mode), ("ignore", args.ignore),
+                                      ("min_keep", args.min_keep),
+                                      ("round_to", args.round_to)) if v is not None}
         if args.percent is not None or args.threshold is not None:
-            options = {k: v for k, v in (("mode", args.mode), ("ignore", args.ignore),
-                                          ("min_keep", args.min_keep),
-                                          ("round_to", args.round_to)) if v is not None}
             steps.append(passes.SlimChannels(percent=args.percent,
                                              threshold=args.threshold, **options))
-        elif any(f in given for f in ("--mode", "--ignore", "--min-keep", "--round-to")):
+        elif args.target_speedup is not None or args.target_latency is not None:
+            steps.append(passes.SlimToLatency(target_speedup=args.target_speedup,
+                                              target_ms=args.target_latency,
+                                              engine=args.engine, **options))
+        elif any(f in given for f in SHAPING):
             raise passes.PruneError("--mode, --ignore, --min-keep and --round-to shape the "
-                                    "channel prune: give --percent or --threshold too")
+                                    "channel prune: give --percent, --threshold, "
+                                    "--target-speedup or --target-latency too")
     except passes.PruneError as exc:
         raise _flag_error(exc, args) from exc
     if not steps:
         raise passes.PruneError("nothing to prune: give --pipeline, or --percent, "
-                                "--threshold, --layers or --layer-threshold")
+                                "--threshold, --target-speedup, --target-latency, "
+                                "--layers or --layer-threshold")
     return passes.pipeline(*steps)
+
+
+CHANNEL_PASSES = (passes.SlimChannels, passes.SlimToLatency)
 
 
 def run(args) -> int:
     pipe = build_pipeline(args)
-    if any(isinstance(p, passes.SlimChannels) for p in pipe.passes):
+    if any(isinstance(p, CHANNEL_PASSES) for p in pipe.passes):
         with reports.ChartProcess() as charts:  # channels.png, drawn at the end
             return _run(args, pipe, charts)
     return _run(args, pipe, None)
@@ -181,7 +215,9 @@ def _run(args, pipe: passes.Pipeline, charts) -> int:
                                       allow_partial=args.allow_partial)
     for warning in loaded.warnings:
         warn(console, warning)
+    tables: dict[int, dict] = {}
     try:
+        pipe = fill_latency_tables(args, console, pipe, graph, loaded.variables, tables)
         result = pipe.run(graph, loaded.variables, keep_inputs=True)
     except passes.PruneError as exc:
         raise (_flag_error(exc, args) if args.pipeline is None else exc) from exc
@@ -197,7 +233,7 @@ def _run(args, pipe: passes.Pipeline, charts) -> int:
                                                 header=loaded.header):
             warn(console, warning)
         written.append(f"pruned{suffix}")
-    checks = run_checks(args, console, pipe, result, (graph, loaded.variables))
+    checks = run_checks(args, console, pipe, result, (graph, loaded.variables), tables)
     if args.export == "onnx":
         from darkslim.onnx_deploy import export_pruned
 
@@ -265,10 +301,73 @@ def _skipped(what: str, exc: BaseException) -> str:
             "or --check-size N (a smaller N)")
 
 
+def fill_latency_tables(args, console, pipe: passes.Pipeline, graph: ir.Graph, variables,
+                        tables: dict[int, dict]) -> passes.Pipeline:
+    """``pipe`` with every slim-to-latency pass given the latency table of the graph it
+    will run on (loaded from --latency-table or the cache when its key matches, else
+    measured with a progress bar and written); ``tables`` gets, per pass index, where
+    the table is and whether it was measured now."""
+    import dataclasses
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from darkslim.latency_table import load_or_measure
+
+    steps = list(pipe.passes)
+    for k, p in enumerate(steps):
+        if not isinstance(p, passes.SlimToLatency) or p.table is not None:
+            continue
+        program = passes.pipeline(*steps[:k])(graph, variables) if k else (graph, variables)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task(f"latency table on {p.engine}", total=None)
+
+            def progress(done: int, total: int, what: str, bar=bar, task=task,
+                         engine=p.engine) -> None:
+                bar.update(task, completed=done, total=total,
+                           description=f"latency table on {engine}: {what}")
+
+            loaded = load_or_measure(*program, p.engine, args.latency_table,
+                                     threads=args.threads, progress=progress,
+                                     repeats=max(args.latency_repeats, 1))
+        if loaded.measured:
+            console.print(f"latency table: {loaded.why}; measured {loaded.table.summary} "
+                          f"in {loaded.seconds:.0f} s, wrote {loaded.path}", highlight=False)
+        else:
+            console.print(f"latency table: {loaded.why}", highlight=False)
+        tables[k] = {"path": str(loaded.path), "measured": loaded.measured,
+                     "why": loaded.why, "key": loaded.table.key.summary}
+        steps[k] = dataclasses.replace(p, table=loaded.table)
+    return passes.pipeline(*steps)
+
+
+def measure_latency_model(args, report: passes.LatencyReport, original, compact) -> dict:
+    """The pruned network measured for real on the engine against its input (ONNX
+    export of both, interleaved), beside the table's predictions."""
+    from darkslim.latency import measure_onnx_latency
+    from darkslim.onnx_deploy import export_checked
+
+    repeats = max(args.latency_repeats, 1)
+    models = [export_checked(*original), export_checked(*compact)]
+    shapes = [(s.c, s.h, s.w) for s in (ir.input_shape(g) for g, _ in (original, compact))]
+    before, after = (t.median_ms for t in measure_onnx_latency(
+        models, shapes, repeats=repeats, warmup=1, threads=args.threads))
+    return {"engine": report.table.engine, "threads": report.table.threads,
+            "repeats": repeats, "target_ms": report.target_ms,
+            "predicted_ms_before": report.predicted_before_ms,
+            "predicted_ms_after": report.predicted_after_ms,
+            "predicted_speedup": report.predicted_speedup,
+            "measured_ms_before": before, "measured_ms_after": after,
+            "measured_speedup": before / after,
+            "error": (report.predicted_speedup - before / after) / (before / after)}
+
+
 def run_checks(args, console, pipe: passes.Pipeline, result: passes.PipelineResult,
-               original) -> dict:
-    """checks.json: per slim-channels pass, keep-size and γ-zeroed vs compact (and mAP
-    with --data); with blocks removed, CPU latency of the original and final network."""
+               original, tables: dict[int, dict] | None = None) -> dict:
+    """checks.json: per slim-channels (or slim-to-latency) pass, keep-size and
+    γ-zeroed vs compact (and mAP with --data; for slim-to-latency, its table and the
+    pruned network's predicted vs measured latency on the engine); with blocks
+    removed, CPU latency of the original and final network."""
     slim = []
     for k, report in enumerate(result.reports):
         if not isinstance(report, passes.SlimReport):
@@ -276,8 +375,8 @@ def run_checks(args, console, pipe: passes.Pipeline, result: passes.PipelineResu
         after = (result.inputs[k + 1] if k + 1 < len(result.inputs)
                  else (result.graph, result.variables))
         config = pipe.passes[k]
-        assert isinstance(config, passes.SlimChannels)  # the pass that made a SlimReport
-        pruned = passes.PruneResult(config=config, report=report,
+        assert isinstance(config, CHANNEL_PASSES)  # the passes that make a SlimReport
+        pruned = passes.PruneResult(config=config, report=report,  # type: ignore[arg-type]
                                     original=result.inputs[k], compact=after)
         entry: dict = {"pass": k, "max_abs_diff_keepsize_vs_compact": None,
                        "max_abs_diff_gamma_zeroed_vs_compact": None}
@@ -294,6 +393,13 @@ def run_checks(args, console, pipe: passes.Pipeline, result: passes.PipelineResu
                         raise
                     entry["check_skipped"] = _skipped(
                         f"keep-size vs compact at {size}x{size}", exc)
+        if isinstance(report, passes.LatencyReport):
+            entry["latency_table"] = (tables or {}).get(k)
+        if isinstance(report, passes.LatencyReport) and args.latency_repeats > 0:
+            with console.status(f"measuring the pruned network on {report.table.engine} "
+                                "(interleaved with its input)..."):
+                entry["latency_model"] = measure_latency_model(args, report,
+                                                               pruned.original, after)
         if args.data:
             with console.status("evaluating mAP@0.5 of the four networks..."):
                 try:
@@ -371,6 +477,18 @@ def summary_lines(report: passes.SlimReport, check: dict) -> list[str]:
     t = report.threshold
     lines = [f"threshold {t.value:.4g} (percent {t.percent:.3f}); highest safe threshold "
              f"{t.safe_value:.4g} (percent {t.safe_percent:.3f})"]
+    if isinstance(report, passes.LatencyReport):
+        lines = [f"latency model ({report.table.summary}): budget {report.target_ms:.2f} ms; "
+                 f"predicted {report.predicted_before_ms:.2f} → "
+                 f"{report.predicted_after_ms:.2f} ms ({report.predicted_speedup:.2f}×); "
+                 f"{t.percent:.1%} of prunable channels dropped ({report.method})"]
+        m = check.get("latency_model")
+        if m:
+            lines.append(f"measured on {m['engine']} ({m['threads']} thread(s), median of "
+                         f"{m['repeats']} interleaved runs): {m['measured_ms_before']:.2f} → "
+                         f"{m['measured_ms_after']:.2f} ms ({m['measured_speedup']:.2f}×; "
+                         f"predicted {m['predicted_speedup']:.2f}×, "
+                         f"{m['error']:+.1%})")
     if check["max_abs_diff_keepsize_vs_compact"] is not None:
         lines.append(
             f"check at {'x'.join(map(str, check['check_size']))}: "
