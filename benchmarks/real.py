@@ -67,14 +67,14 @@ class Recipe:
     base_lr: float = 1e-3
     freeze: int = 13
     freeze_epochs: int = 2
-    sparse_epochs: int = 10
+    sparse_epochs: int = 8
     sparse_lr: float = 1e-3
     target_prune: float = 0.6
     s_init: float = 0.01
     gamma_lr: float = 20.0
-    percent: float = 0.6
+    percent: float = 0.45
     round_to: int = 16
-    tune_epochs: int = 10
+    tune_epochs: int = 16
     tune_lr: float = 1e-3
     distill_weight: float = 1.0
     train_images: int = 0    # 0: all

@@ -58,6 +58,7 @@ from passes.registry import PASSES, parse_pipeline
 from passes.reports import (
     BlocksReport,
     Counts,
+    LatencyReport,
     PassReport,
     RemovedBlock,
     SlimReport,
@@ -68,7 +69,7 @@ from passes.reports import (
 )
 from passes.rules import Segment
 from passes.slim import SlimChannels
-from passes.slim_latency import LatencyReport, SlimToLatency, choose_counts
+from passes.slim_latency import SlimToLatency, choose_counts
 from passes.text import pass_text
 
 __all__ = [
