@@ -19,8 +19,15 @@ Every latency is a median of ``--repeats`` interleaved runs of one process; comp
 ratios, not absolute times, on a shared machine. Prints tables; ``--json`` writes every
 number.
 
+With ``--weights`` a trained network replaces the seeded γ, and with ``--data`` (b) also
+gives mAP@0.5 on the valid split right after each prune (the global prune's interpolated
+between the bracketing bisection steps), e.g. the real-data benchmark's sparse network:
+
     .venv/bin/python benchmarks/latency_model.py [--cfg ../shared/cfg/yolov3.cfg]
         [--size 416] [--prunes 20] [--repeats 5] [--speedup 2] [--threads 1]
+    .venv/bin/python benchmarks/latency_model.py --cfg build/real/model.cfg
+        --weights build/real/sparse/last.weights --data build/real/data/raccoon.data
+        --skip-random
 """
 
 from __future__ import annotations
@@ -116,10 +123,30 @@ def main() -> int:
     ap.add_argument("--bisect", type=int, default=7, help="bisection steps on percent")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--weights", default=None, help="trained weights (e.g. the real-data "
+                    "benchmark's sparse/last.weights) instead of the seeded sparse γ")
+    ap.add_argument("--data", default=None, help="DATA.data: (b) also compares mAP@0.5 on "
+                    "its valid split (slim-to-latency vs the global prune at the same "
+                    "measured latency, right after the prune)")
+    ap.add_argument("--skip-random", action="store_true", help="skip (a)")
     args = ap.parse_args()
     console = Console(width=150)
     graph = ir.with_input_size(ir.parse_cfg(args.cfg), args.size)
-    variables = ir.init_variables(graph, "sparse", seed=0)
+    if args.weights:
+        import frontends
+        variables = frontends.load_variables(graph, args.weights).variables
+    else:
+        variables = ir.init_variables(graph, "sparse", seed=0)
+    valid = None
+    if args.data:
+        from runtime.data import load_dataset
+        valid = load_dataset(args.data, "valid")
+
+    def map50(program) -> float | None:
+        if valid is None:
+            return None
+        from runtime.metrics import evaluate
+        return float(evaluate(program[0], program[1], valid, coco=False).map50)
     out: dict = {"cfg": Path(args.cfg).name, "size": args.size, "threads": args.threads,
                  "repeats": args.repeats, "loadavg_start": os.getloadavg()}
     t0 = time.perf_counter()
@@ -131,6 +158,8 @@ def main() -> int:
                   f"measured in {out['table_s']:.0f} s")
 
     # (a) random prunes, predicted vs measured
+    if args.skip_random:
+        args.prunes = 0
     rng = np.random.default_rng(args.seed)
     prunes = [random_prune(graph, variables, rng, k) for k in range(args.prunes)]
     # The reference three times among the prunes (first, middle, last of each round):
@@ -148,8 +177,9 @@ def main() -> int:
         rows.append({"prune": label, "bflops": ir.count_flops(g) / 1e9, "measured_ms": m,
                      "predicted_ms": p, "abs_error": (p - m) / m,
                      "error": (p / ref_pred) / (m / ref_meas) - 1})
-    rho = spearman([r["measured_ms"] for r in rows], [r["predicted_ms"] for r in rows])
-    med = statistics.median(abs(r["error"]) for r in rows)
+    rho = (spearman([r["measured_ms"] for r in rows], [r["predicted_ms"] for r in rows])
+           if rows else float("nan"))
+    med = statistics.median(abs(r["error"]) for r in rows) if rows else float("nan")
     t = Table(title=f"(a) {out['cfg']} {args.size}: predicted vs measured onnxruntime "
               f"latency, {args.threads} thread(s), median of {args.repeats} interleaved")
     for c in ("prune", "BFLOPs", "measured ms", "predicted ms", "measured ratio",
@@ -163,7 +193,8 @@ def main() -> int:
                   f"{r['predicted_ms']:.1f}", f"{r['measured_ms'] / ref_meas:.3f}",
                   f"{r['predicted_ms'] / ref_pred:.3f}", f"{r['error']:+.1%}",
                   f"{r['abs_error']:+.1%}")
-    med_abs = statistics.median(abs(r["abs_error"]) for r in rows)
+    med_abs = (statistics.median(abs(r["abs_error"]) for r in rows) if rows
+               else float("nan"))
     t.caption = (f"Spearman ρ {rho:.3f} (target >= 0.95); median |error| {med:.1%} "
                  f"(<= 15%). error: predicted/measured, each as a ratio to the reference "
                  f"(the reference measured in this run, interleaved); abs. error: "
@@ -194,7 +225,7 @@ def main() -> int:
                                      args.repeats, args.threads)
         gamma = kept_gamma(graph, variables, g.report.masks, g.report.units)
         steps.append({"percent": mid, "ratio_global": g_ms / r_ms, "ratio_slt": s_ms / r_ms,
-                      "kept_gamma": gamma})
+                      "kept_gamma": gamma, "map50": map50((g.graph, g.variables))})
         if g_ms / r_ms > s_ms / r_ms:
             lo = mid
         else:
@@ -211,22 +242,32 @@ def main() -> int:
         b = min(faster, key=lambda s: s["ratio_slt"] - s["ratio_global"])
         da, db = a["ratio_global"] - a["ratio_slt"], b["ratio_slt"] - b["ratio_global"]
         at_same = {"percent": (a["percent"] * db + b["percent"] * da) / (da + db),
-                   "kept_gamma": (a["kept_gamma"] * db + b["kept_gamma"] * da) / (da + db)}
+                   "kept_gamma": (a["kept_gamma"] * db + b["kept_gamma"] * da) / (da + db),
+                   "map50": None if valid is None else
+                   (a["map50"] * db + b["map50"] * da) / (da + db)}
+    slt_map = map50(slt_program)
     t = Table(title=f"(b) slim-to-latency{{target_speedup={args.speedup:g}}} vs a global "
               "threshold at the same measured latency")
-    for c in ("prune", "measured ms / ref", "speed-up", "predicted speed-up", "Σ|γ| kept"):
+    def fmt(value) -> str:
+        return "" if value is None else f"{value:.4f}"
+
+    for c in ("prune", "measured ms / ref", "speed-up", "predicted speed-up", "Σ|γ| kept",
+              "mAP@0.5"):
         t.add_column(c, justify="left" if c == "prune" else "right")
-    t.add_row("reference", "1.000", "1.00x", "1.00x", f"{full_gamma:.1f} (100%)")
+    t.add_row("reference", "1.000", "1.00x", "1.00x", f"{full_gamma:.1f} (100%)",
+              fmt(map50((graph, variables))))
     t.add_row("slim-to-latency", f"{slt_ms / ref_ms:.3f}", f"{ref_ms / slt_ms:.2f}x",
               f"{rep.predicted_speedup:.2f}x",
-              f"{slt_gamma:.1f} ({slt_gamma / full_gamma:.1%})")
+              f"{slt_gamma:.1f} ({slt_gamma / full_gamma:.1%})", fmt(slt_map))
     t.add_row(f"global percent {best['percent']:.3f}", f"{best['ratio_global']:.3f}",
               f"{1 / best['ratio_global']:.2f}x", "",
-              f"{best['kept_gamma']:.1f} ({best['kept_gamma'] / full_gamma:.1%})")
+              f"{best['kept_gamma']:.1f} ({best['kept_gamma'] / full_gamma:.1%})",
+              fmt(best["map50"]))
     if at_same is not None:
         t.add_row(f"global percent {at_same['percent']:.3f} (interpolated)",
                   f"{slt_ms / ref_ms:.3f}", f"{ref_ms / slt_ms:.2f}x", "",
-                  f"{at_same['kept_gamma']:.1f} ({at_same['kept_gamma'] / full_gamma:.1%})")
+                  f"{at_same['kept_gamma']:.1f} ({at_same['kept_gamma'] / full_gamma:.1%})",
+                  fmt(at_same["map50"]))
     t.caption = (f"reference {ref_ms:.1f} ms measured in the same run; the first global "
                  f"row is the bisection step nearest slim-to-latency's measured ratio "
                  f"({best['ratio_slt']:.3f} in that step), the second is interpolated "
@@ -234,6 +275,7 @@ def main() -> int:
     console.print(t)
     out["b"] = {"reference_ms": ref_ms, "slt_ms": slt_ms, "speedup": ref_ms / slt_ms,
                 "predicted_speedup": rep.predicted_speedup, "slt_kept_gamma": slt_gamma,
+                "slt_map50": slt_map,
                 "full_gamma": full_gamma, "bisection": steps, "global_best": best,
                 "global_at_same_latency": at_same,
                 "channels": rep.channels}
