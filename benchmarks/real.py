@@ -160,7 +160,7 @@ def run(args, recipe: Recipe) -> list[dict]:
     walls["import"] = cli("import", "data", "import", "voc", str(args.voc), *split,
                           "--out", "data")
     data = _limit(next((out / "data").glob("*.data")), recipe.train_images,
-                  recipe.valid_images)
+                  recipe.valid_images).relative_to(out)  # commands as a user types them
     walls["anchors"] = cli("anchors", "anchors", str(data), "--num", "6", "--size", s, s,
                            "--cfg", str(args.cfg), "--write", "model.cfg", "--json",
                            "anchors.json")
@@ -230,13 +230,21 @@ def run(args, recipe: Recipe) -> list[dict]:
                     "min_head_snr_db": min((h["snr_db"] for h in report["heads"]
                                             if h["snr_db"] is not None), default=None)}
 
-    valid = [line for line in (data.parent / _valid_list(data)).read_text().splitlines()
+    valid = [line for line in (out / data.parent / _valid_list(out / data)).read_text()
+             .splitlines()
              if line][:4]
     photos = [Path(p) if Path(p).is_absolute() else data.parent / p for p in valid]
-    for stage, (cfg, weights) in (("baseline", networks["baseline"]),
-                                  ("finetune", networks["finetune"])):
+    names = next((out / data.parent).glob("*.names"), None)
+    for stage in ("baseline", "finetune"):
+        cfg, weights = networks[stage]
+        # Darknet's 0.25 is a COCO-trained threshold; a short run on a small set calibrates
+        # objectness lower, so draw at the confidence of eval's best F1 unless told
+        conf = (args.detect_conf if args.detect_conf is not None else
+                json.loads((out / "eval" / f"{stage}.json").read_text())["conf"])
+        rows[stage]["detect_conf"] = conf
         cli(f"detect-{stage}", "detect", cfg, weights, *map(str, photos), "--out",
-            f"detect/{stage}", "--conf", str(args.detect_conf))
+            f"detect/{stage}", "--conf", f"{conf:.4g}", "--letterbox",
+            *(("--names", str(names.relative_to(out))) if names else ()))
 
     _measure(out, networks, rows, recipe)
     for stage in rows:
@@ -324,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke size: a handful of "
                         "photos at 128 px, one epoch per stage")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--detect-conf", type=float, default=0.25)
+    parser.add_argument("--detect-conf", type=float, default=None,
+                        help="detect's score threshold (default: the confidence of each "
+                             "network's best F1 in eval)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--readme", action="store_true",
