@@ -76,7 +76,7 @@ class Recipe:
     round_to: int = 16
     tune_epochs: int = 16
     tune_lr: float = 1e-3
-    distill_weight: float = 1.0
+    distill_weight: float = 0.1  # measured: 1.0 lost 0.11 mAP on raccoon, 0.1 gained
     train_images: int = 0    # 0: all
     valid_images: int = 0
     latency_repeats: int = 15
