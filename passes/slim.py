@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 from ir import Graph, Layer, Variables
 from passes.analysis import Mode, analyze_prunability
@@ -22,6 +22,26 @@ from passes.reports import Counts, SlimReport, channel_layers, width
 from passes.text import pass_text
 
 Ignore = tuple[int, ...] | Callable[[int, Layer], bool]
+
+
+def check_selection(spec: Any) -> Callable[[str, str], PruneError]:
+    """Check the options every channel-selecting pass shares (``ignore``, ``mode``,
+    ``min_keep``) on a frozen pass dataclass, normalising ``ignore`` to a tuple of ints;
+    return the ``bad(argument, expected)`` error maker for the pass's own options."""
+    def bad(argument: str, expected: str) -> PruneError:
+        return PruneError(f"{argument}={getattr(spec, argument)!r}: expected {expected}",
+                          argument=argument, pass_name=spec.name)
+
+    if not callable(spec.ignore):
+        try:
+            object.__setattr__(spec, "ignore", tuple(int(i) for i in spec.ignore))
+        except (TypeError, ValueError):
+            raise bad("ignore", "conv layer indices or a predicate") from None
+    if spec.mode not in ("regular", "shortcut"):
+        raise bad("mode", "'regular' or 'shortcut'")
+    if not (isinstance(spec.min_keep, (int, float)) and 0 <= spec.min_keep <= 1):
+        raise bad("min_keep", "a fraction in [0, 1]")
+    return bad
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,15 +75,7 @@ class SlimChannels:
     round_to: int = 1
 
     def __post_init__(self) -> None:
-        def bad(argument: str, expected: str) -> PruneError:
-            return PruneError(f"{argument}={getattr(self, argument)!r}: expected {expected}",
-                              argument=argument, pass_name=self.name)
-
-        if not callable(self.ignore):
-            try:
-                object.__setattr__(self, "ignore", tuple(int(i) for i in self.ignore))
-            except (TypeError, ValueError):
-                raise bad("ignore", "conv layer indices or a predicate") from None
+        bad = check_selection(self)
         if (self.percent is None) == (self.threshold is None):
             raise PruneError("give exactly one of percent or threshold",
                              argument="percent", pass_name=self.name)
@@ -74,10 +86,6 @@ class SlimChannels:
                                                and math.isfinite(self.threshold)
                                                and self.threshold >= 0):
             raise bad("threshold", "a finite value >= 0")
-        if self.mode not in ("regular", "shortcut"):
-            raise bad("mode", "'regular' or 'shortcut'")
-        if not (isinstance(self.min_keep, (int, float)) and 0 <= self.min_keep <= 1):
-            raise bad("min_keep", "a fraction in [0, 1]")
         if not (isinstance(self.round_to, int) and self.round_to >= 1):
             raise bad("round_to", "a positive integer")
 

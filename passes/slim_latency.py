@@ -36,7 +36,7 @@ from passes.latency import LatencyTable
 from passes.masks import ChannelMasks, Threshold, balance_mask, compute_threshold
 from passes.pipeline import PassResult
 from passes.reports import Counts, LatencyReport, channel_layers, width
-from passes.slim import Ignore
+from passes.slim import Ignore, check_selection
 from passes.text import pass_text
 
 
@@ -74,15 +74,7 @@ class SlimToLatency:
     table: LatencyTable | None = field(default=None, metadata={"text": False})
 
     def __post_init__(self) -> None:
-        def bad(argument: str, expected: str) -> PruneError:
-            return PruneError(f"{argument}={getattr(self, argument)!r}: expected {expected}",
-                              argument=argument, pass_name=self.name)
-
-        if not callable(self.ignore):
-            try:
-                object.__setattr__(self, "ignore", tuple(int(i) for i in self.ignore))
-            except (TypeError, ValueError):
-                raise bad("ignore", "conv layer indices or a predicate") from None
+        bad = check_selection(self)
         if (self.target_speedup is None) == (self.target_ms is None):
             raise PruneError("give exactly one of target_speedup or target_ms",
                              argument="target_speedup", pass_name=self.name)
@@ -96,10 +88,6 @@ class SlimToLatency:
             raise bad("target_ms", "a finite time > 0 in milliseconds")
         if not isinstance(self.engine, str) or not self.engine:
             raise bad("engine", "an engine name such as onnxruntime")
-        if self.mode not in ("regular", "shortcut"):
-            raise bad("mode", "'regular' or 'shortcut'")
-        if not (isinstance(self.min_keep, (int, float)) and 0 <= self.min_keep <= 1):
-            raise bad("min_keep", "a fraction in [0, 1]")
         if self.round_to is not None and not (isinstance(self.round_to, int)
                                               and self.round_to >= 1):
             raise bad("round_to", "a positive integer")
