@@ -281,9 +281,8 @@ def _measure(out: Path, networks: dict, rows: dict, recipe: Recipe) -> None:
     rows["int8"]["latency_ms"] = None  # INT8 runs on onnxruntime only
     models = [export_checked(*programs[k], ExportOptions()) for k in stages]
     models.append((out / "int8" / "tuned-int8.onnx").read_bytes())
-    shape = ir.input_shape(programs["finetune"][0])
     chw = [(s.c, s.h, s.w) for s in (ir.input_shape(programs[k][0]) for k in stages)]
-    ort = measure_onnx_latency(models, [*chw, (shape.c, shape.h, shape.w)],
+    ort = measure_onnx_latency(models, [*chw, chw[stages.index("finetune")]],
                                repeats=recipe.latency_repeats)
     for stage, timing in zip([*stages, "int8"], ort):
         rows[stage]["ort_latency_ms"] = timing.median_ms

@@ -39,7 +39,7 @@ import frontends
 import ir
 import passes
 from darkslim.latency import time_interleaved
-from passes import ConvGrid, ConvSignature, LatencyTable, LayerEntry, TableKey
+from passes import ConvGrid, ConvSignature, LatencyTable, TableKey
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 """Channel fractions measured on each axis, beside the engine's block itself (up to
@@ -285,17 +285,9 @@ def measure_latency_table(graph: ir.Graph, variables: ir.Variables | None = None
     full_times, half_times = time_interleaved(runs, repeats, warmup)
     if progress is not None:
         progress(total, total, "whole network profile")
-    shapes = ir.verify(graph)
-    image = ir.input_shape(graph)
-    grid_of = dict(plan.of_layer)
-    layers = []
-    for i, layer in enumerate(graph.layers):
-        inputs = ir.layer_inputs(graph, i)
-        c_in = image.c if not inputs or inputs[0] < 0 else shapes[inputs[0]].c
-        layers.append(LayerEntry(kind=layer.kind, c_in=c_in, c_out=shapes[i].c,
-                                 grid=grid_of.get(i),
-                                 ms=0.0 if i in grid_of else profiled.get(i, 0.0)))
-    table = LatencyTable(key=key, convs=tuple(grids), layers=tuple(layers),
+    layers = passes.layer_entries(graph, dict(plan.of_layer),
+                                  lambda i: profiled.get(i, 0.0))
+    table = LatencyTable(key=key, convs=tuple(grids), layers=layers,
                          network_ms=statistics.median(full_times), multiple=multiple)
     half_sum = sum(table.predict(half[0]).layers_ms) / table.calibration
     return dataclasses.replace(table, half_ms=statistics.median(half_times),

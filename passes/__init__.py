@@ -38,6 +38,7 @@ from passes.latency import (
     Prediction,
     TableKey,
     latency_refusal,
+    layer_entries,
     monotone_grid,
     table_from_json,
     table_to_json,
@@ -90,7 +91,7 @@ __all__ = [
     "choose_blocks", "find_residual_blocks", "layer_map", "mean_abs_gamma", "rank_blocks",
     "remove_blocks",
     # latency budget (passes/latency.py, passes/slim_latency.py)
-    "LATENCY_RULES", "ConvGrid", "ConvSignature", "LatencyReport", "LatencyTable",
+    "LATENCY_RULES", "ConvGrid", "ConvSignature", "LatencyReport", "LatencyTable", "layer_entries",
     "LayerEntry", "Prediction", "SlimToLatency", "TableKey", "choose_counts",
     "latency_refusal", "monotone_grid", "table_from_json", "table_to_json",
 ]

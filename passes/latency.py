@@ -153,6 +153,22 @@ class LayerEntry:
     ms: float = 0.0
 
 
+def layer_entries(graph: Graph, grid_of: Mapping[int, int],
+                  ms_of: Callable[[int], float]) -> tuple[LayerEntry, ...]:
+    """A `LayerEntry` per layer of ``graph`` at full size: a conv in ``grid_of`` points
+    at its grid, every other layer has ``ms_of(index)`` milliseconds."""
+    shapes = ir.verify(graph)
+    image = ir.input_shape(graph)
+    entries = []
+    for i, layer in enumerate(graph.layers):
+        inputs = ir.layer_inputs(graph, i)
+        c_in = image.c if not inputs or inputs[0] < 0 else shapes[inputs[0]].c
+        entries.append(LayerEntry(kind=layer.kind, c_in=c_in, c_out=shapes[i].c,
+                                  grid=grid_of.get(i),
+                                  ms=0.0 if i in grid_of else ms_of(i)))
+    return tuple(entries)
+
+
 @dataclass(frozen=True, slots=True)
 class Prediction:
     """A predicted whole-network time and its per-layer terms (uncalibrated)."""

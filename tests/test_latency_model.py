@@ -45,19 +45,12 @@ def synthetic_table(graph: ir.Graph, *, multiple: int = 1, key: passes.TableKey 
         grids.append(passes.ConvGrid(signature=sig, c_in=c_ins, c_out=c_outs,
                                      ms=passes.monotone_grid(ms)))
     shapes = ir.verify(graph)
-    of = dict(plan.of_layer)
-    layers = []
-    for i, layer in enumerate(graph.layers):
-        inputs = ir.layer_inputs(graph, i)
-        c_in = graph.channels if not inputs or inputs[0] < 0 else shapes[inputs[0]].c
-        s = shapes[i]
-        layers.append(passes.LayerEntry(kind=layer.kind, c_in=c_in, c_out=s.c,
-                                        grid=of.get(i),
-                                        ms=0.0 if i in of else s.c * s.h * s.w * 1e-7))
+    layers = passes.layer_entries(
+        graph, dict(plan.of_layer), lambda i: shapes[i].c * shapes[i].h * shapes[i].w * 1e-7)
     key = key or passes.TableKey(engine="onnxruntime", engine_version="test",
                                  cpu="synthetic", size=(graph.height, graph.width),
                                  cfg=passes.GraphFingerprint.of(graph).digest, threads=1)
-    table = passes.LatencyTable(key=key, convs=tuple(grids), layers=tuple(layers),
+    table = passes.LatencyTable(key=key, convs=tuple(grids), layers=layers,
                                 network_ms=1.0, multiple=multiple)
     total = table.full_sum_ms
     table = dataclasses.replace(table, network_ms=0.9 * total)
