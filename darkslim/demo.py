@@ -293,9 +293,7 @@ def quantize_tuned(graph: ir.Graph, model, train_set, valid_set, config: DemoCon
     """``export --int8``'s path (`darkslim.int8.int8_export`, keep-float auto) on the
     fine-tuned network's float export ``model``; not timed here (the demo times it
     interleaved with the float networks). A refusal keeps its certificate."""
-    import hashlib
-
-    from darkslim.int8 import Int8Refused, calibration_images, int8_export
+    from darkslim.int8 import Int8Refused, calibration_images, file_record, int8_export
 
     images = calibration_images(train_set, graph, config.calib_images)
     try:
@@ -305,8 +303,7 @@ def quantize_tuned(graph: ir.Graph, model, train_set, valid_set, config: DemoCon
     except Int8Refused as refused:
         return _Int8({**refused.report, "file": None})
     data = result.model.SerializeToString()
-    report = {**result.report, "file": {"name": INT8_ONNX, "bytes": len(data),
-                                        "sha256": hashlib.sha256(data).hexdigest()}}
+    report = {**result.report, "file": file_record(INT8_ONNX, data)}
     return _Int8(report, result.model, data)
 
 

@@ -242,6 +242,13 @@ def check_engine(engine: str) -> None:
     raise ValueError(f"--engine {engine}: expected onnxruntime or openvino")
 
 
+def file_record(name: str, data: bytes) -> dict:
+    """The certificate's ``file`` entry: which bytes it certifies."""
+    import hashlib
+
+    return {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def summary_lines(report: dict) -> Sequence[str]:
     """The certificate in a few lines for the terminal."""
     m = report["map50"]

@@ -127,8 +127,9 @@ def run(args) -> int:
     data = model.SerializeToString()
     frontends.write_atomic(args.out, data)
     if report is not None:
-        report["file"] = {"name": Path(args.out).name, "bytes": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest()}
+        from darkslim.int8 import file_record
+
+        report["file"] = file_record(Path(args.out).name, data)
         frontends.write_atomic(Path(args.out).with_name("int8_report.json"),
                                json.dumps(report, indent=1))
     outputs = ", ".join(f"{o.name} " + "×".join(str(d.dim_value or d.dim_param)
