@@ -49,9 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 import ir  # noqa: E402
 import passes  # noqa: E402
-from darkslim.latency import measure_onnx_latency  # noqa: E402
 from darkslim.latency_table import measure_latency_table  # noqa: E402
-from darkslim.onnx_deploy import export_checked  # noqa: E402
+from darkslim.onnx_deploy import onnx_latencies  # noqa: E402
 from passes import tree  # noqa: E402
 
 
@@ -105,10 +104,7 @@ def random_prune(graph, variables, rng, k: int):
 
 
 def time_onnx(programs, repeats: int, threads: int) -> list[float]:
-    models = [export_checked(g, v) for g, v in programs]
-    shapes = [(s.c, s.h, s.w) for s in (ir.input_shape(g) for g, _ in programs)]
-    return [t.median_ms for t in measure_onnx_latency(models, shapes, repeats=repeats,
-                                                      warmup=1, threads=threads)]
+    return list(onnx_latencies(programs, repeats=repeats, warmup=1, threads=threads))
 
 
 def main() -> int:

@@ -23,10 +23,11 @@ def export_checked(graph: ir.Graph, variables: Variables, options=None):
 
 
 def onnx_latencies(programs: Sequence[tuple[ir.Graph, Any]], *, bn_eps: float = 1e-5,
-                   repeats: int = 5, warmup: int = 2, models: Sequence | None = None
-                   ) -> tuple[float, ...]:
+                   repeats: int = 5, warmup: int = 2, models: Sequence | None = None,
+                   threads: int | None = None) -> tuple[float, ...]:
     """Median onnxruntime CPU latency (ms, batch 1) of each network, exported with BN
-    folded and run interleaved in the same session of measurements."""
+    folded and run interleaved in the same session of measurements (``threads``
+    intra-op threads; None: onnxruntime's default)."""
     from darkslim.latency import measure_onnx_latency
     from export import ExportOptions
 
@@ -34,7 +35,7 @@ def onnx_latencies(programs: Sequence[tuple[ir.Graph, Any]], *, bn_eps: float = 
         models = [export_checked(g, v, ExportOptions(bn_eps=bn_eps)) for g, v in programs]
     shapes = [(s.c, s.h, s.w) for s in (ir.input_shape(g) for g, _ in programs)]
     return tuple(t.median_ms for t in measure_onnx_latency(models, shapes, repeats=repeats,
-                                                           warmup=warmup))
+                                                           warmup=warmup, threads=threads))
 
 
 def export_pruned(out: str | Path, original: tuple[ir.Graph, Any],

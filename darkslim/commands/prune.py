@@ -344,14 +344,11 @@ def fill_latency_tables(args, console, pipe: passes.Pipeline, graph: ir.Graph, v
 def measure_latency_model(args, report: passes.LatencyReport, original, compact) -> dict:
     """The pruned network measured for real on the engine against its input (ONNX
     export of both, interleaved), beside the table's predictions."""
-    from darkslim.latency import measure_onnx_latency
-    from darkslim.onnx_deploy import export_checked
+    from darkslim.onnx_deploy import onnx_latencies
 
     repeats = max(args.latency_repeats, 1)
-    models = [export_checked(*original), export_checked(*compact)]
-    shapes = [(s.c, s.h, s.w) for s in (ir.input_shape(g) for g, _ in (original, compact))]
-    before, after = (t.median_ms for t in measure_onnx_latency(
-        models, shapes, repeats=repeats, warmup=1, threads=args.threads))
+    before, after = onnx_latencies((original, compact), repeats=repeats, warmup=1,
+                                   threads=args.threads)
     return {"engine": report.table.engine, "threads": report.table.threads,
             "repeats": repeats, "target_ms": report.target_ms,
             "predicted_ms_before": report.predicted_before_ms,
